@@ -1,0 +1,332 @@
+"""The GAT training loop: flat and linear, with an eval hook, an abort hook and checkpoints.
+
+All training randomness (batches, noise, WGAN-GP mixing) comes from one ``torch.Generator``
+whose state is checkpointed, and evaluation uses its own fixed noise, so how often a run
+evaluates or resumes never changes its trajectory.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from trainer.config import TrainConfig
+from trainer.data import Dataset, default_data_dir, load_dataset
+from trainer.images import save_samples
+from trainer.losses import GATLoss
+from trainer.metrics import frechet_distance, gaussian_stats, make_extractor, mode_coverage, real_stats
+from trainer.models import build_models
+
+__all__ = ["train", "TrainResult", "Diverged", "CheckpointMismatch", "resolve_device"]
+
+CHECKPOINT = "checkpoint.pt"
+FINITE_CHECK_EVERY = 32  # steps between looks at the losses: a look syncs with the device
+
+OnEval = Callable[[int, dict[str, Any]], None]
+
+
+class Diverged(RuntimeError):
+    """A loss became NaN or infinite. ``step`` is the first step where it did."""
+
+    def __init__(self, step: int, what: str) -> None:
+        super().__init__(f"diverged at step {step}: {what} is not finite")
+        self.step = step
+
+
+class CheckpointMismatch(RuntimeError):
+    """The run directory holds a checkpoint of a different run."""
+
+
+@dataclasses.dataclass
+class TrainResult:
+    """What a finished (or stopped) run produced.
+
+    Attributes:
+        fid: the FID at the last evaluation.
+        steps: steps trained.
+        seconds: wall time of this call, evaluations included.
+        train_seconds: time spent in training steps only, across resumes.
+        metrics: the last evaluation's metrics (fid, and modes/hq_fraction for 2-D data).
+        history: every evaluation's metrics, in order.
+        stopped: True when ``should_stop`` ended the run early.
+    """
+
+    fid: float
+    steps: int
+    seconds: float
+    train_seconds: float
+    metrics: dict[str, Any]
+    history: list[dict[str, Any]]
+    config: TrainConfig
+    out_dir: Path | None = None
+    stopped: bool = False
+
+    def summary(self) -> dict[str, Any]:
+        """A JSON-able digest: what ``gat-tune train --json`` prints."""
+        return {
+            **self.metrics,
+            "fid": self.fid,
+            "steps": self.steps,
+            "seconds": round(self.seconds, 3),
+            "train_seconds": round(self.train_seconds, 3),
+            "steps_per_second": round(self.steps / self.train_seconds, 2) if self.train_seconds else None,
+            "stopped": self.stopped,
+            "out_dir": str(self.out_dir) if self.out_dir else None,
+        }
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` is the first GPU when there is one, else the CPU."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError(f"device: '{name}' asked for, but no CUDA device is visible (use 'cpu' or 'auto')")
+    return device
+
+
+class _Evaluator:
+    """FID (and mode coverage for 2-D data) of a generator, on fixed evaluation noise."""
+
+    def __init__(self, config: TrainConfig, data: Dataset, device: torch.device, data_dir: Path) -> None:
+        self.data = data
+        self.extract = make_extractor(config.feature_extractor, data, data_dir)
+        self.mu, self.sigma = real_stats(data, self.extract, data_dir)
+        noise = torch.Generator().manual_seed(config.seed + 1_000_003)
+        self.z = torch.randn(config.eval_samples, config.z_dim, generator=noise).to(device)
+
+    @torch.no_grad()
+    def __call__(self, g: torch.nn.Module) -> tuple[dict[str, Any], torch.Tensor]:
+        samples = torch.cat([g(self.z[i : i + 1024]) for i in range(0, len(self.z), 1024)])
+        if not torch.isfinite(samples).all():
+            return {"fid": float("inf")}, samples
+        mu, sigma = gaussian_stats(self.extract(samples))
+        metrics: dict[str, Any] = {"fid": frechet_distance(mu, sigma, self.mu, self.sigma)}
+        if self.data.modes is not None and self.data.mode_std is not None:
+            metrics.update(mode_coverage(samples, self.data.modes, self.data.mode_std))
+        return metrics, samples
+
+
+def train(
+    config: TrainConfig,
+    *,
+    on_eval: OnEval | None = None,
+    should_stop: Callable[[], bool] | None = None,
+    out_dir: str | Path | None = None,
+    data_dir: str | Path | None = None,
+    progress: Callable[[int, dict[str, Any]], None] | None = None,
+) -> TrainResult:
+    """Train one GAT run.
+
+    Args:
+        config: the run.
+        on_eval: called as ``on_eval(step, metrics)`` after every evaluation (every
+            ``eval_every`` steps and at the end), after the checkpoint is written. It may
+            raise to end the run (a pruner does); the exception propagates.
+        should_stop: polled before every step; True ends the run early (checkpointed, and
+            ``stopped`` set in the result).
+        out_dir: the run directory: resolved config, metrics.jsonl, sample PNGs, checkpoint.
+            A checkpoint already there resumes the run. None writes nothing.
+        data_dir: caches (classifier, real statistics) and downloaded data sets;
+            ``GAT_TUNE_DATA_DIR`` or ``.gat-tune`` by default.
+        progress: called as ``progress(step, last_metrics)`` every few steps.
+
+    Raises:
+        Diverged: a loss became NaN or infinite.
+        CheckpointMismatch: out_dir holds a checkpoint of a different config.
+    """
+    started = time.perf_counter()
+    device = resolve_device(config.device)
+    data_dir = Path(data_dir) if data_dir else default_data_dir()
+    run_dir = Path(out_dir) if out_dir else None
+
+    data = load_dataset(config.dataset, image_size=config.image_size, data_dir=data_dir).to(device)
+    evaluate = _Evaluator(config, data, device, data_dir)
+    torch.manual_seed(config.seed)
+    g, d = build_models(config, data.sample_shape)
+    g, d = g.to(device), d.to(device)
+    opt_g = torch.optim.Adam(g.parameters(), lr=config.lr_g, betas=(config.beta1, config.beta2))
+    opt_d = torch.optim.Adam(d.parameters(), lr=config.lr_d, betas=(config.beta1, config.beta2))
+    rng = torch.Generator(device).manual_seed(config.seed)
+    loss = GATLoss(g, d, config.aux_loss, config.lam)
+    g_params, d_params = list(g.parameters()), list(d.parameters())
+
+    step, train_seconds, history = 0, 0.0, []
+    if run_dir is not None:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        state = _load_checkpoint(run_dir, config, device)
+        if state is not None:
+            g.load_state_dict(state["g"])
+            d.load_state_dict(state["d"])
+            opt_g.load_state_dict(state["opt_g"])
+            opt_d.load_state_dict(state["opt_d"])
+            rng.set_state(state["rng"].cpu())
+            step, train_seconds, history = state["step"], state["train_seconds"], state["history"]
+        (run_dir / "config.json").write_text(config.to_json())
+
+    n, batch = len(data.x), config.batch_size
+    needs_real_for_g = loss.active and config.aux_loss == "consensus"
+    losses = torch.zeros(FINITE_CHECK_EVERY, 3, device=device)  # (L_D, L_G, L_A) per step
+    last: dict[str, Any] = history[-1] if history else {}
+    stopped = False
+    tick = time.perf_counter()
+
+    while step < config.steps:
+        if should_stop is not None and should_stop():
+            stopped = True
+            break
+        for _ in range(config.d_steps):
+            real = data.x[torch.randint(n, (batch,), device=device, generator=rng)]
+            z = torch.randn(batch, config.z_dim, device=device, generator=rng)
+            total_d, loss_d, reg = loss.discriminator(real, z, rng)
+            opt_d.zero_grad(set_to_none=True)
+            total_d.backward(inputs=d_params)
+            opt_d.step()
+        if needs_real_for_g:
+            real = data.x[torch.randint(n, (batch,), device=device, generator=rng)]
+        z = torch.randn(batch, config.z_dim, device=device, generator=rng)
+        total_g, loss_g = loss.generator(real, z)
+        opt_g.zero_grad(set_to_none=True)
+        total_g.backward(inputs=g_params)
+        opt_g.step()
+
+        losses[step % FINITE_CHECK_EVERY, 0] = loss_d
+        losses[step % FINITE_CHECK_EVERY, 1] = loss_g
+        losses[step % FINITE_CHECK_EVERY, 2] = reg
+        step += 1
+        is_eval = step % config.eval_every == 0 or step == config.steps
+        if step % FINITE_CHECK_EVERY == 0 or is_eval:
+            _check_finite(losses, step)
+            if progress is not None:
+                progress(step, last)
+        if not is_eval:
+            continue
+
+        train_seconds += time.perf_counter() - tick
+        metrics, samples = evaluate(g)
+        metrics = {
+            "step": step,
+            **metrics,
+            "loss_d": float(loss_d),
+            "loss_g": float(loss_g),
+            "loss_aux": float(reg),
+            "train_seconds": round(train_seconds, 3),
+        }
+        history.append(metrics)
+        last = metrics
+        if run_dir is not None:
+            _write_eval(run_dir, metrics, samples, data)
+            _save_checkpoint(run_dir, config, step, train_seconds, history, g, d, opt_g, opt_d, rng)
+        if progress is not None:
+            progress(step, last)
+        if on_eval is not None:
+            on_eval(step, metrics)
+        tick = time.perf_counter()
+    else:
+        train_seconds += time.perf_counter() - tick
+
+    if stopped:
+        train_seconds += time.perf_counter() - tick
+        if run_dir is not None and (not history or history[-1]["step"] != step):
+            _save_checkpoint(run_dir, config, step, train_seconds, history, g, d, opt_g, opt_d, rng)
+
+    result = TrainResult(
+        fid=float(last.get("fid", float("nan"))),
+        steps=step,
+        seconds=time.perf_counter() - started,
+        train_seconds=train_seconds,
+        metrics=last,
+        history=history,
+        config=config,
+        out_dir=run_dir,
+        stopped=stopped,
+    )
+    if run_dir is not None:
+        torch.save({"g": g.state_dict(), "config": config.to_dict()}, run_dir / "generator.pt")
+        (run_dir / "result.json").write_text(json.dumps(result.summary(), indent=2) + "\n")
+    return result
+
+
+def _check_finite(losses: torch.Tensor, step: int) -> None:
+    bad = ~torch.isfinite(losses)
+    if not bool(bad.any()):
+        return
+    # The buffer is a ring indexed by step; find the earliest bad step among the last ones.
+    window = min(step, FINITE_CHECK_EVERY)
+    for s in range(step - window, step):
+        row = bad[s % FINITE_CHECK_EVERY]
+        if bool(row.any()):
+            what = ("discriminator loss", "generator loss", "regulariser")[int(row.nonzero()[0])]
+            raise Diverged(s + 1, what)
+
+
+def _write_eval(run_dir: Path, metrics: dict[str, Any], samples: torch.Tensor, data: Dataset) -> None:
+    with open(run_dir / "metrics.jsonl", "a") as f:
+        f.write(json.dumps(metrics) + "\n")
+    (run_dir / "samples").mkdir(exist_ok=True)
+    step_png = run_dir / "samples" / f"step-{metrics['step']:07d}.png"
+    save_samples(samples, step_png, data.modes)
+    save_samples(samples, run_dir / "samples.png", data.modes)
+
+
+# Keys that may differ between a checkpoint and the run that resumes it: the length of the
+# run and how it is watched, not what it computes.
+_RESUMABLE_CHANGES = {"steps", "eval_every", "eval_samples", "device"}
+
+
+def _load_checkpoint(run_dir: Path, config: TrainConfig, device: torch.device) -> dict[str, Any] | None:
+    path = run_dir / CHECKPOINT
+    if not path.exists():
+        return None
+    state: dict[str, Any] = torch.load(path, map_location=device, weights_only=False)
+    saved = state["config"]
+    for key, value in config.to_dict().items():
+        if key not in _RESUMABLE_CHANGES and saved.get(key) != value:
+            raise CheckpointMismatch(
+                f"{run_dir}: holds a checkpoint of another run ({key}: {saved.get(key)!r} there, "
+                f"{value!r} here); use another output directory or remove it"
+            )
+    if state["step"] > config.steps:
+        raise CheckpointMismatch(
+            f"{run_dir}: checkpoint is at step {state['step']}, past steps={config.steps}; raise --steps"
+        )
+    return state
+
+
+def _save_checkpoint(
+    run_dir: Path,
+    config: TrainConfig,
+    step: int,
+    train_seconds: float,
+    history: list[dict[str, Any]],
+    g: torch.nn.Module,
+    d: torch.nn.Module,
+    opt_g: torch.optim.Optimizer,
+    opt_d: torch.optim.Optimizer,
+    rng: torch.Generator,
+) -> None:
+    state = {
+        "config": config.to_dict(),
+        "step": step,
+        "train_seconds": train_seconds,
+        "history": history,
+        "g": g.state_dict(),
+        "d": d.state_dict(),
+        "opt_g": opt_g.state_dict(),
+        "opt_d": opt_d.state_dict(),
+        "rng": rng.get_state(),
+    }
+    tmp = run_dir / f".{CHECKPOINT}.{os.getpid()}.tmp"
+    torch.save(state, tmp)
+    os.replace(tmp, run_dir / CHECKPOINT)  # a crash mid-write leaves the previous checkpoint
