@@ -14,7 +14,7 @@ from trainer.data import DataError, default_data_dir
 from trainer.metrics import FeatureError
 from trainer.train import CheckpointMismatch, Diverged, train
 
-__all__ = ["add_train_parser", "run_train", "main"]
+__all__ = ["add_train_parser", "main", "run_train"]
 
 # Errors a user can meet: one line, no stack trace.
 USER_ERRORS = (ConfigError, DataError, FeatureError, Diverged, CheckpointMismatch)
@@ -51,7 +51,9 @@ def run_train(args: argparse.Namespace) -> int:
         print(f"gat-tune train: error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        print(f"gat-tune train: interrupted; rerun with --out {out} to resume from the last checkpoint", file=sys.stderr)
+        print(
+            f"gat-tune train: interrupted; rerun with --out {out} to resume from the last checkpoint", file=sys.stderr
+        )
         return 130
     finally:
         close = getattr(bar, "close", None)

@@ -16,7 +16,7 @@ from typing import Any
 
 import yaml
 
-__all__ = ["ConfigError", "TrainConfig", "FIELDS", "DATASETS", "AUX_LOSSES", "MODELS"]
+__all__ = ["AUX_LOSSES", "DATASETS", "FIELDS", "MODELS", "ConfigError", "TrainConfig"]
 
 DATASETS = ("digits", "ring8", "grid25", "mnist", "fashion-mnist", "cifar10")
 MODELS = ("mlp", "dcgan")

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-__all__ = ["DataError", "Dataset", "load_dataset", "default_data_dir", "MIXTURES"]
+__all__ = ["MIXTURES", "DataError", "Dataset", "default_data_dir", "load_dataset"]
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 MIXTURE_POINTS = 20_000
@@ -129,16 +129,14 @@ def _load_torchvision(name: str, root: Path) -> tuple[torch.Tensor, torch.Tensor
     try:
         import torchvision.datasets as tvd
     except ImportError:
-        raise DataError(
-            f"dataset '{name}' needs torchvision: pip install 'gat-tune[vision]'"
-        ) from None
+        raise DataError(f"dataset '{name}' needs torchvision: pip install 'gat-tune[vision]'") from None
     cls = getattr(tvd, TORCHVISION_SETS[name])
     try:
         ds = cls(str(root), train=True, download=False)
     except RuntimeError:
         try:
             ds = cls(str(root), train=True, download=True)
-        except Exception:  # noqa: BLE001 - any download failure gets the same advice
+        except Exception:
             raise DataError(
                 f"dataset '{name}': not found under {root / TORCHVISION_SETS[name]} and could not be "
                 f"downloaded; put the torchvision files there (or set GAT_TUNE_DATA_DIR) and retry"
@@ -161,7 +159,7 @@ def _load_folder(root: Path, size: int) -> tuple[torch.Tensor, torch.Tensor | No
     for path in files:
         try:
             with Image.open(path) as img:
-                arrays.append(np.asarray(img.convert("RGB").resize((size, size), Image.BILINEAR)))
+                arrays.append(np.asarray(img.convert("RGB").resize((size, size), Image.Resampling.BILINEAR)))
         except (UnidentifiedImageError, OSError):
             raise DataError(f"dataset 'folder:{root}': cannot read image {path}") from None
     x = torch.tensor(np.stack(arrays)).permute(0, 3, 1, 2).float() / 127.5 - 1

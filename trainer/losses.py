@@ -17,14 +17,14 @@ import torch.nn.functional as F
 from torch import nn
 
 __all__ = [
+    "GATLoss",
+    "consensus_penalty",
     "d_gan_loss",
     "g_gan_loss",
     "input_gradient",
     "r1_penalty",
     "r2_penalty",
     "wgan_gp_penalty",
-    "consensus_penalty",
-    "GATLoss",
 ]
 
 
@@ -79,7 +79,7 @@ def consensus_penalty(
     """½·||v||², v = (∇_θ L_G, ∇_φ L_D): the joint gradient field (Mescheder et al. 2017)."""
     v_g = torch.autograd.grad(loss_g, g_params, create_graph=True)
     v_d = torch.autograd.grad(loss_d, d_params, create_graph=True)
-    return 0.5 * sum(v.square().sum() for v in (*v_g, *v_d))
+    return 0.5 * torch.stack([v.square().sum() for v in (*v_g, *v_d)]).sum()
 
 
 class GATLoss:

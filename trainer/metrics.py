@@ -21,15 +21,15 @@ from torch import nn
 from trainer.data import Dataset
 
 __all__ = [
+    "ClassifierFeatures",
+    "FeatureError",
+    "FeatureExtractor",
+    "InceptionFeatures",
+    "RawFeatures",
     "frechet_distance",
     "gaussian_stats",
-    "mode_coverage",
-    "FeatureExtractor",
-    "FeatureError",
-    "RawFeatures",
-    "ClassifierFeatures",
-    "InceptionFeatures",
     "make_extractor",
+    "mode_coverage",
     "real_stats",
 ]
 
@@ -132,7 +132,7 @@ class ClassifierFeatures:
     recorded) and cached under ``<data_dir>/features/``.
     """
 
-    def __init__(self, data: Dataset, data_dir: Path, train_steps: int = 1500) -> None:
+    def __init__(self, data: Dataset, data_dir: Path, train_steps: int = 600) -> None:
         if data.labels is None or not data.is_image:
             raise FeatureError(
                 f"feature_extractor 'classifier' needs labelled images; dataset '{data.name}' has none "
@@ -207,7 +207,7 @@ class InceptionFeatures:
         torch.hub.set_dir(str(hub))
         try:
             self.net = InceptionV3([InceptionV3.BLOCK_INDEX_BY_DIM[2048]]).eval().to(device)
-        except Exception:  # noqa: BLE001 - a failed download surfaces in many forms
+        except Exception:
             raise FeatureError(
                 f"feature_extractor 'inception': weights {INCEPTION_WEIGHTS} not found and not downloadable; "
                 f"put the file at {data_dir / 'weights' / INCEPTION_WEIGHTS} or set GAT_TUNE_INCEPTION_WEIGHTS"

@@ -13,7 +13,7 @@ from torch import nn
 
 from trainer.config import ConfigError, TrainConfig
 
-__all__ = ["MLPGenerator", "MLPDiscriminator", "DCGANGenerator", "DCGANDiscriminator", "build_models"]
+__all__ = ["DCGANDiscriminator", "DCGANGenerator", "MLPDiscriminator", "MLPGenerator", "build_models"]
 
 
 class MLPGenerator(nn.Module):
@@ -69,9 +69,7 @@ class DCGANGenerator(nn.Module):
         channels, size = out_shape[0], out_shape[-1]
         ups = _halvings(size)
         self.base, self.c0 = size // 2**ups, width
-        self.fc = nn.Sequential(
-            nn.Linear(z_dim, width * self.base**2), nn.BatchNorm1d(width * self.base**2), nn.ReLU()
-        )
+        self.fc = nn.Sequential(nn.Linear(z_dim, width * self.base**2), nn.BatchNorm1d(width * self.base**2), nn.ReLU())
         layers: list[nn.Module] = []
         c = width
         for _ in range(ups):

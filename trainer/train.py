@@ -24,7 +24,7 @@ from trainer.losses import GATLoss
 from trainer.metrics import frechet_distance, gaussian_stats, make_extractor, mode_coverage, real_stats
 from trainer.models import build_models
 
-__all__ = ["train", "TrainResult", "Diverged", "CheckpointMismatch", "resolve_device"]
+__all__ = ["CheckpointMismatch", "Diverged", "TrainResult", "resolve_device", "train"]
 
 CHECKPOINT = "checkpoint.pt"
 FINITE_CHECK_EVERY = 32  # steps between looks at the losses: a look syncs with the device
@@ -67,6 +67,7 @@ class TrainResult:
     config: TrainConfig
     out_dir: Path | None = None
     stopped: bool = False
+    generator: torch.nn.Module | None = dataclasses.field(default=None, repr=False)
 
     def summary(self) -> dict[str, Any]:
         """A JSON-able digest: what ``gat-tune train --json`` prints."""
@@ -251,6 +252,7 @@ def train(
         config=config,
         out_dir=run_dir,
         stopped=stopped,
+        generator=g,
     )
     if run_dir is not None:
         torch.save({"g": g.state_dict(), "config": config.to_dict()}, run_dir / "generator.pt")

@@ -1,0 +1,90 @@
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from trainer.config import FIELDS, ConfigError, TrainConfig
+
+
+def test_defaults_cover_every_interface_key() -> None:
+    keys = set(TrainConfig().to_dict())
+    design = {
+        "dataset", "model", "z_dim", "g_width", "d_width", "depth", "aux_loss", "lambda", "lr_g", "lr_d",
+        "beta1", "beta2", "batch_size", "d_steps", "steps", "eval_every", "eval_samples",
+        "feature_extractor", "seed", "device",
+    }  # fmt: skip
+    assert design <= keys
+    assert keys == set(FIELDS)
+
+
+@pytest.mark.parametrize("suffix", [".yaml", ".json"])
+def test_round_trip_is_identical(tmp_path: Path, suffix: str) -> None:
+    config = TrainConfig.from_dict({"lambda": 0.5, "aux_loss": "wgan-gp", "g_width": 64, "dataset": "ring8"})
+    first = tmp_path / f"a{suffix}"
+    config.save(first)
+    loaded = TrainConfig.load(first)
+    assert loaded == config
+    second = tmp_path / f"b{suffix}"
+    loaded.save(second)
+    assert first.read_text() == second.read_text()
+    if suffix == ".json":
+        assert json.loads(first.read_text())["lambda"] == 0.5
+
+
+def test_ints_accepted_for_floats_and_integral_floats_for_ints() -> None:
+    config = TrainConfig.from_dict({"lambda": 1, "steps": 100.0})
+    assert config.lam == 1.0 and isinstance(config.lam, float)
+    assert config.steps == 100 and isinstance(config.steps, int)
+
+
+@pytest.mark.parametrize(
+    ("data", "fragment"),
+    [
+        ({"lamda": 1.0}, "unknown key 'lamda' (did you mean 'lambda'?)"),
+        ({"lambda": -1}, "lambda: -1.0 is out of range; expected a number >= 0"),
+        ({"lr_g": 0}, "lr_g: 0.0 is out of range; expected a number > 0"),
+        ({"steps": 0}, "steps: 0 is out of range; expected an integer >= 1"),
+        ({"steps": 1.5}, "steps: expected an integer"),
+        ({"batch_size": "64"}, "batch_size: expected an integer"),
+        ({"beta1": True}, "beta1: expected a number"),
+        ({"lambda": float("nan")}, "lambda: must be finite"),
+        ({"aux_loss": "r3"}, "aux_loss: 'r3' is not one of r1, r2, wgan-gp, consensus, none"),
+        ({"dataset": "imagenet"}, "dataset: 'imagenet' is not one of digits, ring8, grid25"),
+        ({"device": "tpu"}, "device: 'tpu' is not one of cpu, cuda, cuda:N"),
+        ({"dataset": "ring8", "model": "dcgan"}, "model: 'dcgan' needs images"),
+        ({"dataset": "grid25", "feature_extractor": "classifier"}, "feature_extractor: 'classifier' needs images"),
+    ],
+)
+def test_bad_values_name_the_key_and_what_is_allowed(data: dict, fragment: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        TrainConfig.from_dict(data)
+    message = str(info.value)
+    assert fragment in message
+    assert "\n" not in message
+
+
+def test_bad_yaml_and_non_mapping(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("steps: [1,\n")
+    with pytest.raises(ConfigError, match="not valid YAML or JSON"):
+        TrainConfig.load(bad)
+    with pytest.raises(ConfigError, match="expected a mapping"):
+        TrainConfig.from_text("- 1\n- 2\n")
+    with pytest.raises(ConfigError, match="cannot read"):
+        TrainConfig.load(tmp_path / "missing.yaml")
+
+
+def test_cli_bad_config_is_one_line(tmp_path: Path) -> None:
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("lambda: 1\nwidth: 3\n")
+    proc = subprocess.run(
+        [sys.executable, "-m", "trainer.cli", "train", "--config", str(cfg)], capture_output=True, text=True
+    )
+    assert proc.returncode == 2
+    assert proc.stderr.strip().count("\n") == 0
+    assert "unknown key 'width'" in proc.stderr
+    assert "Traceback" not in proc.stderr

@@ -1,0 +1,162 @@
+"""Short CPU runs of the training loop."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from bench.plain_loop import plain_gan
+from trainer.config import TrainConfig
+from trainer.data import load_dataset
+from trainer.train import FINITE_CHECK_EVERY, CheckpointMismatch, Diverged, _check_finite, train
+
+QUICK = {"steps": 300, "eval_every": 150, "eval_samples": 500, "g_width": 128, "d_width": 128}
+
+
+def quick(**changes: object) -> TrainConfig:
+    return TrainConfig.from_dict({**QUICK, **changes})
+
+
+def same_params(a: torch.nn.Module, b: torch.nn.Module) -> bool:
+    return all(torch.equal(p, q) for p, q in zip(a.state_dict().values(), b.state_dict().values(), strict=True))
+
+
+def test_r1_at_lambda_10_beats_the_plain_gan() -> None:
+    plain = train(quick(**{"lambda": 0.0}))
+    gat = train(quick(**{"lambda": 10.0}))
+    assert gat.fid < plain.fid / 2, (gat.fid, plain.fid)
+
+
+def test_lambda_zero_is_the_plain_gan_bit_for_bit() -> None:
+    config = quick(steps=60, eval_every=60, aux_loss="r1", **{"lambda": 0.0})
+    reference = plain_gan(config, load_dataset("digits"))
+    for aux in ("r1", "wgan-gp", "consensus", "none"):
+        result = train(config.replace(aux_loss=aux))
+        assert result.generator is not None
+        assert same_params(result.generator, reference), aux
+
+
+def test_same_seed_same_fid_and_evals_do_not_change_the_run() -> None:
+    a = train(quick(steps=120, eval_every=40))
+    b = train(quick(steps=120, eval_every=40))
+    c = train(quick(steps=120, eval_every=120))
+    assert a.fid == b.fid
+    assert [m["fid"] for m in a.history] == [m["fid"] for m in b.history]
+    assert a.fid == c.fid
+    assert train(quick(steps=120, eval_every=120, seed=1)).fid != a.fid
+
+
+def test_on_eval_sees_every_eval_and_may_stop_the_run() -> None:
+    seen: list[tuple[int, float]] = []
+    train(quick(steps=100, eval_every=40), on_eval=lambda step, m: seen.append((step, m["fid"])))
+    assert [s for s, _ in seen] == [40, 80, 100]
+
+    class Pruned(Exception):
+        pass
+
+    def prune(step: int, metrics: dict) -> None:
+        raise Pruned(step)
+
+    with pytest.raises(Pruned):
+        train(quick(steps=100, eval_every=40), on_eval=prune)
+
+
+def test_stop_and_resume_reach_the_same_result(tmp_path: Path) -> None:
+    config = quick(steps=120, eval_every=40)
+    whole = train(config, out_dir=tmp_path / "whole")
+
+    calls = {"n": 0}
+
+    def stop_after_50() -> bool:
+        calls["n"] += 1
+        return calls["n"] > 50
+
+    first = train(config, out_dir=tmp_path / "split", should_stop=stop_after_50)
+    assert first.stopped and first.steps == 50
+    resumed = train(config, out_dir=tmp_path / "split")
+    assert resumed.steps == 120 and not resumed.stopped
+    assert resumed.fid == whole.fid
+    assert resumed.generator is not None and whole.generator is not None
+    assert same_params(resumed.generator, whole.generator)
+    lines = (tmp_path / "split" / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(line)["step"] for line in lines] == [40, 80, 120]
+
+
+def test_run_directory_contents(tmp_path: Path) -> None:
+    result = train(quick(steps=40, eval_every=20), out_dir=tmp_path)
+    assert TrainConfig.load(tmp_path / "config.json") == result.config
+    for name in ("checkpoint.pt", "samples.png", "samples/step-0000020.png", "samples/step-0000040.png"):
+        assert (tmp_path / name).is_file(), name
+    assert (tmp_path / "samples.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert json.loads((tmp_path / "result.json").read_text())["fid"] == result.fid
+    with pytest.raises(CheckpointMismatch, match="lr_g"):
+        train(quick(steps=40, eval_every=20, lr_g=1e-3), out_dir=tmp_path)
+
+
+def test_a_run_trains_on_from_its_checkpoint_with_more_steps(tmp_path: Path) -> None:
+    train(quick(steps=40, eval_every=20), out_dir=tmp_path)
+    longer = train(quick(steps=80, eval_every=20), out_dir=tmp_path)
+    assert longer.steps == 80
+    assert [m["step"] for m in longer.history] == [20, 40, 60, 80]
+    assert longer.fid == train(quick(steps=80, eval_every=20)).fid
+
+
+# Consensus with a huge learning rate overflows within a few steps (deterministic on CPU).
+DIVERGING = {"aux_loss": "consensus", "lr_g": 1000.0, "lr_d": 1000.0, "beta1": 0.0, "g_width": 256, "d_width": 256}
+
+
+def test_divergence_names_the_step() -> None:
+    with pytest.raises(Diverged, match=r"diverged at step \d+: .* is not finite") as info:
+        train(quick(**DIVERGING))
+    assert 1 <= info.value.step <= 300
+
+
+def test_divergence_reports_the_first_bad_step() -> None:
+    losses = torch.zeros(FINITE_CHECK_EVERY, 3)
+    losses[(70 - 1) % FINITE_CHECK_EVERY, 1] = float("nan")  # step 70, generator loss
+    losses[(75 - 1) % FINITE_CHECK_EVERY, 0] = float("inf")
+    with pytest.raises(Diverged, match="diverged at step 70: generator loss is not finite"):
+        _check_finite(losses, 80)
+    _check_finite(torch.zeros(FINITE_CHECK_EVERY, 3), 80)  # finite: no error
+
+
+def test_ring8_reports_modes_and_quality() -> None:
+    result = train(TrainConfig.from_dict({"dataset": "ring8", "steps": 200, "eval_every": 200, "eval_samples": 500}))
+    assert set(result.metrics) >= {"fid", "modes", "hq_fraction"}
+    assert 0 <= result.metrics["modes"] <= 8
+    assert 0.0 <= result.metrics["hq_fraction"] <= 1.0
+
+
+def test_dcgan_on_digits() -> None:
+    result = train(quick(model="dcgan", g_width=32, d_width=32, steps=20, eval_every=20, batch_size=16))
+    assert result.fid > 0 and result.steps == 20
+
+
+def test_cli_json_last_line(tmp_path: Path) -> None:
+    cfg = tmp_path / "c.yaml"
+    quick(steps=30, eval_every=30).save(cfg)
+    proc = subprocess.run(
+        [sys.executable, "-m", "trainer.cli", "train", "-c", str(cfg), "--steps", "20", "--out", str(tmp_path / "r"),
+         "--json"],
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    last = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert last["steps"] == 20 and last["fid"] > 0 and last["seconds"] > 0
+    assert (tmp_path / "r" / "metrics.jsonl").is_file()
+
+
+def test_cli_divergence_is_one_line(tmp_path: Path) -> None:
+    cfg = tmp_path / "c.yaml"
+    quick(**DIVERGING).save(cfg)
+    proc = subprocess.run(
+        [sys.executable, "-m", "trainer.cli", "train", "-c", str(cfg), "--out", str(tmp_path / "r")],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    assert proc.returncode == 1
+    assert proc.stderr.startswith("gat-tune train: error: diverged at step")
+    assert "Traceback" not in proc.stderr
