@@ -1,0 +1,46 @@
+"""Shared dependencies of the routes: the service state and the auth checks."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Annotated
+
+from fastapi import Depends, Header, Request
+from sqlalchemy.engine import Engine
+
+from service.auth import authorize
+from service.config import Settings
+from service.studies import StudyService
+
+
+@dataclass
+class AppState:
+    settings: Settings
+    engine: Engine
+    studies: StudyService
+    open_reads: bool  # reads need no token when the server listens on loopback only
+
+
+def get_state(request: Request) -> AppState:
+    state: AppState = request.app.state.gat_tune
+    return state
+
+
+StateDep = Annotated[AppState, Depends(get_state)]
+
+
+def _require(scope: str):  # type: ignore[no-untyped-def]
+    def check(
+        state: StateDep,
+        authorization: Annotated[str | None, Header(include_in_schema=False)] = None,
+    ) -> None:
+        if scope == "read" and state.open_reads:
+            return
+        authorize(state.engine, state.settings.token, authorization, scope)
+
+    return check
+
+
+ReadAccess = Depends(_require("read"))
+WriteAccess = Depends(_require("write"))
+AdminAccess = Depends(_require("admin"))

@@ -1,0 +1,43 @@
+"""/healthz, /workers."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import sqlalchemy as sa
+from fastapi import APIRouter
+
+from service.api.deps import ReadAccess, StateDep
+from service.tables import workers
+
+router = APIRouter(tags=["system"])
+
+
+@router.get("/healthz", summary="Liveness and database reachability")
+def healthz(state: StateDep) -> dict[str, Any]:
+    with state.engine.connect() as conn:
+        conn.execute(sa.text("SELECT 1"))
+    return {"status": "ok"}
+
+
+@router.get("/workers", dependencies=[ReadAccess], summary="Worker processes, their devices and trials")
+def list_workers(state: StateDep) -> dict[str, Any]:
+    with state.engine.connect() as conn:
+        now = conn.execute(sa.select(sa.func.now())).scalar_one()
+        rows = conn.execute(sa.select(workers).order_by(workers.c.started_at)).all()
+    return {
+        "items": [
+            {
+                "id": r.id,
+                "host": r.host,
+                "pid": r.pid,
+                "device": r.device,
+                "status": r.status,
+                "current_trial_id": r.current_trial_id,
+                "started_at": r.started_at.isoformat(),
+                "last_heartbeat": r.last_heartbeat.isoformat(),
+                "seconds_since_heartbeat": round((now - r.last_heartbeat).total_seconds(), 3),
+            }
+            for r in rows
+        ]
+    }

@@ -1,0 +1,137 @@
+"""The FastAPI app factory: routers, error mapping, body limit, OpenAPI."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import sqlalchemy as sa
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.utils import get_openapi
+from fastapi.responses import JSONResponse
+from pydantic import ValidationError
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from service import db
+from service.api import studies as studies_api
+from service.api import system as system_api
+from service.api.deps import AppState
+from service.config import Settings, get_settings, is_loopback
+from service.errors import Conflict, Forbidden, GatTuneError, Invalid, NotFound, StorageError, Unauthorized
+from service.spec import SpecIssue, StudySpec
+from service.studies import StudyService
+
+__all__ = ["create_app"]
+
+log = logging.getLogger(__name__)
+
+STATUS = {NotFound: 404, Conflict: 409, Invalid: 422, Unauthorized: 401, Forbidden: 403, StorageError: 503}
+
+
+class BodyLimit:
+    """413 for a body over the limit, by Content-Length or by counting a streamed body."""
+
+    def __init__(self, app: ASGIApp, limit: int) -> None:
+        self.app, self.limit = app, limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        length = dict(scope["headers"]).get(b"content-length")
+        if length is not None and length.isdigit() and int(length) > self.limit:
+            await self._reject(send)
+            return
+        seen = 0
+
+        async def counted() -> Message:
+            nonlocal seen
+            message = await receive()
+            seen += len(message.get("body", b""))
+            if seen > self.limit:
+                raise _TooLarge
+            return message
+
+        try:
+            await self.app(scope, counted, send)
+        except _TooLarge:
+            await self._reject(send)
+
+    async def _reject(self, send: Send) -> None:
+        response = JSONResponse({"detail": f"request body over {self.limit} bytes"}, status_code=413)
+        await response({"type": "http"}, _empty_receive, send)
+
+
+class _TooLarge(Exception):
+    pass
+
+
+async def _empty_receive() -> Message:
+    return {"type": "http.request", "body": b""}
+
+
+def _error_body(loc: tuple[Any, ...], message: str) -> dict[str, Any]:
+    return {"detail": [{"loc": ["body", *loc], "msg": message, "type": "value_error"}]}
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """Build the app over the settings' database (migrated on start by `gat-tune serve`)."""
+    settings = settings or get_settings()
+    engine = db.engine(settings)
+    service = StudyService(
+        engine, db.optuna_storage(settings), max_trials=settings.max_trials, base_url=settings.base_url
+    )
+    app = FastAPI(
+        title="gat-tune",
+        version="0.1.0",
+        summary="Hyperparameter tuning of GAT (GAN + λ·gradient regulariser) training on Optuna",
+        description="Mutating routes need `Authorization: Bearer <token>`; reads are open on loopback.",
+    )
+    app.state.gat_tune = AppState(settings, engine, service, open_reads=is_loopback(settings.host))
+    app.include_router(studies_api.router)
+    app.include_router(system_api.router)
+
+    @app.exception_handler(GatTuneError)
+    async def _known(request: Request, exc: GatTuneError) -> JSONResponse:
+        status = next((code for cls, code in STATUS.items() if isinstance(exc, cls)), 500)
+        if isinstance(exc, Invalid):
+            return JSONResponse(_error_body((exc.field,) if exc.field else (), str(exc)), status_code=422)
+        headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
+        return JSONResponse({"detail": str(exc)}, status_code=status, headers=headers)
+
+    @app.exception_handler(sa.exc.OperationalError)
+    async def _database_down(request: Request, exc: sa.exc.OperationalError) -> JSONResponse:
+        reason = str(exc.orig).strip().splitlines()[0] if exc.orig else "connection failed"
+        return JSONResponse({"detail": f"database unavailable: {reason}"}, status_code=503)
+
+    @app.exception_handler(SpecIssue)
+    async def _spec(request: Request, exc: SpecIssue) -> JSONResponse:
+        return JSONResponse(_error_body(exc.loc, exc.message), status_code=422)
+
+    @app.exception_handler(ValidationError)
+    async def _shape(request: Request, exc: ValidationError) -> JSONResponse:
+        errors = [
+            {"loc": ["body", *e["loc"]], "msg": e["msg"], "type": e["type"]}
+            for e in exc.errors(include_url=False, include_input=False, include_context=False)
+        ]
+        return JSONResponse({"detail": errors}, status_code=422)
+
+    @app.exception_handler(RequestValidationError)
+    async def _request(request: Request, exc: RequestValidationError) -> JSONResponse:
+        errors = [{"loc": list(e.get("loc", ())), "msg": e.get("msg", ""), "type": e.get("type", "")} for e in exc.errors()]
+        return JSONResponse({"detail": errors}, status_code=422)
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
+            spec_schema = StudySpec.model_json_schema(ref_template="#/components/schemas/{model}")
+            components = schema.setdefault("components", {}).setdefault("schemas", {})
+            components.update(spec_schema.pop("$defs", {}))
+            components["StudySpec"] = spec_schema
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+    app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
+    return app

@@ -1,0 +1,166 @@
+"""`gat-tune`: train | serve | submit | status | best | control | db upgrade | token create."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+from trainer.cli import add_train_parser
+
+__all__ = ["main"]
+
+
+def _fail(message: str, code: int = 1) -> int:
+    print(f"gat-tune: error: {message}", file=sys.stderr)
+    return code
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from service import db
+    from service.app import create_app
+    from service.config import Settings, is_loopback
+
+    settings = Settings(host=args.host, port=args.port) if args.host or args.port else Settings()
+    if args.host:
+        settings = settings.model_copy(update={"host": args.host})
+    if args.port:
+        settings = settings.model_copy(update={"port": args.port})
+    if not is_loopback(settings.host) and not settings.token:
+        return _fail(
+            f"refusing to listen on {settings.host} with no token: set GAT_TUNE_TOKEN, or serve on 127.0.0.1", 2
+        )
+    db.upgrade(settings)
+    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level="info")
+    return 0
+
+
+def cmd_db_upgrade(args: argparse.Namespace) -> int:
+    from service import db
+    from service.config import Settings
+
+    db.upgrade(Settings())
+    print("database up to date")
+    return 0
+
+
+def cmd_token_create(args: argparse.Namespace) -> int:
+    from service import db
+    from service.auth import create_token
+    from service.config import Settings
+
+    settings = Settings()
+    db.upgrade(settings)
+    print(create_token(db.engine(settings), args.name, args.scope))
+    return 0
+
+
+def _client(args: argparse.Namespace) -> Any:
+    from service.client import Client
+
+    return Client(args.url)
+
+
+def cmd_submit(args: argparse.Namespace) -> int:
+    study = _client(args).submit(args.spec, idempotency_key=args.idempotency_key)
+    print(json.dumps({k: study[k] for k in ("id", "status", "n_trials", "dashboard_url")}))
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    study = _client(args).study(args.study)
+    counts = ", ".join(f"{k.lower()} {v}" for k, v in study["trial_counts"].items() if v)
+    best = study["best"]
+    best_text = f"best FID {best['fid']:.3f} (trial {best['trial']})" if best else "no completed trial yet"
+    print(f"{study['name']}: {study['status']}, {study['finished']}/{study['n_trials']} finished ({counts or 'none'}); {best_text}")
+    return 0
+
+
+def cmd_best(args: argparse.Namespace) -> int:
+    text = _client(args).best(args.study, format="yaml")
+    if args.output:
+        Path(args.output).write_text(text)
+        print(f"wrote {args.output}")
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
+def cmd_control(args: argparse.Namespace) -> int:
+    study = _client(args).control(args.study, args.command)
+    print(f"{study['name']}: {study['status']}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="gat-tune", description="Tune GAT (GAN + λ·L_A) training on Optuna.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    add_train_parser(sub)
+
+    p = sub.add_parser("serve", help="run the HTTP API (migrates the database first)")
+    p.add_argument("--host", help="address (default GAT_TUNE_HOST or 127.0.0.1)")
+    p.add_argument("--port", type=int, help="port (default GAT_TUNE_PORT or 8000)")
+    p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("db", help="database maintenance")
+    dbsub = p.add_subparsers(dest="db_command", required=True)
+    dbsub.add_parser("upgrade", help="create or upgrade Optuna's tables and ours").set_defaults(func=cmd_db_upgrade)
+
+    p = sub.add_parser("token", help="API tokens")
+    tsub = p.add_subparsers(dest="token_command", required=True)
+    t = tsub.add_parser("create", help="create a token and print it (stored hashed)")
+    t.add_argument("name")
+    t.add_argument("--scope", action="append", choices=["read", "write", "admin"], default=None)
+    t.set_defaults(func=cmd_token_create)
+
+    def client_parser(name: str, help: str) -> argparse.ArgumentParser:
+        cp: argparse.ArgumentParser = sub.add_parser(name, help=help)
+        cp.add_argument("--url", default="http://127.0.0.1:8000", help="the API (default %(default)s)")
+        return cp
+
+    p = client_parser("submit", "create a study from a YAML or JSON spec")
+    p.add_argument("spec", type=Path)
+    p.add_argument("--idempotency-key", help="retrying with the same key returns the same study")
+    p.set_defaults(func=cmd_submit)
+    p = client_parser("status", "a study's state, counts and best FID")
+    p.add_argument("study")
+    p.set_defaults(func=cmd_status)
+    p = client_parser("best", "the best trial's trainer config (YAML)")
+    p.add_argument("study")
+    p.add_argument("-o", "--output", help="write to this file")
+    p.set_defaults(func=cmd_best)
+    for action in ("stop", "pause", "resume"):
+        p = client_parser(action, f"{action} a study")
+        p.add_argument("study")
+        p.set_defaults(func=cmd_control)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    import sqlalchemy as sa
+
+    from service.client import ApiError
+    from service.errors import GatTuneError
+
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    logging.getLogger("alembic").setLevel(logging.WARNING)
+    args = build_parser().parse_args(argv)
+    if args.command == "token" and not args.scope:
+        args.scope = ["read", "write"]
+    try:
+        return int(args.func(args))
+    except (ApiError, GatTuneError) as exc:
+        return _fail(str(exc))
+    except sa.exc.OperationalError as exc:
+        return _fail(f"database unavailable: {str(exc.orig).strip().splitlines()[0]}")
+    except OSError as exc:
+        return _fail(f"{getattr(exc, 'filename', '') or ''} {exc.strerror or exc}".strip())
+
+
+if __name__ == "__main__":
+    sys.exit(main())

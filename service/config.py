@@ -1,0 +1,65 @@
+"""Settings, read once from the environment (pydantic-settings)."""
+
+from __future__ import annotations
+
+import ipaddress
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+__all__ = ["Settings", "get_settings", "is_loopback"]
+
+
+class Settings(BaseSettings):
+    """Every setting of the service; each maps to the environment variable in its alias."""
+
+    model_config = SettingsConfigDict(env_prefix="GAT_TUNE_", extra="ignore", populate_by_name=True)
+
+    database_url: str | None = Field(
+        default=None,
+        alias="DATABASE_URL",
+        description="PostgreSQL URL; unset: an embedded PostgreSQL under the data directory",
+    )
+    data_dir: Path = Field(default=Path(".gat-tune"), description="embedded database, artifacts, caches, runs")
+    token: str | None = Field(default=None, description="admin bearer token (all scopes)")
+    host: str = Field(default="127.0.0.1", description="address `gat-tune serve` listens on")
+    port: int = Field(default=8000, description="port `gat-tune serve` listens on")
+    public_url: str | None = Field(default=None, description="base URL for links (default http://host:port)")
+    max_trials: int = Field(default=10_000, ge=1, description="largest n_trials a study may ask for")
+    max_body_bytes: int = Field(default=1_000_000, ge=1, description="largest request body")
+    pool_size: int = Field(default=5, ge=1, description="database connections per process")
+
+    @field_validator("database_url")
+    @classmethod
+    def _normalise_url(cls, value: str | None) -> str | None:
+        if not value:
+            return None
+        # SQLAlchemy wants postgresql://; Heroku-style URLs say postgres://.
+        if value.startswith("postgres://"):
+            value = "postgresql://" + value[len("postgres://") :]
+        if not value.startswith("postgresql"):
+            raise ValueError("DATABASE_URL must be a PostgreSQL URL (postgresql://user@host:port/db)")
+        # SQLAlchemy 2.1 reads a bare postgresql:// as psycopg 3; we ship psycopg2.
+        if value.startswith("postgresql://"):
+            value = "postgresql+psycopg2://" + value[len("postgresql://") :]
+        return value
+
+    @property
+    def base_url(self) -> str:
+        return (self.public_url or f"http://{self.host}:{self.port}").rstrip("/")
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()

