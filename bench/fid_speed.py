@@ -50,7 +50,9 @@ def main() -> None:
             times[name] = min(times[name], time.perf_counter() - t)
     rel = abs(values["eigh"] - values["sqrtm"]) / abs(values["sqrtm"])
     print(f"dim {args.dim}: eigh {times['eigh']:.3f}s  sqrtm {times['sqrtm']:.3f}s")
-    print(f"FID eigh {values['eigh']:.10g}  sqrtm {values['sqrtm']:.10g}  relative difference {rel:.2e} (target <= 1e-6)")
+    print(
+        f"FID eigh {values['eigh']:.10g}  sqrtm {values['sqrtm']:.10g}  relative difference {rel:.2e} (target <= 1e-6)"
+    )
     print(f"ratio sqrtm/eigh time = {times['sqrtm'] / times['eigh']:.1f}x faster (target >= 4x)")
 
 

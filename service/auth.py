@@ -13,7 +13,7 @@ from sqlalchemy.engine import Engine
 from service.errors import Conflict, Forbidden, Invalid, Unauthorized
 from service.tables import api_tokens
 
-__all__ = ["SCOPES", "create_token", "authorize", "digest"]
+__all__ = ["SCOPES", "authorize", "create_token", "digest"]
 
 SCOPES = ("read", "write", "admin")
 

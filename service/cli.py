@@ -26,11 +26,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from service.app import create_app
     from service.config import Settings, is_loopback
 
-    settings = Settings(host=args.host, port=args.port) if args.host or args.port else Settings()
-    if args.host:
-        settings = settings.model_copy(update={"host": args.host})
-    if args.port:
-        settings = settings.model_copy(update={"port": args.port})
+    overrides = {k: v for k, v in (("host", args.host), ("port", args.port)) if v is not None}
+    settings = Settings().model_copy(update=overrides)
     if not is_loopback(settings.host) and not settings.token:
         return _fail(
             f"refusing to listen on {settings.host} with no token: set GAT_TUNE_TOKEN, or serve on 127.0.0.1", 2
@@ -77,7 +74,8 @@ def cmd_status(args: argparse.Namespace) -> int:
     counts = ", ".join(f"{k.lower()} {v}" for k, v in study["trial_counts"].items() if v)
     best = study["best"]
     best_text = f"best FID {best['fid']:.3f} (trial {best['trial']})" if best else "no completed trial yet"
-    print(f"{study['name']}: {study['status']}, {study['finished']}/{study['n_trials']} finished ({counts or 'none'}); {best_text}")
+    progress = f"{study['finished']}/{study['n_trials']} finished ({counts or 'none'})"
+    print(f"{study['name']}: {study['status']}, {progress}; {best_text}")
     return 0
 
 
@@ -143,12 +141,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     import sqlalchemy as sa
+    from pydantic import ValidationError
 
     from service.client import ApiError
     from service.errors import GatTuneError
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    logging.getLogger("alembic").setLevel(logging.WARNING)
+    for noisy in ("alembic", "httpx", "httpcore"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
     args = build_parser().parse_args(argv)
     if args.command == "token" and not args.scope:
         args.scope = ["read", "write"]
@@ -156,6 +156,10 @@ def main(argv: list[str] | None = None) -> int:
         return int(args.func(args))
     except (ApiError, GatTuneError) as exc:
         return _fail(str(exc))
+    except ValidationError as exc:  # a bad environment variable
+        first = exc.errors()[0]
+        name = str(first["loc"][0]) if first["loc"] else "setting"
+        return _fail(f"{name.upper() if name == 'DATABASE_URL' else 'GAT_TUNE_' + name.upper()}: {first['msg']}", 2)
     except sa.exc.OperationalError as exc:
         return _fail(f"database unavailable: {str(exc.orig).strip().splitlines()[0]}")
     except OSError as exc:

@@ -8,7 +8,7 @@ from typing import Any
 
 import httpx
 
-__all__ = ["Client", "ApiError"]
+__all__ = ["ApiError", "Client"]
 
 
 class ApiError(RuntimeError):

@@ -14,7 +14,7 @@ from sqlalchemy.engine import Engine
 from service.config import Settings
 from service.tables import VERSION_TABLE
 
-__all__ = ["database_url", "engine", "optuna_storage", "upgrade", "embedded_url", "dispose_all"]
+__all__ = ["database_url", "dispose_all", "embedded_url", "engine", "optuna_storage", "upgrade"]
 
 log = logging.getLogger(__name__)
 MIGRATIONS = Path(__file__).resolve().parent.parent / "migrations"
@@ -96,7 +96,6 @@ def upgrade(settings: Settings) -> None:
         cfg.attributes["version_table"] = VERSION_TABLE
         command.upgrade(cfg, "head")
     log.info("database up to date")
-
 
 
 def dispose_all() -> None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["GatTuneError", "NotFound", "Conflict", "Invalid", "Unauthorized", "Forbidden", "StorageError"]
+__all__ = ["Conflict", "Forbidden", "GatTuneError", "Invalid", "NotFound", "StorageError", "Unauthorized"]
 
 
 class GatTuneError(Exception):

@@ -19,21 +19,21 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from trainer.config import FIELDS, ConfigError, TrainConfig
 
 __all__ = [
-    "StudySpec",
-    "FloatParam",
-    "IntParam",
+    "EXAMPLE_SPEC",
+    "PRUNERS",
+    "SAMPLERS",
     "CategoricalParam",
     "ConditionalParam",
+    "FloatParam",
+    "IntParam",
     "SpecIssue",
+    "StudySpec",
     "check_spec",
-    "suggest_config",
     "config_from_params",
     "enqueue_params",
-    "make_sampler",
     "make_pruner",
-    "SAMPLERS",
-    "PRUNERS",
-    "EXAMPLE_SPEC",
+    "make_sampler",
+    "suggest_config",
 ]
 
 SAMPLERS = ("tpe", "random", "cmaes", "gp", "qmc", "nsga2")
@@ -114,8 +114,8 @@ class StudySpec(_Strict):
         return [self.objective] if isinstance(self.objective, str) else list(self.objective)
 
     @property
-    def directions(self) -> list[str]:
-        return ["minimize"] * len(self.objectives)
+    def directions(self) -> list[optuna.study.StudyDirection]:
+        return [optuna.study.StudyDirection.MINIMIZE] * len(self.objectives)
 
 
 EXAMPLE_SPEC: dict[str, Any] = {

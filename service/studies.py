@@ -69,7 +69,9 @@ class StudyService:
                 raise Conflict(f"a study named '{spec.name}' exists; choose another name")
             try:
                 study = optuna.create_study(
-                    storage=self.storage, study_name=spec.name, directions=spec.directions, sampler=make_sampler(spec)
+                    storage=self.storage,
+                    study_name=spec.name,
+                    directions=spec.directions, sampler=make_sampler(spec)
                 )
             except optuna.exceptions.DuplicatedStudyError:
                 raise Conflict(f"an Optuna study named '{spec.name}' exists in this database") from None
@@ -174,7 +176,7 @@ class StudyService:
             counts = self._counts(conn, [row.optuna_study_id])[row.optuna_study_id]
             return self._public(row, counts, self._best(conn, row))
 
-    def list(self, *, offset: int = 0, limit: int = 50) -> dict[str, Any]:
+    def list_studies(self, *, offset: int = 0, limit: int = 50) -> dict[str, Any]:
         with self.engine.connect() as conn:
             total = conn.execute(sa.select(sa.func.count()).select_from(studies)).scalar_one()
             rows = conn.execute(
@@ -284,9 +286,7 @@ class StudyService:
                 raise NotFound(f"no study named '{name}'")
             if row.status == "stopped" and new != "stopped":
                 raise Conflict(f"study '{name}' is stopped; a stopped study cannot {action}")
-            conn.execute(
-                studies.update().where(studies.c.name == name).values(status=new, updated_at=sa.func.now())
-            )
+            conn.execute(studies.update().where(studies.c.name == name).values(status=new, updated_at=sa.func.now()))
         return self.get(name)
 
     def enqueue(self, name: str, values: dict[str, Any]) -> dict[str, Any]:

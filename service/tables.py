@@ -5,7 +5,7 @@ from __future__ import annotations
 import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import JSONB
 
-__all__ = ["metadata", "studies", "trial_leases", "workers", "api_tokens", "idempotency_keys", "VERSION_TABLE"]
+__all__ = ["VERSION_TABLE", "api_tokens", "idempotency_keys", "metadata", "studies", "trial_leases", "workers"]
 
 # Alembic's version table for our migrations; Optuna keeps `alembic_version` for its own.
 VERSION_TABLE = "gat_tune_alembic_version"

@@ -72,7 +72,7 @@ async def create_study(
 
 @router.get("", dependencies=[ReadAccess], summary="List studies")
 def list_studies(state: StateDep, offset: Offset = 0, limit: Limit = 50) -> dict[str, Any]:
-    return state.studies.list(offset=offset, limit=limit)
+    return state.studies.list_studies(offset=offset, limit=limit)
 
 
 @router.get("/{name}", dependencies=[ReadAccess], summary="A study: state, trial counts, best so far")
@@ -99,9 +99,7 @@ def list_trials(
     summary="The best trial's complete trainer config",
     responses={200: {"content": {"application/json": {}, "application/yaml": {}}}},
 )
-def best_config(
-    name: StudyName, state: StateDep, format: Annotated[Literal["json", "yaml"], Query()] = "json"
-) -> Any:
+def best_config(name: StudyName, state: StateDep, format: Annotated[Literal["json", "yaml"], Query()] = "json") -> Any:
     """A config that `gat-tune train --config` accepts; `?format=yaml` for YAML. 409 before any
     trial has completed."""
     config = state.studies.best_config(_name(name))
@@ -156,4 +154,4 @@ async def enqueue(name: StudyName, request: Request, state: StateDep) -> dict[st
     return await run_in_threadpool(state.studies.enqueue, _name(name), values)
 
 
-__all__ = ["router", "parse_spec", "ValidationError"]
+__all__ = ["ValidationError", "parse_spec", "router"]
