@@ -69,9 +69,7 @@ class StudyService:
                 raise Conflict(f"a study named '{spec.name}' exists; choose another name")
             try:
                 study = optuna.create_study(
-                    storage=self.storage,
-                    study_name=spec.name,
-                    directions=spec.directions, sampler=make_sampler(spec)
+                    storage=self.storage, study_name=spec.name, directions=spec.directions, sampler=make_sampler(spec)
                 )
             except optuna.exceptions.DuplicatedStudyError:
                 raise Conflict(f"an Optuna study named '{spec.name}' exists in this database") from None
