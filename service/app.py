@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from typing import Any
 
+import optuna
 import sqlalchemy as sa
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -18,6 +20,7 @@ from service.api import studies as studies_api
 from service.api import system as system_api
 from service.api.deps import AppState
 from service.config import Settings, get_settings, is_loopback
+from service.dashboard import dashboard_app
 from service.errors import Conflict, Forbidden, GatTuneError, Invalid, NotFound, StorageError, Unauthorized
 from service.spec import SpecIssue, StudySpec
 from service.studies import StudyService
@@ -75,7 +78,12 @@ def _error_body(loc: tuple[Any, ...], message: str) -> dict[str, Any]:
     return {"detail": [{"loc": ["body", *loc], "msg": message, "type": "value_error"}]}
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
+def _ensure_dir(path: Path) -> Path:
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def create_app(settings: Settings | None = None, *, mount_dashboard: bool = True) -> FastAPI:
     """Build the app over the settings' database (migrated on start by `gat-tune serve`)."""
     settings = settings or get_settings()
     engine = db.engine(settings)
@@ -91,6 +99,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.gat_tune = AppState(settings, engine, service, open_reads=is_loopback(settings.host))
     app.include_router(studies_api.router)
     app.include_router(system_api.router)
+    if mount_dashboard:
+        store = optuna.artifacts.FileSystemArtifactStore(_ensure_dir(settings.artifacts))
+        app.mount("/", dashboard_app(service.storage, store, engine, settings.token))  # type: ignore[arg-type]
 
     @app.exception_handler(GatTuneError)
     async def _known(request: Request, exc: GatTuneError) -> JSONResponse:

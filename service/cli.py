@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -33,7 +34,44 @@ def cmd_serve(args: argparse.Namespace) -> int:
             f"refusing to listen on {settings.host} with no token: set GAT_TUNE_TOKEN, or serve on 127.0.0.1", 2
         )
     db.upgrade(settings)
-    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level="info")
+    if args.workers > 1:
+        # Several processes: uvicorn imports the factory in each; settings come from the environment.
+        os.environ.update({"GAT_TUNE_HOST": settings.host, "GAT_TUNE_PORT": str(settings.port)})
+        uvicorn.run("service.app:create_app", factory=True, host=settings.host, port=settings.port,
+                    workers=args.workers, log_level="warning")  # fmt: skip
+    else:
+        uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level="info")
+    return 0
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    from service.config import Settings
+    from service.worker import resolve_devices, run_pool
+
+    try:
+        devices = resolve_devices(args.devices)
+    except ValueError as exc:
+        return _fail(str(exc), 2)
+    if args.per_device < 1:
+        return _fail("--per-device must be at least 1", 2)
+    return run_pool(Settings(), devices, args.per_device, idle_exit=args.exit_when_idle)
+
+
+def cmd_dashboard(args: argparse.Namespace) -> int:
+    from wsgiref.simple_server import make_server
+
+    import optuna
+    import optuna_dashboard
+
+    from service import db
+    from service.config import Settings
+
+    settings = Settings()
+    db.upgrade(settings)
+    store = optuna.artifacts.FileSystemArtifactStore(settings.artifacts)
+    app = optuna_dashboard.wsgi(db.optuna_storage(settings), artifact_store=store)
+    print(f"optuna-dashboard on http://{args.host}:{args.port}/dashboard")
+    make_server(args.host, args.port, app).serve_forever()
     return 0
 
 
@@ -103,7 +141,21 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("serve", help="run the HTTP API (migrates the database first)")
     p.add_argument("--host", help="address (default GAT_TUNE_HOST or 127.0.0.1)")
     p.add_argument("--port", type=int, help="port (default GAT_TUNE_PORT or 8000)")
+    p.add_argument("--workers", type=int, default=1, help="HTTP server processes (default 1)")
     p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("worker", help="run a worker pool: one process per device slot")
+    p.add_argument("--devices", default="auto", help="auto (every GPU, else the CPU), cpu, or cuda:0,cuda:1,...")
+    p.add_argument("--per-device", type=int, default=1, help="slots (processes) per device (default 1)")
+    p.add_argument(
+        "--exit-when-idle", type=float, metavar="SECONDS", help="exit once no trial was claimable for this long"
+    )
+    p.set_defaults(func=cmd_worker)
+
+    p = sub.add_parser("dashboard", help="run optuna-dashboard alone over the same storage and artifacts")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8080)
+    p.set_defaults(func=cmd_dashboard)
 
     p = sub.add_parser("db", help="database maintenance")
     dbsub = p.add_subparsers(dest="db_command", required=True)

@@ -30,6 +30,9 @@ class Settings(BaseSettings):
     max_trials: int = Field(default=10_000, ge=1, description="largest n_trials a study may ask for")
     max_body_bytes: int = Field(default=1_000_000, ge=1, description="largest request body")
     pool_size: int = Field(default=5, ge=1, description="database connections per process")
+    artifact_dir: Path | None = Field(default=None, description="Optuna artifact store (default DATA_DIR/artifacts)")
+    lease_seconds: float = Field(default=60, gt=0, description="a trial's lease; a heartbeat renews it at 1/3")
+    poll_seconds: float = Field(default=2, gt=0, description="how often an idle worker looks for a trial")
 
     @field_validator("database_url")
     @classmethod
@@ -45,6 +48,10 @@ class Settings(BaseSettings):
         if value.startswith("postgresql://"):
             value = "postgresql+psycopg2://" + value[len("postgresql://") :]
         return value
+
+    @property
+    def artifacts(self) -> Path:
+        return self.artifact_dir or self.data_dir / "artifacts"
 
     @property
     def base_url(self) -> str:

@@ -13,6 +13,7 @@ import math
 import re
 from typing import Annotated, Any, Literal
 
+import numpy as np
 import optuna
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -98,6 +99,9 @@ class StudySpec(_Strict):
     n_trials: int = Field(default=20, ge=1)
     max_parallel: int = Field(default=2, ge=1, le=1024, description="trials running at once, at most")
     max_retries: int = Field(default=2, ge=0, le=100, description="re-runs of a trial whose worker died")
+    max_failures: int | None = Field(
+        default=None, ge=1, description="failed trials after which the study ends as 'failed' (default: n_trials)"
+    )
     seed: int | None = Field(default=None, ge=0, le=2**31 - 1)
     enqueue: list[dict[str, Any]] = Field(default_factory=list, max_length=1000, description="configs to try first")
 
@@ -341,9 +345,18 @@ def enqueue_params(spec: StudySpec, values: dict[str, Any], *, loc: tuple[str | 
     return params
 
 
-def make_sampler(spec: StudySpec) -> optuna.samplers.BaseSampler:
-    """The spec's sampler. TPE runs with constant_liar so parallel workers see running trials."""
+def make_sampler(spec: StudySpec, *, offset: int = 0) -> optuna.samplers.BaseSampler:
+    """The spec's sampler. TPE runs with constant_liar so parallel workers see running trials.
+
+    Workers build a fresh sampler for each trial; ``offset`` (the study's trial count) moves
+    the seed along so that a seeded study does not draw the same random point every time.
+    QMC keeps its seed: its sequence is indexed by trial number already.
+    """
     seed = spec.seed
+    if seed is not None and spec.sampler != "qmc":
+        # SeedSequence, not seed + offset: Mersenne Twister streams from nearby integer
+        # seeds start out nearly equal (RandomState(0) and (3) both open with 0.55).
+        seed = int(np.random.SeedSequence([seed, offset]).generate_state(1)[0]) % 2**31
     if spec.sampler == "tpe":
         return optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True, constant_liar=True)
     if spec.sampler == "random":

@@ -52,3 +52,44 @@ def _scatter(points: torch.Tensor, modes: torch.Tensor | None, size: int = 512) 
     for px, py in to_px(points):
         canvas[size - 1 - py, px] = (20, 60, 200)
     return canvas
+
+
+def save_curve(history: list[dict[str, float]], path: Path, size: tuple[int, int] = (480, 320)) -> None:
+    """FID (log scale, blue) and the discriminator loss (grey) against the step."""
+    from PIL import ImageDraw
+
+    width, height = size
+    img = Image.new("RGB", size, "white")
+    draw = ImageDraw.Draw(img)
+    left, right, top, bottom = 48, width - 12, 12, height - 28
+    draw.rectangle([left, top, right, bottom], outline=(160, 160, 160))
+    steps = [h["step"] for h in history]
+    if steps:
+        s0, s1 = min(steps), max(max(steps), min(steps) + 1)
+
+        def x(step: float) -> float:
+            return left + (step - s0) / (s1 - s0) * (right - left)
+
+        for key, colour, log in (("loss_d", (150, 150, 150), False), ("fid", (20, 60, 200), True)):
+            pts = [
+                (h["step"], h[key]) for h in history if key in h and math.isfinite(h[key]) and (h[key] > 0 or not log)
+            ]
+            if not pts:
+                continue
+            vals = [math.log10(v) if log else v for _, v in pts]
+            lo, hi = min(vals), max(vals)
+            hi = hi if hi > lo else lo + 1
+            xy = [(x(s), bottom - (v - lo) / (hi - lo) * (bottom - top)) for (s, _), v in zip(pts, vals, strict=True)]
+            if len(xy) > 1:
+                draw.line(xy, fill=colour, width=2)
+            for px, py in xy:
+                draw.ellipse([px - 2, py - 2, px + 2, py + 2], fill=colour)
+            if key == "fid":
+                draw.text((4, top), f"{10**hi:.3g}", fill=colour)
+                draw.text((4, bottom - 10), f"{10**lo:.3g}", fill=colour)
+        draw.text((left, bottom + 8), f"step {s0}", fill=(0, 0, 0))
+        draw.text((right - 70, bottom + 8), f"step {max(steps)}", fill=(0, 0, 0))
+        draw.text((left + 80, bottom + 8), "FID (log, blue)  loss_D (grey)", fill=(0, 0, 0))
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    img.save(tmp, format="PNG")
+    os.replace(tmp, path)

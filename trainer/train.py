@@ -19,7 +19,7 @@ import torch
 
 from trainer.config import TrainConfig
 from trainer.data import Dataset, default_data_dir, load_dataset
-from trainer.images import save_samples
+from trainer.images import save_curve, save_samples
 from trainer.losses import GATLoss
 from trainer.metrics import frechet_distance, gaussian_stats, make_extractor, mode_coverage, real_stats
 from trainer.models import build_models
@@ -227,7 +227,7 @@ def train(
         history.append(metrics)
         last = metrics
         if run_dir is not None:
-            _write_eval(run_dir, metrics, samples, data)
+            _write_eval(run_dir, metrics, samples, data, history)
             _save_checkpoint(run_dir, config, step, train_seconds, history, g, d, opt_g, opt_d, rng)
         if progress is not None:
             progress(step, last)
@@ -273,13 +273,16 @@ def _check_finite(losses: torch.Tensor, step: int) -> None:
             raise Diverged(s + 1, what)
 
 
-def _write_eval(run_dir: Path, metrics: dict[str, Any], samples: torch.Tensor, data: Dataset) -> None:
+def _write_eval(
+    run_dir: Path, metrics: dict[str, Any], samples: torch.Tensor, data: Dataset, history: list[dict[str, Any]]
+) -> None:
     with open(run_dir / "metrics.jsonl", "a") as f:
         f.write(json.dumps(metrics) + "\n")
     (run_dir / "samples").mkdir(exist_ok=True)
     step_png = run_dir / "samples" / f"step-{metrics['step']:07d}.png"
     save_samples(samples, step_png, data.modes)
     save_samples(samples, run_dir / "samples.png", data.modes)
+    save_curve(history, run_dir / "curve.png")
 
 
 # Keys that may differ between a checkpoint and the run that resumes it: the length of the

@@ -1,0 +1,266 @@
+"""The trial queue on PostgreSQL: claim, lease, renew, finish, interrupt, reap.
+
+Optuna's heartbeat only works inside ``study.optimize`` (optuna#3293), so a claimed trial
+holds a row in ``gt_trial_leases`` whose ``expires_at`` a heartbeat pushes forward. Time is
+always the database's ``now()``. Every change to a trial's end state happens while its lease
+row is locked, so a worker and a reaper never both finish the same trial (optuna#5582).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import optuna
+import sqlalchemy as sa
+from optuna.trial import TrialState
+from sqlalchemy.engine import Connection, Engine
+
+from service.spec import StudySpec, make_pruner, make_sampler
+from service.tables import studies, trial_leases
+
+__all__ = ["Claim", "TrialQueue"]
+
+log = logging.getLogger(__name__)
+
+# user attributes the queue puts on trials
+ATTEMPT = "gat_tune_attempt"
+RESUME_FROM = "gat_tune_resume_from"
+RETRY_OF = "gat_tune_retry_of"
+FAIL_REASON = "fail_reason"
+
+
+@dataclass
+class Claim:
+    """A trial this worker holds the lease of."""
+
+    study_name: str
+    spec: StudySpec
+    study: optuna.Study
+    trial: optuna.Trial
+    attempt: int
+    resume_from: str | None
+
+    @property
+    def trial_id(self) -> int:
+        return int(self.trial._trial_id)
+
+
+class TrialQueue:
+    """Claims and leases for one worker (``worker_id``) over one database."""
+
+    def __init__(
+        self, engine: Engine, storage: optuna.storages.RDBStorage, worker_id: str, *, lease_seconds: float = 60
+    ) -> None:
+        self.engine, self.storage, self.worker_id = engine, storage, worker_id
+        self.lease_seconds = lease_seconds
+
+    def _lease_interval(self) -> sa.TextClause:
+        return sa.text(f"now() + interval '{float(self.lease_seconds)} seconds'")
+
+    # -- claim ----------------------------------------------------------------------------
+    def claim(self) -> Claim | None:
+        """Take the next trial of the oldest running study with room, or None.
+
+        The study row is locked (SKIP LOCKED: workers never wait on each other) while the
+        counts are read and Optuna is asked, so max_parallel and n_trials hold however many
+        workers race.
+        """
+        with self.engine.begin() as conn:
+            names = conn.execute(
+                sa.select(studies.c.name).where(studies.c.status == "running").order_by(studies.c.created_at)
+            ).scalars()
+            for name in list(names):
+                row = conn.execute(
+                    sa.select(studies)
+                    .where(studies.c.name == name, studies.c.status == "running")
+                    .with_for_update(skip_locked=True)
+                ).first()
+                if row is None:
+                    continue
+                claim = self._claim_in(conn, row)
+                if claim is not None:
+                    return claim
+        return None
+
+    def _claim_in(self, conn: Connection, row: Any) -> Claim | None:
+        counts: dict[str, int] = dict(
+            conn.execute(
+                sa.text("SELECT state::text, count(*) FROM trials WHERE study_id = :sid GROUP BY state"),
+                {"sid": row.optuna_study_id},
+            ).all()
+        )
+        finished = counts.get("COMPLETE", 0) + counts.get("PRUNED", 0)
+        active = conn.execute(
+            sa.select(sa.func.count()).select_from(trial_leases).where(trial_leases.c.study_name == row.name)
+        ).scalar_one()
+        if finished >= row.n_trials:
+            conn.execute(studies.update().where(studies.c.name == row.name).values(status="completed"))
+            return None
+        spec = StudySpec.model_validate(row.spec)
+        if counts.get("FAIL", 0) >= (spec.max_failures or row.n_trials):
+            # Katib's maxFailedTrialCount: a study whose trials keep failing must not loop forever.
+            conn.execute(studies.update().where(studies.c.name == row.name).values(status="failed"))
+            log.warning("study %s: %s failed trials; marked failed", row.name, counts["FAIL"])
+            return None
+        if finished + active >= row.n_trials or active >= row.max_parallel:
+            return None
+        study = optuna.load_study(
+            study_name=row.name,
+            storage=self.storage,
+            sampler=make_sampler(spec, offset=sum(counts.values())),
+            pruner=make_pruner(spec),
+        )
+        trial = study.ask()
+        attempt = int(trial.user_attrs.get(ATTEMPT, 0))
+        conn.execute(
+            trial_leases.insert().values(
+                optuna_trial_id=trial._trial_id,
+                study_name=row.name,
+                worker_id=self.worker_id,
+                attempt=attempt,
+                expires_at=self._lease_interval(),
+            )
+        )
+        return Claim(row.name, spec, study, trial, attempt, trial.user_attrs.get(RESUME_FROM))
+
+    # -- heartbeat ------------------------------------------------------------------------
+    def renew(self) -> set[int]:
+        """Push this worker's leases forward; the trial ids it still holds."""
+        with self.engine.begin() as conn:
+            held = conn.execute(
+                trial_leases.update()
+                .where(trial_leases.c.worker_id == self.worker_id)
+                .values(expires_at=self._lease_interval(), heartbeat_at=sa.func.now())
+                .returning(trial_leases.c.optuna_trial_id)
+            ).scalars()
+            return set(held)
+
+    # -- end of a trial -------------------------------------------------------------------
+    def _lock_lease(self, conn: Connection, trial_id: int) -> Any:
+        return conn.execute(
+            sa.select(trial_leases)
+            .where(trial_leases.c.optuna_trial_id == trial_id, trial_leases.c.worker_id == self.worker_id)
+            .with_for_update()
+        ).first()
+
+    def finish(
+        self,
+        claim: Claim,
+        *,
+        state: TrialState,
+        values: list[float] | None = None,
+        attrs: dict[str, Any] | None = None,
+    ) -> bool:
+        """Tell Optuna the trial's end (COMPLETE, PRUNED or FAIL) if the lease is still ours.
+
+        Returns:
+            False when the lease was lost (a reaper failed and re-queued the trial): the
+            result is dropped, so it is never counted twice.
+        """
+        with self.engine.begin() as conn:
+            if self._lock_lease(conn, claim.trial_id) is None:
+                log.warning("trial %s: lease lost; result dropped", claim.trial.number)
+                return False
+            for key, value in (attrs or {}).items():
+                self.storage.set_trial_user_attr(claim.trial_id, key, value)
+            try:
+                claim.study.tell(claim.trial, values, state=state)
+            except (RuntimeError, ValueError) as exc:  # already finished elsewhere
+                log.warning("trial %s: %s", claim.trial.number, exc)
+                return False
+            finally:
+                conn.execute(trial_leases.delete().where(trial_leases.c.optuna_trial_id == claim.trial_id))
+            self._mark_completed(conn, claim.study_name)
+        return True
+
+    def interrupt(self, claim: Claim, reason: str, *, resume_from: str | None, counts_as_attempt: bool) -> None:
+        """End a trial that did not run to its end: FAIL with the reason, and re-queue its
+        parameters (resuming from ``resume_from``) unless its retries are spent."""
+        with self.engine.begin() as conn:
+            if self._lock_lease(conn, claim.trial_id) is None:
+                return
+            attempt = claim.attempt + (1 if counts_as_attempt else 0)
+            requeued = self._requeue(
+                claim.study, claim.trial.number, claim.trial.params, attempt, claim.spec.max_retries, resume_from
+            )
+            self.storage.set_trial_user_attr(claim.trial_id, FAIL_REASON, reason + requeued)
+            claim.study.tell(claim.trial, state=TrialState.FAIL, skip_if_finished=True)
+            conn.execute(trial_leases.delete().where(trial_leases.c.optuna_trial_id == claim.trial_id))
+
+    def _requeue(
+        self,
+        study: optuna.Study,
+        number: int,
+        params: dict[str, Any],
+        attempt: int,
+        max_retries: int,
+        resume_from: str | None,
+    ) -> str:
+        if attempt > max_retries:
+            return f"; not re-queued (max_retries={max_retries} spent)"
+        attrs: dict[str, Any] = {ATTEMPT: attempt, RETRY_OF: number}
+        if resume_from:
+            attrs[RESUME_FROM] = resume_from
+        study.enqueue_trial(params, user_attrs=attrs)
+        return f"; re-queued (attempt {attempt})"
+
+    def _mark_completed(self, conn: Connection, name: str) -> None:
+        conn.execute(
+            sa.text(
+                "UPDATE gt_studies s SET status = 'completed', updated_at = now() WHERE s.name = :name "
+                "AND s.status = 'running' AND s.n_trials <= (SELECT count(*) FROM trials t "
+                "WHERE t.study_id = s.optuna_study_id AND t.state IN ('COMPLETE', 'PRUNED'))"
+            ),
+            {"name": name},
+        )
+
+    # -- reaper ---------------------------------------------------------------------------
+    def reap(self) -> int:
+        """Fail and re-queue trials whose lease expired (their worker died or hung).
+
+        Any worker, or the server, may run this; SKIP LOCKED keeps two reapers apart.
+        Returns the number of trials reaped.
+        """
+        reaped = 0
+        with self.engine.begin() as conn:
+            expired = conn.execute(
+                sa.select(trial_leases, studies.c.spec)
+                .join(studies, studies.c.name == trial_leases.c.study_name)
+                .where(trial_leases.c.expires_at < sa.func.now())
+                .with_for_update(of=trial_leases, skip_locked=True)
+            ).all()
+            for lease in expired:
+                reaped += self._reap_one(conn, lease)
+        return reaped
+
+    def _reap_one(self, conn: Connection, lease: Any) -> int:
+        trial = self.storage.get_trial(lease.optuna_trial_id)
+        conn.execute(trial_leases.delete().where(trial_leases.c.optuna_trial_id == lease.optuna_trial_id))
+        if trial.state != TrialState.RUNNING:
+            return 0
+        spec = StudySpec.model_validate(lease.spec)
+        study = optuna.load_study(study_name=lease.study_name, storage=self.storage)
+        already = conn.execute(
+            sa.text(
+                "SELECT 1 FROM trial_user_attributes a JOIN trials t ON t.trial_id = a.trial_id "
+                "WHERE t.study_id = :sid AND a.key = :key AND a.value_json = :number LIMIT 1"
+            ),
+            {"sid": study._study_id, "key": RETRY_OF, "number": json.dumps(trial.number)},
+        ).first()
+        resume = trial.user_attrs.get("run_dir")
+        requeued = (
+            "; already re-queued"
+            if already
+            else self._requeue(study, trial.number, trial.params, lease.attempt + 1, spec.max_retries, resume)
+        )
+        reason = f"lease expired: worker {lease.worker_id} stopped heartbeating{requeued}"
+        self.storage.set_trial_user_attr(trial._trial_id, FAIL_REASON, reason)
+        try:
+            self.storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
+        except optuna.exceptions.UpdateFinishedTrialError:
+            return 0
+        log.warning("trial %s of %s: %s", trial.number, lease.study_name, reason)
+        return 1

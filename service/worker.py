@@ -1,0 +1,291 @@
+"""The worker pool: one process per device slot, each claiming and training trials.
+
+supervisor (gat-tune worker)            restarts a slot that dies, forwards SIGTERM
+  └─ slot process × (devices × per_device)
+       heartbeat thread: renew leases, record the worker's liveness
+       loop: reap expired leases → claim → train (report every eval, prune) → tell
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import multiprocessing as mp
+import os
+import signal
+import socket
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import optuna
+import sqlalchemy as sa
+from optuna.trial import TrialState
+
+from service import db
+from service.config import Settings
+from service.queue import Claim, TrialQueue
+from service.spec import suggest_config
+from service.tables import studies, workers
+from trainer.config import ConfigError, TrainConfig
+from trainer.train import Diverged, train
+
+__all__ = ["Interrupted", "resolve_devices", "run_pool", "run_slot"]
+
+log = logging.getLogger(__name__)
+
+
+class Interrupted(Exception):
+    """The trial must stop before its end (study paused or stopped, worker shutting down)."""
+
+    def __init__(self, reason: str, *, requeue: bool) -> None:
+        super().__init__(reason)
+        self.requeue = requeue
+
+
+def resolve_devices(spec: str) -> list[str]:
+    """``auto`` → every visible GPU, else the CPU; or a comma-separated list."""
+    if spec == "auto":
+        import torch
+
+        count = torch.cuda.device_count()
+        return [f"cuda:{i}" for i in range(count)] if count else ["cpu"]
+    devices = [d.strip() for d in spec.split(",") if d.strip()]
+    for d in devices:
+        if d != "cpu" and not (d.startswith("cuda:") and d[5:].isdigit()):
+            raise ValueError(f"--devices: '{d}' is not cpu or cuda:N")
+    return devices
+
+
+class Slot:
+    """One worker process: its queue, its heartbeat, and the trial it runs."""
+
+    def __init__(self, settings: Settings, device: str, *, idle_exit: float | None = None) -> None:
+        self.settings, self.device, self.idle_exit = settings, device, idle_exit
+        self.worker_id = f"{socket.gethostname()}-{os.getpid()}"
+        self.engine = db.engine(settings)
+        self.queue = TrialQueue(
+            self.engine, db.optuna_storage(settings), self.worker_id, lease_seconds=settings.lease_seconds
+        )
+        self.shutdown = threading.Event()
+        self.lost: set[int] = set()  # trials whose lease a reaper took
+        self.current: Claim | None = None
+
+    # -- liveness -------------------------------------------------------------------------
+    def register(self) -> None:
+        values = {"host": socket.gethostname(), "pid": os.getpid(), "device": self.device, "status": "idle"}
+        stmt = sa.dialects.postgresql.insert(workers).values(id=self.worker_id, **values)
+        with self.engine.begin() as conn:
+            conn.execute(stmt.on_conflict_do_update(index_elements=[workers.c.id], set_=values))
+
+    def _set_status(self, status: str, trial_id: int | None) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(
+                workers.update()
+                .where(workers.c.id == self.worker_id)
+                .values(status=status, current_trial_id=trial_id, last_heartbeat=sa.func.now())
+            )
+
+    def _heartbeat(self) -> None:
+        while not self.shutdown.wait(self.settings.lease_seconds / 3):
+            try:
+                held = self.queue.renew()
+                current = self.current
+                if current is not None and current.trial_id not in held:
+                    self.lost.add(current.trial_id)
+                with self.engine.begin() as conn:
+                    conn.execute(
+                        workers.update().where(workers.c.id == self.worker_id).values(last_heartbeat=sa.func.now())
+                    )
+            except sa.exc.SQLAlchemyError as exc:  # the database is away: try again next beat
+                log.warning("heartbeat failed: %s", str(exc).splitlines()[0])
+
+    # -- the loop -------------------------------------------------------------------------
+    def run(self) -> None:
+        self.register()
+        beat = threading.Thread(target=self._heartbeat, name="heartbeat", daemon=True)
+        beat.start()
+        idle_since = time.monotonic()
+        try:
+            while not self.shutdown.is_set():
+                try:
+                    self.queue.reap()
+                    claim = self.queue.claim()
+                except sa.exc.OperationalError as exc:
+                    log.warning("database unavailable: %s", str(exc.orig).strip().splitlines()[0])
+                    claim = None
+                if claim is None:
+                    if self.idle_exit is not None and time.monotonic() - idle_since > self.idle_exit:
+                        break
+                    self.shutdown.wait(self.settings.poll_seconds)
+                    continue
+                self.run_trial(claim)
+                idle_since = time.monotonic()
+        finally:
+            self.shutdown.set()
+            with contextlib.suppress(sa.exc.SQLAlchemyError), self.engine.begin() as conn:
+                conn.execute(workers.delete().where(workers.c.id == self.worker_id))
+
+    def _study_status(self, name: str) -> str:
+        with self.engine.connect() as conn:
+            return str(conn.execute(sa.select(studies.c.status).where(studies.c.name == name)).scalar_one())
+
+    def run_trial(self, claim: Claim) -> None:
+        """Train one claimed trial and tell Optuna how it ended. Never raises for the trial's
+        own failures: the worker goes on with the next one."""
+        self.current = claim
+        trial = claim.trial
+        run_dir = Path(claim.resume_from) if claim.resume_from else (
+            self.settings.data_dir / "runs" / claim.study_name / f"trial-{trial.number:05d}"
+        )  # fmt: skip
+        started = time.perf_counter()
+        self._set_status("training", claim.trial_id)
+        try:
+            config = TrainConfig.from_dict({**suggest_config(trial, claim.spec), "device": self.device})
+            trial.set_user_attr("run_dir", str(run_dir))
+            trial.set_user_attr("device", self.device)
+            trial.set_user_attr("worker", self.worker_id)
+            self._replay_history(trial, run_dir)
+
+            def on_eval(step: int, metrics: dict[str, Any]) -> None:
+                trial.report(float(metrics["fid"]), step)
+                self._check_interrupt(claim)
+                if trial.should_prune():
+                    raise optuna.TrialPruned(f"pruned at step {step} (FID {metrics['fid']:.3f})")
+
+            def should_stop() -> bool:
+                return self.shutdown.is_set() or claim.trial_id in self.lost
+
+            result = train(
+                config, on_eval=on_eval, should_stop=should_stop, out_dir=run_dir, data_dir=self.settings.data_dir
+            )
+            if result.stopped:
+                reason = "lease lost" if claim.trial_id in self.lost else "worker shut down"
+                raise Interrupted(f"{reason} at step {result.steps}; checkpointed", requeue=True)
+            attrs = {
+                "train_seconds": round(result.train_seconds, 3),
+                "steps_per_second": round(result.steps / result.train_seconds, 2) if result.train_seconds else None,
+                **{k: v for k, v in result.metrics.items() if k in ("modes", "hq_fraction")},
+            }
+            self._upload_artifacts(claim, run_dir)
+            values = [result.fid] + ([result.train_seconds] if len(claim.spec.objectives) > 1 else [])
+            self.queue.finish(claim, state=TrialState.COMPLETE, values=values, attrs=attrs)
+        except optuna.TrialPruned:
+            self._upload_artifacts(claim, run_dir)
+            self.queue.finish(
+                claim, state=TrialState.PRUNED, attrs={"train_seconds": round(time.perf_counter() - started, 3)}
+            )
+        except Interrupted as exc:
+            if exc.requeue:
+                self.queue.interrupt(claim, str(exc), resume_from=str(run_dir), counts_as_attempt=False)
+            else:
+                self.queue.finish(claim, state=TrialState.FAIL, attrs={"fail_reason": str(exc)})
+        except Diverged as exc:
+            self.queue.finish(claim, state=TrialState.FAIL, attrs={"fail_reason": str(exc)})
+        except ConfigError as exc:
+            self.queue.finish(claim, state=TrialState.FAIL, attrs={"fail_reason": f"bad config: {exc}"})
+        except Exception as exc:
+            reason = _one_line(exc)
+            log.exception("trial %s of %s failed", trial.number, claim.study_name)
+            self.queue.finish(claim, state=TrialState.FAIL, attrs={"fail_reason": reason})
+        finally:
+            self.current = None
+            with contextlib.suppress(sa.exc.SQLAlchemyError):
+                self._set_status("idle", None)
+
+    def _check_interrupt(self, claim: Claim) -> None:
+        status = self._study_status(claim.study_name)
+        if status == "stopped":
+            raise Interrupted("study stopped", requeue=False)
+        if status == "paused":
+            raise Interrupted("study paused; checkpointed", requeue=True)
+
+    def _replay_history(self, trial: optuna.Trial, run_dir: Path) -> None:
+        """A resumed trial reports the evals its checkpoint already has, so the pruner sees them."""
+        metrics = run_dir / "metrics.jsonl"
+        if not metrics.exists():
+            return
+        import json
+
+        for line in metrics.read_text().splitlines():
+            if line.strip():
+                m = json.loads(line)
+                trial.report(float(m["fid"]), int(m["step"]))
+
+    def _upload_artifacts(self, claim: Claim, run_dir: Path) -> None:
+        self.settings.artifacts.mkdir(parents=True, exist_ok=True)
+        store = optuna.artifacts.FileSystemArtifactStore(self.settings.artifacts)
+        for name, mimetype in (
+            ("samples.png", "image/png"),
+            ("curve.png", "image/png"),
+            ("metrics.jsonl", "text/plain"),
+        ):
+            path = run_dir / name
+            if path.exists():
+                optuna.artifacts.upload_artifact(
+                    artifact_store=store, file_path=str(path), study_or_trial=claim.trial, mimetype=mimetype
+                )
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    if type(exc).__name__ == "OutOfMemoryError":
+        return f"CUDA out of memory: {text}"[:500]
+    return f"{type(exc).__name__}: {text}"[:500]
+
+
+def run_slot(device: str, settings_json: str, threads: int, idle_exit: float | None) -> None:
+    """A slot process's entry point (spawned, so nothing is shared with the supervisor)."""
+    if device.startswith("cuda:"):
+        # Pin the process to its GPU before CUDA starts: inside, it is cuda:0.
+        os.environ["CUDA_VISIBLE_DEVICES"] = device.split(":", 1)[1]
+        device = "cuda:0"
+    import torch
+
+    torch.set_num_threads(threads)
+    logging.basicConfig(level=logging.INFO, format=f"[worker {os.getpid()} {device}] %(message)s")
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    settings = Settings.model_validate_json(settings_json)
+    slot = Slot(settings, device, idle_exit=idle_exit)
+    signal.signal(signal.SIGTERM, lambda *_: slot.shutdown.set())
+    signal.signal(signal.SIGINT, lambda *_: slot.shutdown.set())
+    slot.run()
+
+
+def run_pool(settings: Settings, devices: list[str], per_device: int, *, idle_exit: float | None = None) -> int:
+    """Start and supervise the slots; returns when all have exited (SIGTERM, or idle_exit)."""
+    db.upgrade(settings)
+    ctx = mp.get_context("spawn")
+    slots = [d for d in devices for _ in range(per_device)]
+    cpu_slots = sum(1 for d in slots if d == "cpu")
+    threads = max(1, (os.cpu_count() or 1) // max(cpu_slots, 1))
+    settings_json = settings.model_dump_json()
+    stopping = threading.Event()
+
+    def start(device: str) -> mp.process.BaseProcess:
+        p = ctx.Process(target=run_slot, args=(device, settings_json, threads, idle_exit), name=f"slot-{device}")
+        p.start()
+        log.info("slot on %s: process %s", device, p.pid)
+        return p
+
+    procs = [start(d) for d in slots]
+
+    def forward(signum: int, frame: Any) -> None:
+        stopping.set()
+        for p in procs:
+            if p.is_alive() and p.pid is not None:
+                os.kill(p.pid, signal.SIGTERM)
+
+    signal.signal(signal.SIGTERM, forward)
+    signal.signal(signal.SIGINT, forward)
+    while True:
+        for i, p in enumerate(procs):
+            if p.is_alive() or p.exitcode == 0 or stopping.is_set():
+                continue
+            log.warning("slot on %s (process %s) died with %s; starting another", slots[i], p.pid, p.exitcode)
+            procs[i] = start(slots[i])
+        if all(not p.is_alive() for p in procs) and (stopping.is_set() or all(p.exitcode == 0 for p in procs)):
+            break
+        time.sleep(0.5)
+    return 0

@@ -1,0 +1,263 @@
+"""Worker pools as real processes against real PostgreSQL: end to end, crashes, control."""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import optuna
+import pytest
+from fastapi.testclient import TestClient
+
+from trainer.config import TrainConfig
+from trainer.data import load_dataset
+from trainer.metrics import make_extractor, real_stats
+from trainer.train import train
+
+TINY: dict[str, Any] = {
+    "name": "tiny",
+    "base": {"steps": 60, "eval_every": 20, "eval_samples": 200, "g_width": 32, "d_width": 32, "batch_size": 32},
+    "search_space": {
+        "lambda": {"type": "float", "low": 0.1, "high": 10, "log": True},
+        "lr_g": {"type": "float", "low": 1e-4, "high": 1e-3, "log": True},
+    },
+    "sampler": "random",
+    "pruner": "none",
+    "n_trials": 6,
+    "max_parallel": 2,
+    "seed": 0,
+}
+
+
+def tiny(**changes: Any) -> dict[str, Any]:
+    out = copy.deepcopy(TINY)
+    for key, value in changes.items():
+        if key == "base":
+            out["base"].update(value)
+        else:
+            out[key] = value
+    return out
+
+
+@pytest.fixture(scope="session")
+def digits_cache(data_dir: Path) -> Path:
+    """The digits classifier and real statistics, made once per session."""
+    data = load_dataset("digits")
+    real_stats(data, make_extractor("classifier", data, data_dir), data_dir)
+    return data_dir
+
+
+@pytest.fixture
+def pool_env(database_url: str, tmp_path: Path, digits_cache: Path) -> dict[str, str]:
+    for sub in ("features", "stats"):
+        shutil.copytree(digits_cache / sub, tmp_path / sub, dirs_exist_ok=True)
+    return {
+        **os.environ,
+        "DATABASE_URL": database_url,
+        "GAT_TUNE_DATA_DIR": str(tmp_path),
+        "GAT_TUNE_LEASE_SECONDS": "3",
+        "GAT_TUNE_POLL_SECONDS": "0.3",
+    }
+
+
+@pytest.fixture
+def start_pool(pool_env: dict[str, str]) -> Iterator[Callable[..., subprocess.Popen[str]]]:
+    procs: list[subprocess.Popen[str]] = []
+
+    def start(*args: str, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "service.cli", "worker", "--devices", "cpu", *args],
+            env=env or pool_env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        procs.append(proc)
+        return proc
+
+    yield start
+    for proc in procs:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float = 120, what: str = "condition") -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def finish(proc: subprocess.Popen[str], timeout: float = 240) -> str:
+    out, _ = proc.communicate(timeout=timeout)
+    assert proc.returncode == 0, out
+    return out
+
+
+def load(database_url: str, name: str = "tiny") -> optuna.Study:
+    return optuna.load_study(study_name=name, storage=database_url)
+
+
+def test_two_slots_finish_a_study_over_http(
+    client: TestClient, start_pool: Callable[..., subprocess.Popen[str]], database_url: str, tmp_path: Path
+) -> None:
+    assert client.post("/studies", json=tiny()).status_code == 201
+    pool = start_pool("--per-device", "2", "--exit-when-idle", "3")
+    seen_workers = wait_for(lambda: client.get("/workers").json()["items"], what="workers to register")
+    assert {w["device"] for w in seen_workers} == {"cpu"}
+    finish(pool)
+
+    study = client.get("/studies/tiny").json()
+    assert study["status"] == "completed"
+    assert study["trial_counts"]["COMPLETE"] == 6 and study["finished"] == 6
+    assert study["trial_counts"]["RUNNING"] == 0 and study["trial_counts"]["FAIL"] == 0
+    trials = client.get("/studies/tiny/trials").json()["items"]
+    workers = {t["user_attrs"]["worker"] for t in trials}
+    assert len(workers) == 2, "both slots trained"
+    store = optuna.artifacts.FileSystemArtifactStore(tmp_path / "artifacts")
+    for t in load(database_url).trials:
+        assert t.value is not None and t.value > 0
+        assert [s for s, _ in sorted(t.intermediate_values.items())] == [20, 40, 60]
+        assert t.user_attrs["device"] == "cpu" and t.user_attrs["steps_per_second"] > 0
+        metas = optuna.artifacts.get_all_artifact_meta(t, storage=load(database_url)._storage)
+        assert {m.filename for m in metas} == {"samples.png", "curve.png", "metrics.jsonl"}
+        with store.open_reader(next(m.artifact_id for m in metas if m.filename == "samples.png")) as f:
+            assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+
+    best = client.get("/studies/tiny/best").json()
+    result = train(TrainConfig.from_dict(best))
+    assert result.steps == 60 and result.fid > 0
+    assert client.get("/workers").json()["items"] == []  # workers deregister on exit
+
+
+def test_kill_9_mid_trial_is_failed_retried_and_resumed(
+    client: TestClient, start_pool: Callable[..., subprocess.Popen[str]], database_url: str, tmp_path: Path
+) -> None:
+    spec = tiny(base={"steps": 1500, "eval_every": 100}, n_trials=2, max_parallel=1)
+    client.post("/studies", json=spec)
+    pool = start_pool("--per-device", "1", "--exit-when-idle", "4")
+
+    def first_checkpoint() -> Path | None:
+        path = tmp_path / "runs" / "tiny" / "trial-00000" / "checkpoint.pt"
+        return path if path.exists() else None
+
+    wait_for(first_checkpoint, what="a checkpoint of trial 0")
+    slot_pid = client.get("/workers").json()["items"][0]["pid"]
+    os.kill(slot_pid, signal.SIGKILL)
+    out = finish(pool, timeout=300)
+    assert "died with -9; starting another" in out
+
+    trials = load(database_url).trials
+    states = [t.state for t in trials]
+    assert states.count(optuna.trial.TrialState.COMPLETE) == 2
+    failed = [t for t in trials if t.state == optuna.trial.TrialState.FAIL]
+    assert len(failed) == 1 and failed[0].number == 0
+    assert (
+        failed[0]
+        .user_attrs["fail_reason"]
+        .startswith(f"lease expired: worker vm-{slot_pid}".replace("vm", os.uname().nodename))
+    )
+    retry = next(t for t in trials if t.user_attrs.get("gat_tune_retry_of") == 0)
+    assert retry.params == failed[0].params and retry.user_attrs["gat_tune_attempt"] == 1
+    assert retry.user_attrs["run_dir"] == failed[0].user_attrs["run_dir"]  # resumed from its checkpoint
+    lines = (Path(retry.user_attrs["run_dir"]) / "metrics.jsonl").read_text().splitlines()
+    steps = [json.loads(line)["step"] for line in lines]
+    assert steps == sorted(set(steps)) and steps[-1] == 1500, "no step trained twice, none lost"
+    assert client.get("/studies/tiny").json()["finished"] == 2
+
+
+def test_pause_resume_stop_and_a_diverging_trial(
+    client: TestClient, start_pool: Callable[..., subprocess.Popen[str]], database_url: str
+) -> None:
+    # Trial 0 diverges within a few steps; the worker must go on with the next ones.
+    spec = tiny(
+        base={"steps": 3000, "eval_every": 50, "g_width": 256, "d_width": 256, "batch_size": 64},
+        search_space={
+            "lr_g": {"type": "categorical", "choices": [2e-4, 1000.0]},
+            "lr_d": {"type": "categorical", "choices": [2e-4, 1000.0]},
+            "aux_loss": {"type": "categorical", "choices": ["r1", "consensus"]},
+            "beta1": {"type": "categorical", "choices": [0.5, 0.0]},
+        },
+        enqueue=[
+            {"lr_g": 1000.0, "lr_d": 1000.0, "aux_loss": "consensus", "beta1": 0.0},
+            {"lr_g": 2e-4, "lr_d": 2e-4, "aux_loss": "r1", "beta1": 0.5},
+        ],
+        n_trials=3,
+        max_parallel=1,
+    )
+    client.post("/studies", json=spec)
+    pool = start_pool("--per-device", "1")
+    study = load(database_url)
+
+    def trial(number: int) -> optuna.trial.FrozenTrial | None:
+        trials = load(database_url).trials
+        return trials[number] if len(trials) > number else None
+
+    wait_for(lambda: (t := trial(0)) is not None and t.state.is_finished(), what="trial 0 to end")
+    diverged = trial(0)
+    assert diverged is not None and diverged.state == optuna.trial.TrialState.FAIL
+    assert diverged.user_attrs["fail_reason"].startswith("diverged at step ")
+
+    wait_for(lambda: (t := trial(1)) is not None and len(t.intermediate_values) >= 1, what="trial 1 to report")
+    client.post("/studies/tiny/pause")
+    wait_for(lambda: (t := trial(1)) is not None and t.state.is_finished(), timeout=60, what="the pause")
+    paused = trial(1)
+    assert paused is not None and paused.state == optuna.trial.TrialState.FAIL
+    assert paused.user_attrs["fail_reason"].startswith("study paused; checkpointed; re-queued")
+    time.sleep(2)  # paused: nothing is claimed
+    assert len(load(database_url).trials) == 3
+    assert load(database_url).trials[2].state == optuna.trial.TrialState.WAITING
+
+    client.post("/studies/tiny/resume")
+    wait_for(lambda: (t := trial(2)) is not None and t.state == optuna.trial.TrialState.RUNNING, what="resume")
+    resumed = trial(2)
+    assert resumed is not None and resumed.user_attrs["gat_tune_retry_of"] == 1
+    assert min(resumed.intermediate_values) == min(paused.intermediate_values)  # history replayed, then on
+
+    client.post("/studies/tiny/stop")
+    wait_for(lambda: (t := trial(2)) is not None and t.state.is_finished(), timeout=60, what="the stop")
+    stopped = trial(2)
+    assert stopped is not None and stopped.user_attrs["fail_reason"] == "study stopped"
+    time.sleep(1.5)
+    assert len(load(database_url).trials) == 3, "a stopped study gets no new trials"
+    assert study.study_name == "tiny"
+    pool.send_signal(signal.SIGTERM)
+    finish(pool, timeout=60)
+
+
+def test_two_pools_never_run_the_same_trial(
+    client: TestClient,
+    start_pool: Callable[..., subprocess.Popen[str]],
+    pool_env: dict[str, str],
+    database_url: str,
+    tmp_path: Path,
+) -> None:
+    client.post("/studies", json=tiny(n_trials=8, max_parallel=4))
+    other_dir = tmp_path / "second-pool"
+    shutil.copytree(tmp_path / "features", other_dir / "features")
+    shutil.copytree(tmp_path / "stats", other_dir / "stats")
+    a = start_pool("--per-device", "1", "--exit-when-idle", "3")
+    b = start_pool("--per-device", "1", "--exit-when-idle", "3", env={**pool_env, "GAT_TUNE_DATA_DIR": str(other_dir)})
+    finish(a)
+    finish(b)
+    trials = load(database_url).trials
+    assert len(trials) == 8
+    assert all(t.state == optuna.trial.TrialState.COMPLETE for t in trials)
+    assert len({t.number for t in trials}) == 8
+    assert len({t.user_attrs["worker"] for t in trials}) == 2, "both pools took trials"
