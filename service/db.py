@@ -98,6 +98,30 @@ def upgrade(settings: Settings) -> None:
     log.info("database up to date")
 
 
+def schema_problems(settings: Settings) -> list[str]:
+    """Why the database is not ready to serve (empty when it is)."""
+    from alembic.script import ScriptDirectory
+    from alembic.config import Config
+
+    try:
+        with engine(settings).connect() as conn:
+            ours = conn.execute(sa.text(f"SELECT version_num FROM {VERSION_TABLE}")).scalar()
+            optuna_version = conn.execute(sa.text("SELECT version_num FROM alembic_version")).scalar()
+    except sa.exc.ProgrammingError:
+        return ["tables missing: run `gat-tune db upgrade`"]
+    except sa.exc.OperationalError as exc:
+        return [f"database unavailable: {str(exc.orig).strip().splitlines()[0]}"]
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS))
+    head = ScriptDirectory.from_config(cfg).get_current_head()
+    problems = []
+    if ours != head:
+        problems.append(f"gat-tune schema at {ours}, code expects {head}: run `gat-tune db upgrade`")
+    if optuna_version != optuna_storage(settings).get_head_version():
+        problems.append(f"Optuna schema at {optuna_version}: run `gat-tune db upgrade`")
+    return problems
+
+
 def dispose_all() -> None:
     """Close every pooled connection this process holds and forget the engines (tests drop
     their databases afterwards; a forked worker must not share its parent's sockets)."""

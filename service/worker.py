@@ -140,12 +140,11 @@ class Slot:
             self.settings.data_dir / "runs" / claim.study_name / f"trial-{trial.number:05d}"
         )  # fmt: skip
         started = time.perf_counter()
+        where = {"device": self.device, "worker": self.worker_id}
         self._set_status("training", claim.trial_id)
         try:
             config = TrainConfig.from_dict({**suggest_config(trial, claim.spec), "device": self.device})
-            trial.set_user_attr("run_dir", str(run_dir))
-            trial.set_user_attr("device", self.device)
-            trial.set_user_attr("worker", self.worker_id)
+            trial.set_user_attr("run_dir", str(run_dir))  # now: a reaper resumes from it
             self._replay_history(trial, run_dir)
 
             def on_eval(step: int, metrics: dict[str, Any]) -> None:
@@ -164,6 +163,7 @@ class Slot:
                 reason = "lease lost" if claim.trial_id in self.lost else "worker shut down"
                 raise Interrupted(f"{reason} at step {result.steps}; checkpointed", requeue=True)
             attrs = {
+                **where,
                 "train_seconds": round(result.train_seconds, 3),
                 "steps_per_second": round(result.steps / result.train_seconds, 2) if result.train_seconds else None,
                 **{k: v for k, v in result.metrics.items() if k in ("modes", "hq_fraction")},
@@ -180,15 +180,15 @@ class Slot:
             if exc.requeue:
                 self.queue.interrupt(claim, str(exc), resume_from=str(run_dir), counts_as_attempt=False)
             else:
-                self.queue.finish(claim, state=TrialState.FAIL, attrs={"fail_reason": str(exc)})
+                self.queue.finish(claim, state=TrialState.FAIL, attrs={**where, "fail_reason": str(exc)})
         except Diverged as exc:
-            self.queue.finish(claim, state=TrialState.FAIL, attrs={"fail_reason": str(exc)})
+            self.queue.finish(claim, state=TrialState.FAIL, attrs={**where, "fail_reason": str(exc)})
         except ConfigError as exc:
-            self.queue.finish(claim, state=TrialState.FAIL, attrs={"fail_reason": f"bad config: {exc}"})
+            self.queue.finish(claim, state=TrialState.FAIL, attrs={**where, "fail_reason": f"bad config: {exc}"})
         except Exception as exc:
             reason = _one_line(exc)
             log.exception("trial %s of %s failed", trial.number, claim.study_name)
-            self.queue.finish(claim, state=TrialState.FAIL, attrs={"fail_reason": reason})
+            self.queue.finish(claim, state=TrialState.FAIL, attrs={**where, "fail_reason": reason})
         finally:
             self.current = None
             with contextlib.suppress(sa.exc.SQLAlchemyError):
@@ -244,7 +244,9 @@ def run_slot(device: str, settings_json: str, threads: int, idle_exit: float | N
     import torch
 
     torch.set_num_threads(threads)
-    logging.basicConfig(level=logging.INFO, format=f"[worker {os.getpid()} {device}] %(message)s")
+    from service.logs import configure_logging
+
+    configure_logging(f"[worker {os.getpid()} {device}] ")
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     settings = Settings.model_validate_json(settings_json)
     slot = Slot(settings, device, idle_exit=idle_exit)

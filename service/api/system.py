@@ -6,18 +6,26 @@ from typing import Any
 
 import sqlalchemy as sa
 from fastapi import APIRouter
+from fastapi.responses import JSONResponse
 
+from service import db
 from service.api.deps import ReadAccess, StateDep
 from service.tables import workers
 
 router = APIRouter(tags=["system"])
 
 
-@router.get("/healthz", summary="Liveness and database reachability")
-def healthz(state: StateDep) -> dict[str, Any]:
-    with state.engine.connect() as conn:
-        conn.execute(sa.text("SELECT 1"))
+@router.get("/healthz", summary="Liveness: the process answers")
+def healthz() -> dict[str, Any]:
     return {"status": "ok"}
+
+
+@router.get("/readyz", summary="Readiness: the database answers and both schemas are current")
+def readyz(state: StateDep) -> JSONResponse:
+    problems = db.schema_problems(state.settings)
+    if problems:
+        return JSONResponse({"status": "not ready", "problems": problems}, status_code=503)
+    return JSONResponse({"status": "ready"})
 
 
 @router.get("/workers", dependencies=[ReadAccess], summary="Worker processes, their devices and trials")

@@ -261,3 +261,47 @@ def test_two_pools_never_run_the_same_trial(
     assert all(t.state == optuna.trial.TrialState.COMPLETE for t in trials)
     assert len({t.number for t in trials}) == 8
     assert len({t.user_attrs["worker"] for t in trials}) == 2, "both pools took trials"
+
+
+def test_sigterm_checkpoints_and_requeues(
+    client: TestClient, start_pool: Callable[..., subprocess.Popen[str]], database_url: str, tmp_path: Path
+) -> None:
+    client.post("/studies", json=tiny(base={"steps": 3000, "eval_every": 100}, n_trials=1, max_parallel=1))
+    pool = start_pool("--per-device", "1")
+    checkpoint = tmp_path / "runs" / "tiny" / "trial-00000" / "checkpoint.pt"
+    wait_for(checkpoint.exists, what="a checkpoint")
+    pool.send_signal(signal.SIGTERM)
+    finish(pool, timeout=60)
+    trials = load(database_url).trials
+    assert trials[0].state == optuna.trial.TrialState.FAIL
+    reason = trials[0].user_attrs["fail_reason"]
+    assert reason.startswith("worker shut down at step ") and "re-queued" in reason
+    assert trials[1].state == optuna.trial.TrialState.WAITING
+    assert trials[1].user_attrs["gat_tune_resume_from"] == str(checkpoint.parent)
+    assert client.get("/workers").json()["items"] == []
+
+
+def test_best_config_reproduces_the_trial(
+    client: TestClient, start_pool: Callable[..., subprocess.Popen[str]], pool_env: dict[str, str], tmp_path: Path
+) -> None:
+    client.post("/studies", json=tiny(base={"steps": 200, "eval_every": 100}, n_trials=2))
+    finish(start_pool("--per-device", "2", "--exit-when-idle", "3"))
+    best_fid = client.get("/studies/tiny").json()["best"]["fid"]
+    best = tmp_path / "best.yaml"
+    best.write_text(client.get("/studies/tiny/best", params={"format": "yaml"}).text)
+
+    def train_cli(*args: str) -> dict[str, Any]:
+        proc = subprocess.run(
+            [sys.executable, "-m", "service.cli", "train", "--config", str(best), "--json", *args],
+            env=pool_env, capture_output=True, text=True, check=True,
+        )  # fmt: skip
+        return dict(json.loads(proc.stdout.strip().splitlines()[-1]))
+
+    same = train_cli("--out", str(tmp_path / "prod"))
+    assert abs(same["fid"] - best_fid) / best_fid <= 0.01, (same["fid"], best_fid)
+    longer = train_cli("--steps", "400", "--out", str(tmp_path / "prod"))  # trains on from the checkpoint
+    assert longer["steps"] == 400
+    lines = (tmp_path / "prod" / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(line)["step"] for line in lines] == [100, 200, 300, 400]
+    for name in ("checkpoint.pt", "samples.png", "curve.png"):
+        assert (tmp_path / "prod" / name).is_file()

@@ -1,0 +1,142 @@
+"""Dispatch cost of the worker pool: claims per second and worker-side overhead per trial.
+
+    .venv/bin/python -m bench.dispatch [--trials 120] [--workers 1 4 8]
+
+For each pool size, a fresh study of few-millisecond trials (ring8, a width-8 MLP, 2 steps)
+runs on that many worker processes (real Slot loops on real PostgreSQL). Per trial, the
+overhead is the time from the start of the claim to the end of the tell minus the time
+inside ``train``; the reference is a 10-second trial (the 1 % budget: 100 ms). Every run
+checks that exactly n_trials trials completed, none twice, none lost.
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing as mp
+import statistics
+import time
+import uuid
+from typing import Any
+
+import optuna
+import sqlalchemy as sa
+
+from service import db, worker
+from service.config import Settings
+from service.spec import StudySpec
+from service.studies import StudyService
+
+SPEC: dict[str, Any] = {
+    "base": {"dataset": "ring8", "steps": 2, "eval_every": 2, "eval_samples": 16, "g_width": 8, "d_width": 8,
+             "z_dim": 2, "batch_size": 16},
+    "search_space": {"lambda": {"type": "float", "low": 0.1, "high": 10, "log": True}},
+    "sampler": "random",
+    "pruner": "none",
+}  # fmt: skip
+
+
+def slot_process(settings_json: str, results: Any) -> None:
+    import torch
+
+    torch.set_num_threads(1)
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    settings = Settings.model_validate_json(settings_json)
+    inside: list[float] = []
+    real_train = worker.train
+
+    def timed_train(*args: Any, **kwargs: Any) -> Any:
+        t = time.perf_counter()
+        try:
+            return real_train(*args, **kwargs)
+        finally:
+            inside.append(time.perf_counter() - t)
+
+    worker.train = timed_train  # type: ignore[assignment]
+    slot = worker.Slot(settings, "cpu", idle_exit=1.0)
+    claim_real, run_real = slot.queue.claim, slot.run_trial
+    cycle: dict[str, float] = {}
+
+    def claim() -> Any:
+        cycle["start"] = time.perf_counter()
+        return claim_real()
+
+    def run_trial(c: Any) -> None:
+        run_real(c)
+        results.put((c.trial.number, time.perf_counter() - cycle["start"], inside[-1]))
+
+    slot.queue.claim = claim  # type: ignore[method-assign]
+    slot.run_trial = run_trial  # type: ignore[method-assign]
+    slot.run()
+
+
+def run(settings: Settings, n_workers: int, n_trials: int) -> dict[str, float]:
+    name = f"dispatch-{n_workers}"
+    service = StudyService(db.engine(settings), db.optuna_storage(settings), max_trials=100_000, base_url="")
+    service.create(StudySpec.model_validate({**SPEC, "name": name, "n_trials": n_trials, "max_parallel": n_workers}))
+    ctx = mp.get_context("spawn")
+    results = ctx.Queue()
+    started = time.perf_counter()
+    procs = [ctx.Process(target=slot_process, args=(settings.model_dump_json(), results)) for _ in range(n_workers)]
+    for p in procs:
+        p.start()
+    rows = []
+    while len(rows) < n_trials and (any(p.is_alive() for p in procs) or not results.empty()):
+        try:
+            rows.append(results.get(timeout=1))
+        except Exception:  # noqa: BLE001 - queue.Empty: look at the processes again
+            pass
+    wall = time.perf_counter() - started
+    for p in procs:
+        p.join()
+    trials = optuna.load_study(study_name=name, storage=db.optuna_storage(settings)).trials
+    complete = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
+    numbers = [r[0] for r in rows]
+    overhead = [total - inside for _, total, inside in rows]
+    return {
+        "claims_per_s": len(rows) / wall,
+        "overhead_median_ms": statistics.median(overhead) * 1e3,
+        "overhead_p95_ms": sorted(overhead)[int(0.95 * (len(overhead) - 1))] * 1e3,
+        "train_median_ms": statistics.median(r[2] for r in rows) * 1e3,
+        "complete": len(complete),
+        "duplicates": len(numbers) - len(set(numbers)),
+        "lost": n_trials - len(complete),
+        "other_states": len(trials) - len(complete),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--trials", type=int, default=120)
+    parser.add_argument("--workers", type=int, nargs="+", default=[1, 4, 8])
+    parser.add_argument("--admin-url", default="postgresql+psycopg2://postgres@127.0.0.1:5432/postgres")
+    args = parser.parse_args()
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    name = f"gt_bench_{uuid.uuid4().hex[:8]}"
+    admin = sa.create_engine(args.admin_url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
+    url = sa.make_url(args.admin_url).set(database=name).render_as_string(hide_password=False)
+    import tempfile
+
+    try:
+        with tempfile.TemporaryDirectory() as data_dir:
+            settings = Settings(DATABASE_URL=url, data_dir=data_dir, poll_seconds=0.05, lease_seconds=30)
+            db.upgrade(settings)
+            for n in args.workers:
+                r = run(settings, n, args.trials)
+                print(
+                    f"{n} workers: {r['claims_per_s']:.1f} trials/s; overhead per trial median "
+                    f"{r['overhead_median_ms']:.1f} ms, p95 {r['overhead_p95_ms']:.1f} ms (train {r['train_median_ms']:.1f} ms); "
+                    f"{r['overhead_median_ms'] / 10_000 * 100:.2f}% of a 10 s trial (target <= 1%); "
+                    f"complete {r['complete']}/{args.trials}, duplicates {r['duplicates']}, lost {r['lost']}, "
+                    f"other states {r['other_states']}",
+                    flush=True,
+                )
+    finally:
+        db.dispose_all()
+        with admin.connect() as conn:
+            conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+if __name__ == "__main__":
+    main()

