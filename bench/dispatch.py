@@ -12,8 +12,11 @@ checks that exactly n_trials trials completed, none twice, none lost.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import multiprocessing as mp
+import queue
 import statistics
+import tempfile
 import time
 import uuid
 from typing import Any
@@ -83,7 +86,7 @@ def run(settings: Settings, n_workers: int, n_trials: int) -> dict[str, float]:
     while len(rows) < n_trials and (any(p.is_alive() for p in procs) or not results.empty()):
         try:
             rows.append(results.get(timeout=1))
-        except Exception:  # noqa: BLE001 - queue.Empty: look at the processes again
+        except Exception:
             pass
     wall = time.perf_counter() - started
     for p in procs:
@@ -116,8 +119,6 @@ def main() -> None:
     with admin.connect() as conn:
         conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
     url = sa.make_url(args.admin_url).set(database=name).render_as_string(hide_password=False)
-    import tempfile
-
     try:
         with tempfile.TemporaryDirectory() as data_dir:
             settings = Settings(DATABASE_URL=url, data_dir=data_dir, poll_seconds=0.05, lease_seconds=30)
@@ -126,7 +127,8 @@ def main() -> None:
                 r = run(settings, n, args.trials)
                 print(
                     f"{n} workers: {r['claims_per_s']:.1f} trials/s; overhead per trial median "
-                    f"{r['overhead_median_ms']:.1f} ms, p95 {r['overhead_p95_ms']:.1f} ms (train {r['train_median_ms']:.1f} ms); "
+                    f"{r['overhead_median_ms']:.1f} ms, p95 {r['overhead_p95_ms']:.1f} ms "
+                    f"(train {r['train_median_ms']:.1f} ms); "
                     f"{r['overhead_median_ms'] / 10_000 * 100:.2f}% of a 10 s trial (target <= 1%); "
                     f"complete {r['complete']}/{args.trials}, duplicates {r['duplicates']}, lost {r['lost']}, "
                     f"other states {r['other_states']}",

@@ -211,7 +211,6 @@ def main(argv: list[str] | None = None) -> int:
 
     from service.client import ApiError
     from service.errors import GatTuneError
-
     from service.logs import configure_logging
 
     configure_logging()

@@ -100,8 +100,8 @@ def upgrade(settings: Settings) -> None:
 
 def schema_problems(settings: Settings) -> list[str]:
     """Why the database is not ready to serve (empty when it is)."""
-    from alembic.script import ScriptDirectory
     from alembic.config import Config
+    from alembic.script import ScriptDirectory
 
     try:
         with engine(settings).connect() as conn:

