@@ -84,10 +84,8 @@ def run(settings: Settings, n_workers: int, n_trials: int) -> dict[str, float]:
         p.start()
     rows = []
     while len(rows) < n_trials and (any(p.is_alive() for p in procs) or not results.empty()):
-        try:
+        with contextlib.suppress(queue.Empty):  # none yet: look at the processes again
             rows.append(results.get(timeout=1))
-        except Exception:
-            pass
     wall = time.perf_counter() - started
     for p in procs:
         p.join()
