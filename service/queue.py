@@ -100,10 +100,18 @@ class TrialQueue:
             conn.execute(studies.update().where(studies.c.name == row.name).values(status="completed"))
             return None
         spec = StudySpec.model_validate(row.spec)
-        if counts.get("FAIL", 0) >= (spec.max_failures or row.n_trials):
+        retries = conn.execute(
+            sa.text(
+                "SELECT count(*) FROM trial_user_attributes a JOIN trials t ON t.trial_id = a.trial_id "
+                "WHERE t.study_id = :sid AND a.key = :key"
+            ),
+            {"sid": row.optuna_study_id, "key": RETRY_OF},
+        ).scalar_one()
+        # A failure that was re-queued (crash, pause, shutdown) is not a failed trial.
+        if counts.get("FAIL", 0) - retries >= (spec.max_failures or row.n_trials):
             # Katib's maxFailedTrialCount: a study whose trials keep failing must not loop forever.
             conn.execute(studies.update().where(studies.c.name == row.name).values(status="failed"))
-            log.warning("study %s: %s failed trials; marked failed", row.name, counts["FAIL"])
+            log.warning("study %s: %s failed trials; marked failed", row.name, counts["FAIL"] - retries)
             return None
         if finished + active >= row.n_trials or active >= row.max_parallel:
             return None
@@ -219,10 +227,11 @@ class TrialQueue:
 
     # -- reaper ---------------------------------------------------------------------------
     def reap(self) -> int:
-        """Fail and re-queue trials whose lease expired (their worker died or hung).
+        """Fail and re-queue trials whose lease expired (their worker died or hung), and
+        RUNNING trials that never got a lease (a worker died between ask and lease).
 
-        Any worker, or the server, may run this; SKIP LOCKED keeps two reapers apart.
-        Returns the number of trials reaped.
+        Any worker, or the server, may run this; SKIP LOCKED and a per-trial advisory lock
+        keep two reapers apart. Returns the number of trials reaped.
         """
         reaped = 0
         with self.engine.begin() as conn:
@@ -233,16 +242,31 @@ class TrialQueue:
                 .with_for_update(of=trial_leases, skip_locked=True)
             ).all()
             for lease in expired:
-                reaped += self._reap_one(conn, lease)
+                conn.execute(trial_leases.delete().where(trial_leases.c.optuna_trial_id == lease.optuna_trial_id))
+                reason = f"lease expired: worker {lease.worker_id} stopped heartbeating"
+                reaped += self._fail_and_requeue(conn, lease.optuna_trial_id, lease.study_name, lease.spec, reason)
+            orphans = conn.execute(
+                sa.text(
+                    "SELECT t.trial_id, s.name, s.spec FROM trials t "
+                    "JOIN gt_studies s ON s.optuna_study_id = t.study_id WHERE t.state = 'RUNNING' "
+                    "AND t.datetime_start < (now() AT TIME ZONE 'UTC') - make_interval(secs => :grace) "
+                    "AND NOT EXISTS (SELECT 1 FROM gt_trial_leases l WHERE l.optuna_trial_id = t.trial_id)"
+                ),
+                {"grace": 2 * self.lease_seconds},
+            ).all()
+            for trial_id, name, spec in orphans:
+                if conn.execute(sa.text("SELECT pg_try_advisory_xact_lock(:k)"), {"k": 7_000_000 + trial_id}).scalar():
+                    reaped += self._fail_and_requeue(
+                        conn, trial_id, name, spec, "no lease: its worker died while claiming it"
+                    )
         return reaped
 
-    def _reap_one(self, conn: Connection, lease: Any) -> int:
-        trial = self.storage.get_trial(lease.optuna_trial_id)
-        conn.execute(trial_leases.delete().where(trial_leases.c.optuna_trial_id == lease.optuna_trial_id))
+    def _fail_and_requeue(self, conn: Connection, trial_id: int, study_name: str, spec_json: Any, reason: str) -> int:
+        trial = self.storage.get_trial(trial_id)
         if trial.state != TrialState.RUNNING:
             return 0
-        spec = StudySpec.model_validate(lease.spec)
-        study = optuna.load_study(study_name=lease.study_name, storage=self.storage)
+        spec = StudySpec.model_validate(spec_json)
+        study = optuna.load_study(study_name=study_name, storage=self.storage)
         already = conn.execute(
             sa.text(
                 "SELECT 1 FROM trial_user_attributes a JOIN trials t ON t.trial_id = a.trial_id "
@@ -250,17 +274,17 @@ class TrialQueue:
             ),
             {"sid": study._study_id, "key": RETRY_OF, "number": json.dumps(trial.number)},
         ).first()
+        attempt = int(trial.user_attrs.get(ATTEMPT, 0)) + 1
         resume = trial.user_attrs.get("run_dir")
         requeued = (
             "; already re-queued"
             if already
-            else self._requeue(study, trial.number, trial.params, lease.attempt + 1, spec.max_retries, resume)
+            else self._requeue(study, trial.number, trial.params, attempt, spec.max_retries, resume)
         )
-        reason = f"lease expired: worker {lease.worker_id} stopped heartbeating{requeued}"
-        self.storage.set_trial_user_attr(trial._trial_id, FAIL_REASON, reason)
+        self.storage.set_trial_user_attr(trial_id, FAIL_REASON, reason + requeued)
         try:
-            self.storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
+            self.storage.set_trial_state_values(trial_id, TrialState.FAIL)
         except optuna.exceptions.UpdateFinishedTrialError:
             return 0
-        log.warning("trial %s of %s: %s", trial.number, lease.study_name, reason)
+        log.warning("trial %s of %s: %s", trial.number, study_name, reason + requeued)
         return 1

@@ -1,0 +1,91 @@
+"""The queue's guarantees, driven directly (no worker processes): leases, limits, reaping."""
+
+from __future__ import annotations
+
+import copy
+import time
+from typing import Any
+
+import optuna
+from fastapi.testclient import TestClient
+from optuna.trial import TrialState
+
+from service import db
+from service.config import Settings
+from service.queue import TrialQueue
+from tests.service.test_worker import TINY
+
+
+def spec(**changes: Any) -> dict[str, Any]:
+    out = copy.deepcopy(TINY)
+    out.update(changes)
+    return out
+
+
+def queue(settings: Settings, worker: str, lease: float = 30) -> TrialQueue:
+    return TrialQueue(db.engine(settings), db.optuna_storage(settings), worker, lease_seconds=lease)
+
+
+def test_max_parallel_and_n_trials_hold(client: TestClient, settings: Settings) -> None:
+    client.post("/studies", json=spec(n_trials=3, max_parallel=2))
+    a, b = queue(settings, "a"), queue(settings, "b")
+    first, second = a.claim(), b.claim()
+    assert first is not None and second is not None
+    assert a.claim() is None, "max_parallel=2 reached"
+    assert a.finish(first, state=TrialState.COMPLETE, values=[5.0])
+    third = a.claim()
+    assert third is not None
+    assert a.claim() is None and b.claim() is None, "2 running + 1 finished = n_trials"
+    assert b.finish(second, state=TrialState.PRUNED)
+    assert a.finish(third, state=TrialState.COMPLETE, values=[4.0])
+    assert client.get("/studies/tiny").json()["status"] == "completed"
+    assert a.claim() is None
+
+
+def test_a_result_after_the_lease_was_reaped_is_dropped(client: TestClient, settings: Settings) -> None:
+    client.post("/studies", json=spec(n_trials=1, max_parallel=1))
+    slow = queue(settings, "slow", lease=0.2)
+    claim = slow.claim()
+    assert claim is not None
+    time.sleep(0.5)
+    assert queue(settings, "reaper").reap() == 1
+    assert not slow.finish(claim, state=TrialState.COMPLETE, values=[1.0]), "never counted twice"
+    trials = optuna.load_study(study_name="tiny", storage=db.optuna_storage(settings)).trials
+    assert [t.state for t in trials] == [TrialState.FAIL, TrialState.WAITING]
+    assert trials[0].user_attrs["fail_reason"].startswith("lease expired: worker slow stopped heartbeating")
+    assert trials[1].params == trials[0].params and trials[1].user_attrs["gat_tune_attempt"] == 1
+
+
+def test_retries_stop_at_max_retries(client: TestClient, settings: Settings) -> None:
+    client.post("/studies", json=spec(n_trials=1, max_parallel=1, max_retries=1))
+    for _ in range(2):
+        claim = queue(settings, "dies", lease=0.1).claim()
+        assert claim is not None
+        time.sleep(0.3)
+        queue(settings, "reaper").reap()
+    trials = optuna.load_study(study_name="tiny", storage=db.optuna_storage(settings)).trials
+    assert [t.state for t in trials] == [TrialState.FAIL, TrialState.FAIL]
+    assert "not re-queued (max_retries=1 spent)" in trials[1].user_attrs["fail_reason"]
+
+
+def test_a_trial_without_a_lease_is_reaped(client: TestClient, settings: Settings) -> None:
+    client.post("/studies", json=spec(n_trials=1))
+    study = optuna.load_study(study_name="tiny", storage=db.optuna_storage(settings))
+    study.ask()  # a worker that died between Optuna's ask and its lease
+    time.sleep(0.5)
+    assert queue(settings, "reaper", lease=0.1).reap() == 1
+    trials = study.trials
+    assert trials[0].state == TrialState.FAIL
+    assert trials[0].user_attrs["fail_reason"].startswith("no lease: its worker died while claiming it; re-queued")
+    assert trials[1].state == TrialState.WAITING
+
+
+def test_a_study_whose_trials_keep_failing_ends(client: TestClient, settings: Settings) -> None:
+    client.post("/studies", json=spec(n_trials=5, max_failures=2))
+    q = queue(settings, "w")
+    for _ in range(2):
+        claim = q.claim()
+        assert claim is not None
+        q.finish(claim, state=TrialState.FAIL, attrs={"fail_reason": "diverged at step 3"})
+    assert q.claim() is None
+    assert client.get("/studies/tiny").json()["status"] == "failed"
