@@ -172,8 +172,10 @@ class TrialQueue:
             if self._lock_lease(conn, claim.trial_id) is None:
                 log.warning("trial %s: lease lost; result dropped", claim.trial.number)
                 return False
-            for key, value in (attrs or {}).items():
-                self.storage.set_trial_user_attr(claim.trial_id, key, value)
+            with self.engine.begin() as attrs_conn:
+                # Its own short transaction: an insert here holds a key-share lock on the
+                # trial's row, which Optuna's tell (SELECT ... FOR UPDATE) would wait on.
+                self._set_user_attrs(attrs_conn, claim.trial_id, attrs or {})
             try:
                 claim.study.tell(claim.trial, values, state=state)
             except (RuntimeError, ValueError) as exc:  # already finished elsewhere
@@ -183,6 +185,23 @@ class TrialQueue:
                 conn.execute(trial_leases.delete().where(trial_leases.c.optuna_trial_id == claim.trial_id))
             self._mark_completed(conn, claim.study_name)
         return True
+
+    def _set_user_attrs(self, conn: Connection, trial_id: int, attrs: dict[str, Any]) -> None:
+        """All of a trial's closing attributes in one statement.
+
+        Optuna's set_trial_user_attr is a transaction per key; a trial's end writes several.
+        Same table, same JSON encoding, same (trial_id, key) uniqueness as Optuna's own.
+        """
+        if not attrs:
+            return
+        conn.execute(
+            sa.text(
+                "INSERT INTO trial_user_attributes (trial_id, key, value_json) "
+                "SELECT :tid, k, v FROM unnest(CAST(:keys AS text[]), CAST(:values AS text[])) AS u(k, v) "
+                "ON CONFLICT (trial_id, key) DO UPDATE SET value_json = EXCLUDED.value_json"
+            ),
+            {"tid": trial_id, "keys": list(attrs), "values": [json.dumps(v) for v in attrs.values()]},
+        )
 
     def interrupt(self, claim: Claim, reason: str, *, resume_from: str | None, counts_as_attempt: bool) -> None:
         """End a trial that did not run to its end: FAIL with the reason, and re-queue its
