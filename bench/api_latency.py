@@ -18,12 +18,11 @@ import socket
 import subprocess
 import sys
 import time
-import uuid
 
 import httpx
 import optuna
-import sqlalchemy as sa
 
+from bench.scratch import ADMIN_URL, scratch_database
 from service import db
 from service.config import Settings
 from service.spec import EXAMPLE_SPEC, StudySpec, suggest_config
@@ -62,63 +61,65 @@ def main() -> None:
     parser.add_argument("--connections", type=int, default=50)
     parser.add_argument("--seconds", type=int, default=10)
     parser.add_argument("--workers", type=int, default=1)
-    parser.add_argument("--admin-url", default="postgresql+psycopg2://postgres@127.0.0.1:5432/postgres")
+    parser.add_argument("--admin-url", default=ADMIN_URL)
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         sys.exit("bench.api_latency needs wrk: apt-get install wrk")
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    name = f"gt_bench_{uuid.uuid4().hex[:8]}"
-    admin = sa.create_engine(args.admin_url, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
-    url = sa.make_url(args.admin_url).set(database=name).render_as_string(hide_password=False)
     server = None
-    try:
-        settings = Settings(DATABASE_URL=url)
-        db.upgrade(settings)
-        t = time.perf_counter()
-        fill(settings, args.trials)
-        print(f"study with {args.trials} finished trials made in {time.perf_counter() - t:.0f}s")
-        db.dispose_all()
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        server = subprocess.Popen(
-            [sys.executable, "-m", "service.cli", "serve", "--port", str(port), "--workers", str(args.workers)],
-            env={**os.environ, "DATABASE_URL": url},
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )  # fmt: skip
-        base = f"http://127.0.0.1:{port}"
-        for _ in range(300):
-            try:
-                if httpx.get(f"{base}/healthz").status_code == 200:
-                    break
-            except httpx.TransportError:
-                time.sleep(0.1)
-        results = {}
-        for label, path in (
-            ("GET /healthz (reference)", "/healthz"),
-            ("GET /studies/{id}", "/studies/bench"),
-            ("GET /studies/{id}/trials", "/studies/bench/trials"),
-        ):
-            wrk(base + path, args.connections, 2)  # warm-up
-            results[label] = r = wrk(base + path, args.connections, args.seconds)
-            print(
-                f"{label:28s} p50 {r['p50']:7.1f} ms  p99 {r['p99']:7.1f} ms  {r['rps']:7.0f} req/s"
-                f"  non-2xx {r['non2xx']:.0f}",
-                flush=True,
-            )
-        ref = results["GET /healthz (reference)"]
-        for label in ("GET /studies/{id}", "GET /studies/{id}/trials"):
-            r = results[label]
-            print(f"{label}: p99 {r['p99']:.1f} ms (target <= 50 ms); p99 / healthz p99 = {r['p99'] / ref['p99']:.2f}")
-    finally:
-        if server is not None:
-            server.terminate()
-            server.wait()
-        db.dispose_all()
-        with admin.connect() as conn:
-            conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    with scratch_database(args.admin_url) as url:
+        try:
+            settings = Settings(DATABASE_URL=url)
+            db.upgrade(settings)
+            t = time.perf_counter()
+            fill(settings, args.trials)
+            print(f"study with {args.trials} finished trials made in {time.perf_counter() - t:.0f}s")
+            db.dispose_all()
+            server, base = start_server(url, args.workers)
+            measure(base, args.connections, args.seconds)
+        finally:
+            if server is not None:
+                server.terminate()
+                server.wait()
+
+
+def start_server(url: str, workers: int) -> tuple[subprocess.Popen[bytes], str]:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = subprocess.Popen(
+        [sys.executable, "-m", "service.cli", "serve", "--port", str(port), "--workers", str(workers)],
+        env={**os.environ, "DATABASE_URL": url},
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    base = f"http://127.0.0.1:{port}"
+    for _ in range(300):
+        try:
+            if httpx.get(f"{base}/healthz").status_code == 200:
+                break
+        except httpx.TransportError:
+            time.sleep(0.1)
+    return server, base
+
+
+def measure(base: str, connections: int, seconds: int) -> None:
+    results = {}
+    for label, path in (
+        ("GET /healthz (reference)", "/healthz"),
+        ("GET /studies/{id}", "/studies/bench"),
+        ("GET /studies/{id}/trials", "/studies/bench/trials"),
+    ):
+        wrk(base + path, connections, 2)  # warm-up
+        results[label] = r = wrk(base + path, connections, seconds)
+        print(
+            f"{label:28s} p50 {r['p50']:7.1f} ms  p99 {r['p99']:7.1f} ms  {r['rps']:7.0f} req/s"
+            f"  non-2xx {r['non2xx']:.0f}",
+            flush=True,
+        )
+    ref = results["GET /healthz (reference)"]
+    for label in ("GET /studies/{id}", "GET /studies/{id}/trials"):
+        r = results[label]
+        print(f"{label}: p99 {r['p99']:.1f} ms (target <= 50 ms); p99 / healthz p99 = {r['p99'] / ref['p99']:.2f}")
 
 
 if __name__ == "__main__":

@@ -18,12 +18,11 @@ import queue
 import statistics
 import tempfile
 import time
-import uuid
 from typing import Any
 
 import optuna
-import sqlalchemy as sa
 
+from bench.scratch import ADMIN_URL, scratch_database
 from service import db, worker
 from service.config import Settings
 from service.spec import StudySpec
@@ -109,33 +108,23 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--trials", type=int, default=120)
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 4, 8])
-    parser.add_argument("--admin-url", default="postgresql+psycopg2://postgres@127.0.0.1:5432/postgres")
+    parser.add_argument("--admin-url", default=ADMIN_URL)
     args = parser.parse_args()
     optuna.logging.set_verbosity(optuna.logging.ERROR)
-    name = f"gt_bench_{uuid.uuid4().hex[:8]}"
-    admin = sa.create_engine(args.admin_url, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
-    url = sa.make_url(args.admin_url).set(database=name).render_as_string(hide_password=False)
-    try:
-        with tempfile.TemporaryDirectory() as data_dir:
-            settings = Settings(DATABASE_URL=url, data_dir=data_dir, poll_seconds=0.05, lease_seconds=30)
-            db.upgrade(settings)
-            for n in args.workers:
-                r = run(settings, n, args.trials)
-                print(
-                    f"{n} workers: {r['claims_per_s']:.1f} trials/s; overhead per trial median "
-                    f"{r['overhead_median_ms']:.1f} ms, p95 {r['overhead_p95_ms']:.1f} ms "
-                    f"(train {r['train_median_ms']:.1f} ms); "
-                    f"{r['overhead_median_ms'] / 10_000 * 100:.2f}% of a 10 s trial (target <= 1%); "
-                    f"complete {r['complete']}/{args.trials}, duplicates {r['duplicates']}, lost {r['lost']}, "
-                    f"other states {r['other_states']}",
-                    flush=True,
-                )
-    finally:
-        db.dispose_all()
-        with admin.connect() as conn:
-            conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    with scratch_database(args.admin_url) as url, tempfile.TemporaryDirectory() as data_dir:
+        settings = Settings(DATABASE_URL=url, data_dir=data_dir, poll_seconds=0.05, lease_seconds=30)
+        db.upgrade(settings)
+        for n in args.workers:
+            r = run(settings, n, args.trials)
+            print(
+                f"{n} workers: {r['claims_per_s']:.1f} trials/s; overhead per trial median "
+                f"{r['overhead_median_ms']:.1f} ms, p95 {r['overhead_p95_ms']:.1f} ms "
+                f"(train {r['train_median_ms']:.1f} ms); "
+                f"{r['overhead_median_ms'] / 10_000 * 100:.2f}% of a 10 s trial (target <= 1%); "
+                f"complete {r['complete']}/{args.trials}, duplicates {r['duplicates']}, lost {r['lost']}, "
+                f"other states {r['other_states']}",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

@@ -14,11 +14,10 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
-import uuid
 
 import optuna
-import sqlalchemy as sa
 
+from bench.scratch import ADMIN_URL, scratch_database
 from service import db
 from service.config import Settings
 from service.spec import EXAMPLE_SPEC, StudySpec, suggest_config
@@ -37,15 +36,10 @@ def one_trial(study: optuna.Study, spec: StudySpec) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--trials", type=int, default=5000)
-    parser.add_argument("--admin-url", default="postgresql+psycopg2://postgres@127.0.0.1:5432/postgres")
+    parser.add_argument("--admin-url", default=ADMIN_URL)
     args = parser.parse_args()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    name = f"gt_bench_{uuid.uuid4().hex[:8]}"
-    admin = sa.create_engine(args.admin_url, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
-    url = sa.make_url(args.admin_url).set(database=name).render_as_string(hide_password=False)
-    try:
+    with scratch_database(args.admin_url) as url:
         settings = Settings(DATABASE_URL=url)
         db.upgrade(settings)
         spec = StudySpec.model_validate({**EXAMPLE_SPEC, "enqueue": []})
@@ -63,10 +57,6 @@ def main() -> None:
         print(f"{args.trials} trials in {time.perf_counter() - started:.0f}s")
         print(f"ask+report+tell at trial ~100: {early * 1e3:.1f} ms, at trial {args.trials}: {late * 1e3:.1f} ms")
         print(f"ratio late/early = {late / early:.2f} (target <= 2)")
-    finally:
-        db.dispose_all()
-        with admin.connect() as conn:
-            conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
 
 
 if __name__ == "__main__":
