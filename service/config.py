@@ -31,6 +31,7 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(default=1_000_000, ge=1, description="largest request body")
     pool_size: int = Field(default=5, ge=1, description="database connections per process")
     artifact_dir: Path | None = Field(default=None, description="Optuna artifact store (default DATA_DIR/artifacts)")
+    artifact_s3_bucket: str | None = Field(default=None, description="store artifacts in this S3 bucket instead")
     lease_seconds: float = Field(default=60, gt=0, description="a trial's lease; a heartbeat renews it at 1/3")
     poll_seconds: float = Field(default=2, gt=0, description="how often an idle worker looks for a trial")
 

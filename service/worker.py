@@ -24,11 +24,14 @@ import sqlalchemy as sa
 from optuna.trial import TrialState
 
 from service import db
+from service.artifacts import artifact_store
 from service.config import Settings
 from service.queue import Claim, TrialQueue
 from service.spec import suggest_config
 from service.tables import studies, workers
 from trainer.config import ConfigError, TrainConfig
+from trainer.data import DataError
+from trainer.metrics import FeatureError
 from trainer.train import Diverged, train
 
 __all__ = ["Interrupted", "resolve_devices", "run_pool", "run_slot"]
@@ -137,7 +140,7 @@ class Slot:
         self.current = claim
         trial = claim.trial
         run_dir = Path(claim.resume_from) if claim.resume_from else (
-            self.settings.data_dir / "runs" / claim.study_name / f"trial-{trial.number:05d}"
+            self.settings.data_dir.resolve() / "runs" / claim.study_name / f"trial-{trial.number:05d}"
         )  # fmt: skip
         started = time.perf_counter()
         where = {"device": self.device, "worker": self.worker_id}
@@ -185,6 +188,9 @@ class Slot:
             self.queue.finish(claim, state=TrialState.FAIL, attrs={**where, "fail_reason": str(exc)})
         except ConfigError as exc:
             self.queue.finish(claim, state=TrialState.FAIL, attrs={**where, "fail_reason": f"bad config: {exc}"})
+        except (DataError, FeatureError) as exc:  # the user's data or weights: no traceback needed
+            log.warning("trial %s of %s: %s", trial.number, claim.study_name, exc)
+            self.queue.finish(claim, state=TrialState.FAIL, attrs={**where, "fail_reason": _one_line(exc)})
         except Exception as exc:
             reason = _one_line(exc)
             log.exception("trial %s of %s failed", trial.number, claim.study_name)
@@ -214,8 +220,7 @@ class Slot:
                 trial.report(float(m["fid"]), int(m["step"]))
 
     def _upload_artifacts(self, claim: Claim, run_dir: Path) -> None:
-        self.settings.artifacts.mkdir(parents=True, exist_ok=True)
-        store = optuna.artifacts.FileSystemArtifactStore(self.settings.artifacts)
+        store = artifact_store(self.settings)
         for name, mimetype in (
             ("samples.png", "image/png"),
             ("curve.png", "image/png"),

@@ -18,6 +18,8 @@ import optuna
 import pytest
 from fastapi.testclient import TestClient
 
+from service.config import Settings
+from service.worker import Slot, _one_line
 from trainer.config import TrainConfig
 from trainer.data import load_dataset
 from trainer.metrics import make_extractor, real_stats
@@ -305,3 +307,29 @@ def test_best_config_reproduces_the_trial(
     assert [json.loads(line)["step"] for line in lines] == [100, 200, 300, 400]
     for name in ("checkpoint.pt", "samples.png", "curve.png"):
         assert (tmp_path / "prod" / name).is_file()
+
+
+def test_other_errors_fail_the_trial_with_one_line_and_the_worker_goes_on(
+    client: TestClient, settings: Settings, pool_env: dict[str, str], tmp_path: Path
+) -> None:
+    spec = tiny(
+        search_space={"dataset": {"type": "categorical", "choices": ["folder:/nonexistent", "digits"]}},
+        enqueue=[{"dataset": "folder:/nonexistent"}, {"dataset": "digits"}],
+        n_trials=1,
+        max_parallel=1,
+        max_failures=3,
+    )
+    client.post("/studies", json=spec)
+    slot = Slot(settings.model_copy(update={"data_dir": tmp_path, "poll_seconds": 0.1}), "cpu", idle_exit=0.5)
+    slot.run()
+    trials = optuna.load_study(study_name="tiny", storage=slot.queue.storage).trials
+    assert [t.state for t in trials] == [optuna.trial.TrialState.FAIL, optuna.trial.TrialState.COMPLETE]
+    assert trials[0].user_attrs["fail_reason"] == "DataError: dataset 'folder:/nonexistent': no such directory"
+
+
+def test_out_of_memory_reason() -> None:
+    import torch
+
+    oom = torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB\nmore text")
+    assert _one_line(oom) == "CUDA out of memory: CUDA out of memory. Tried to allocate 2.00 GiB"
+    assert _one_line(ValueError("bad\nthing")) == "ValueError: bad"

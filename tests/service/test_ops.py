@@ -1,0 +1,105 @@
+"""Operations: readiness, JSON logs, graceful SIGTERM, the dashboard alone, artifact stores."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import optuna
+import pytest
+import sqlalchemy as sa
+from fastapi.testclient import TestClient
+
+from service import db
+from service.artifacts import artifact_store
+from service.config import Settings
+from tests.service.test_cli import free_port
+
+
+def test_readyz_follows_the_schema(client: TestClient, settings: Settings) -> None:
+    assert client.get("/readyz").json() == {"status": "ready"}
+    with db.engine(settings).begin() as conn:
+        conn.execute(sa.text("UPDATE gat_tune_alembic_version SET version_num = '0000'"))
+    r = client.get("/readyz")
+    assert r.status_code == 503
+    assert "run `gat-tune db upgrade`" in r.json()["problems"][0]
+    assert client.get("/healthz").status_code == 200  # alive, just not ready
+
+
+def test_logs_are_json_lines_off_a_terminal(database_url: str) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "service.cli", "db", "upgrade"],
+        env={**os.environ, "DATABASE_URL": database_url},
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    lines = [json.loads(line) for line in proc.stderr.splitlines() if line.strip()]
+    assert lines, "logged nothing"
+    assert {"ts", "level", "logger", "msg"} <= set(lines[0])
+    assert any(line["msg"] == "database up to date" for line in lines)
+
+
+def wait_up(url: str, proc: subprocess.Popen[str]) -> None:
+    for _ in range(300):
+        assert proc.poll() is None, proc.communicate()[1]
+        try:
+            if httpx.get(url, timeout=1).status_code == 200:
+                return
+        except httpx.TransportError:
+            time.sleep(0.2)
+    raise AssertionError(f"{url} never answered")
+
+
+def test_api_stops_gracefully_on_sigterm(database_url: str, tmp_path: Path) -> None:
+    port = free_port()
+    env = {**os.environ, "DATABASE_URL": database_url, "GAT_TUNE_DATA_DIR": str(tmp_path)}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "service.cli", "serve", "--port", str(port)],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    wait_up(f"http://127.0.0.1:{port}/readyz", proc)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=30)
+    # uvicorn shuts down gracefully, then re-raises the signal it caught: -15 is expected.
+    assert proc.returncode in (0, -signal.SIGTERM)
+    messages = [json.loads(line)["msg"] for line in err.splitlines() if line.startswith("{")]
+    assert any("Shutting down" in m for m in messages), messages
+    assert any("Finished server process" in m for m in messages), messages
+
+
+def test_dashboard_runs_alone(database_url: str, tmp_path: Path) -> None:
+    port = free_port()
+    env = {**os.environ, "DATABASE_URL": database_url, "GAT_TUNE_DATA_DIR": str(tmp_path)}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "service.cli", "dashboard", "--port", str(port)],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        wait_up(f"http://127.0.0.1:{port}/dashboard", proc)
+        assert httpx.get(f"http://127.0.0.1:{port}/api/studies").json() == {"study_summaries": []}
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def test_artifact_store_choice(tmp_path: Path) -> None:
+    local = artifact_store(Settings(data_dir=tmp_path))
+    assert isinstance(local, optuna.artifacts.FileSystemArtifactStore)
+    assert (tmp_path / "artifacts").is_dir()
+    s3 = Settings(data_dir=tmp_path, artifact_s3_bucket="my-bucket")
+    try:
+        import boto3  # noqa: F401
+    except ImportError:
+        with pytest.raises(RuntimeError, match=r"needs boto3: pip install 'gat-tune\[s3\]'"):
+            artifact_store(s3)
+    else:
+        os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
+        store = artifact_store(s3)
+        assert isinstance(store, optuna.artifacts.Boto3ArtifactStore) and store.bucket == "my-bucket"
