@@ -5,7 +5,8 @@
 For each pool size, a fresh study of few-millisecond trials (ring8, a width-8 MLP, 2 steps)
 runs on that many worker processes (real Slot loops on real PostgreSQL). Per trial, the
 overhead is the time from the start of the claim to the end of the tell minus the time
-inside ``train``; the reference is a 10-second trial (the 1 % budget: 100 ms). Every run
+inside ``train`` (wall clock; the slot's CPU time for the same span is printed beside it);
+the reference is a 10-second trial (the 1 % budget: 100 ms). Every run
 checks that exactly n_trials trials completed, none twice, none lost.
 """
 
