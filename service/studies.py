@@ -23,6 +23,24 @@ from service.tables import idempotency_keys, studies
 __all__ = ["StudyService", "load_spec"]
 
 TRIAL_STATES = ("RUNNING", "WAITING", "COMPLETE", "PRUNED", "FAIL")
+
+# A page of trials with everything it shows, read from Optuna's tables in one statement.
+# Non-finite values (stored by Optuna as NULL plus a type) come out as JSON null.
+_PAGE_SQL = """
+SELECT p.number, p.state::text AS state, p.datetime_start, p.datetime_complete,
+  (SELECT coalesce(json_agg(json_build_array(param_name, param_value, distribution_json) ORDER BY param_id), '[]')
+     FROM trial_params WHERE trial_id = p.trial_id) AS params,
+  (SELECT json_agg(CASE WHEN value_type = 'FINITE' THEN value END ORDER BY objective)
+     FROM trial_values WHERE trial_id = p.trial_id) AS trial_values,
+  (SELECT coalesce(json_agg(json_build_object('step', step, 'fid',
+            CASE WHEN intermediate_value_type = 'FINITE' THEN intermediate_value END) ORDER BY step), '[]')
+     FROM trial_intermediate_values WHERE trial_id = p.trial_id) AS intermediate,
+  (SELECT coalesce(json_object_agg(key, value_json::json), '{{}}')
+     FROM trial_user_attributes WHERE trial_id = p.trial_id) AS attrs
+FROM (SELECT trial_id, number, state, datetime_start, datetime_complete FROM trials
+      WHERE {where} ORDER BY number LIMIT :limit OFFSET :offset) AS p
+ORDER BY p.number
+"""
 CONTROL = {"stop": "stopped", "pause": "paused", "resume": "running"}
 
 
@@ -208,7 +226,11 @@ class StudyService:
         return out
 
     def trials(self, name: str, *, offset: int = 0, limit: int = 50, state: str | None = None) -> dict[str, Any]:
-        """A page of trials, oldest first: params, values, intermediate FIDs, state, duration."""
+        """A page of trials, oldest first: params, values, intermediate FIDs, state, duration.
+
+        One query: PostgreSQL gathers each trial's rows into JSON (json_agg over the
+        per-trial unique indexes), so a page costs one round trip whatever its size.
+        """
         if state is not None and state.upper() not in TRIAL_STATES:
             raise Invalid(f"state: '{state}' is not one of {', '.join(TRIAL_STATES)}", field="state")
         with self.engine.connect() as conn:
@@ -216,57 +238,24 @@ class StudyService:
             where = "study_id = :sid" + (" AND state = CAST(:state AS trialstate)" if state else "")
             args: dict[str, Any] = {"sid": row.optuna_study_id, "state": state.upper() if state else None}
             total = conn.execute(sa.text(f"SELECT count(*) FROM trials WHERE {where}"), args).scalar_one()
-            page = conn.execute(
-                sa.text(
-                    "SELECT trial_id, number, state::text AS state, datetime_start, datetime_complete "
-                    f"FROM trials WHERE {where} ORDER BY number LIMIT :limit OFFSET :offset"
-                ),
-                {**args, "limit": limit, "offset": offset},
-            ).all()
-            ids = [t.trial_id for t in page]
-            params = self._params(conn, ids)
-            values: dict[int, list[float | None]] = {i: [] for i in ids}
-            for r in conn.execute(
-                sa.text(
-                    "SELECT trial_id, value, value_type::text AS kind FROM trial_values "
-                    "WHERE trial_id = ANY(:ids) ORDER BY objective"
-                ),
-                {"ids": ids},
-            ):
-                values[r.trial_id].append(_value(r.value, r.kind))
-            inter: dict[int, list[dict[str, Any]]] = {i: [] for i in ids}
-            for r in conn.execute(
-                sa.text(
-                    "SELECT trial_id, step, intermediate_value AS value, intermediate_value_type::text AS kind "
-                    "FROM trial_intermediate_values WHERE trial_id = ANY(:ids) ORDER BY step"
-                ),
-                {"ids": ids},
-            ):
-                inter[r.trial_id].append({"step": r.step, "fid": _value(r.value, r.kind)})
-            attrs: dict[int, dict[str, Any]] = {i: {} for i in ids}
-            for r in conn.execute(
-                sa.text("SELECT trial_id, key, value_json FROM trial_user_attributes WHERE trial_id = ANY(:ids)"),
-                {"ids": ids},
-            ):
-                attrs[r.trial_id][r.key] = json.loads(r.value_json)
-        items = []
-        for t in page:
-            end = t.datetime_complete
-            duration = (end - t.datetime_start).total_seconds() if end and t.datetime_start else None
-            items.append(
-                {
-                    "number": t.number,
-                    "state": t.state,
-                    "params": params[t.trial_id],
-                    "values": values[t.trial_id] or None,
-                    "intermediate_values": inter[t.trial_id],
-                    "user_attrs": attrs[t.trial_id],
-                    "datetime_start": _iso(t.datetime_start),
-                    "datetime_complete": _iso(end),
-                    "duration_seconds": duration,
-                }
-            )
+            page = conn.execute(sa.text(_PAGE_SQL.format(where=where)), {**args, "limit": limit, "offset": offset})
+            items = [self._trial_item(t) for t in page]
         return {"items": items, "total": total, "offset": offset, "limit": limit}
+
+    @staticmethod
+    def _trial_item(t: Any) -> dict[str, Any]:
+        end = t.datetime_complete
+        return {
+            "number": t.number,
+            "state": t.state,
+            "params": {n: _distribution(d).to_external_repr(v) for n, v, d in t.params},
+            "values": t.trial_values,
+            "intermediate_values": t.intermediate,
+            "user_attrs": t.attrs,
+            "datetime_start": _iso(t.datetime_start),
+            "datetime_complete": _iso(end),
+            "duration_seconds": (end - t.datetime_start).total_seconds() if end and t.datetime_start else None,
+        }
 
     def best_config(self, name: str) -> dict[str, Any]:
         """The best trial's complete trainer config.
