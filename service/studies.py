@@ -9,7 +9,6 @@ import datetime as dt
 import functools
 import hashlib
 import json
-import math
 from typing import Any
 
 import optuna
@@ -52,15 +51,6 @@ def _distribution(distribution_json: str) -> optuna.distributions.BaseDistributi
 
 def load_spec(row: Any) -> StudySpec:
     return StudySpec.model_validate(row.spec)
-
-
-def _finite(value: float | None) -> float | None:
-    return value if value is not None and math.isfinite(value) else None
-
-
-def _value(value: float | None, kind: str) -> float | None:
-    """Optuna stores ±inf and NaN as a NULL value and a type; JSON gets null for them."""
-    return _finite(value) if kind == "FINITE" else None
 
 
 class StudyService:
