@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import optuna
@@ -19,7 +20,7 @@ from optuna.trial import TrialState
 from sqlalchemy.engine import Connection, Engine
 
 from service.spec import StudySpec, make_pruner, make_sampler
-from service.tables import studies, trial_leases
+from service.tables import studies, trial_leases, workers
 
 __all__ = ["Claim", "TrialQueue"]
 
@@ -41,7 +42,7 @@ class Claim:
     study: optuna.Study
     trial: optuna.Trial
     attempt: int
-    resume_from: str | None
+    run_dir: str
 
     @property
     def trial_id(self) -> int:
@@ -52,10 +53,18 @@ class TrialQueue:
     """Claims and leases for one worker (``worker_id``) over one database."""
 
     def __init__(
-        self, engine: Engine, storage: optuna.storages.RDBStorage, worker_id: str, *, lease_seconds: float = 60
+        self,
+        engine: Engine,
+        storage: optuna.storages.RDBStorage,
+        worker_id: str,
+        *,
+        lease_seconds: float = 60,
+        run_root: Path | None = None,
     ) -> None:
         self.engine, self.storage, self.worker_id = engine, storage, worker_id
         self.lease_seconds = lease_seconds
+        self.run_root = (run_root or Path(".gat-tune/runs")).resolve()
+        self._studies: dict[str, optuna.Study] = {}  # loaded once per worker, sampler renewed per trial
 
     def _lease_interval(self) -> sa.TextClause:
         return sa.text(f"now() + interval '{float(self.lease_seconds)} seconds'")
@@ -115,14 +124,15 @@ class TrialQueue:
             return None
         if finished + active >= row.n_trials or active >= row.max_parallel:
             return None
-        study = optuna.load_study(
-            study_name=row.name,
-            storage=self.storage,
-            sampler=make_sampler(spec, offset=sum(counts.values())),
-            pruner=make_pruner(spec),
-        )
+        key = f"{row.name}#{row.optuna_study_id}"  # a study deleted and made again is another study
+        study = self._studies.get(key)
+        if study is None:
+            study = self._studies[key] = optuna.load_study(study_name=row.name, storage=self.storage)
+        study.sampler = make_sampler(spec, offset=sum(counts.values()))
+        study.pruner = make_pruner(spec)
         trial = study.ask()
         attempt = int(trial.user_attrs.get(ATTEMPT, 0))
+        run_dir = trial.user_attrs.get(RESUME_FROM) or str(self.run_root / row.name / f"trial-{trial.number:05d}")
         conn.execute(
             trial_leases.insert().values(
                 optuna_trial_id=trial._trial_id,
@@ -132,7 +142,15 @@ class TrialQueue:
                 expires_at=self._lease_interval(),
             )
         )
-        return Claim(row.name, spec, study, trial, attempt, trial.user_attrs.get(RESUME_FROM))
+        # In the claim's transaction: where the run lives (a reaper resumes from it) and
+        # what this worker is doing (GET /workers).
+        self._set_user_attrs(conn, trial._trial_id, {"run_dir": run_dir})
+        conn.execute(
+            workers.update()
+            .where(workers.c.id == self.worker_id)
+            .values(status="training", current_trial_id=trial._trial_id, last_heartbeat=sa.func.now())
+        )
+        return Claim(row.name, spec, study, trial, attempt, run_dir)
 
     # -- heartbeat ------------------------------------------------------------------------
     def renew(self) -> set[int]:
@@ -183,6 +201,7 @@ class TrialQueue:
                 return False
             finally:
                 conn.execute(trial_leases.delete().where(trial_leases.c.optuna_trial_id == claim.trial_id))
+                self._idle(conn)
             self._mark_completed(conn, claim.study_name)
         return True
 
@@ -216,6 +235,12 @@ class TrialQueue:
             self.storage.set_trial_user_attr(claim.trial_id, FAIL_REASON, reason + requeued)
             claim.study.tell(claim.trial, state=TrialState.FAIL, skip_if_finished=True)
             conn.execute(trial_leases.delete().where(trial_leases.c.optuna_trial_id == claim.trial_id))
+            self._idle(conn)
+
+    def _idle(self, conn: Connection) -> None:
+        conn.execute(
+            workers.update().where(workers.c.id == self.worker_id).values(status="idle", current_trial_id=None)
+        )
 
     def _requeue(
         self,

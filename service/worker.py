@@ -69,7 +69,11 @@ class Slot:
         self.worker_id = f"{socket.gethostname()}-{os.getpid()}"
         self.engine = db.engine(settings)
         self.queue = TrialQueue(
-            self.engine, db.optuna_storage(settings), self.worker_id, lease_seconds=settings.lease_seconds
+            self.engine,
+            db.optuna_storage(settings),
+            self.worker_id,
+            lease_seconds=settings.lease_seconds,
+            run_root=settings.data_dir / "runs",
         )
         self.shutdown = threading.Event()
         self.lost: set[int] = set()  # trials whose lease a reaper took
@@ -81,14 +85,6 @@ class Slot:
         stmt = sa.dialects.postgresql.insert(workers).values(id=self.worker_id, **values)
         with self.engine.begin() as conn:
             conn.execute(stmt.on_conflict_do_update(index_elements=[workers.c.id], set_=values))
-
-    def _set_status(self, status: str, trial_id: int | None) -> None:
-        with self.engine.begin() as conn:
-            conn.execute(
-                workers.update()
-                .where(workers.c.id == self.worker_id)
-                .values(status=status, current_trial_id=trial_id, last_heartbeat=sa.func.now())
-            )
 
     def _heartbeat(self) -> None:
         while not self.shutdown.wait(self.settings.lease_seconds / 3):
@@ -109,11 +105,13 @@ class Slot:
         self.register()
         beat = threading.Thread(target=self._heartbeat, name="heartbeat", daemon=True)
         beat.start()
-        idle_since = time.monotonic()
+        idle_since, reaped_at = time.monotonic(), 0.0
         try:
             while not self.shutdown.is_set():
                 try:
-                    self.queue.reap()
+                    if time.monotonic() - reaped_at > self.settings.lease_seconds / 3:
+                        self.queue.reap()  # a lease cannot expire faster than this
+                        reaped_at = time.monotonic()
                     claim = self.queue.claim()
                 except sa.exc.OperationalError as exc:
                     log.warning("database unavailable: %s", str(exc.orig).strip().splitlines()[0])
@@ -139,15 +137,11 @@ class Slot:
         own failures: the worker goes on with the next one."""
         self.current = claim
         trial = claim.trial
-        run_dir = Path(claim.resume_from) if claim.resume_from else (
-            self.settings.data_dir.resolve() / "runs" / claim.study_name / f"trial-{trial.number:05d}"
-        )  # fmt: skip
+        run_dir = Path(claim.run_dir)
         started = time.perf_counter()
         where = {"device": self.device, "worker": self.worker_id}
-        self._set_status("training", claim.trial_id)
         try:
             config = TrainConfig.from_dict({**suggest_config(trial, claim.spec), "device": self.device})
-            trial.set_user_attr("run_dir", str(run_dir))  # now: a reaper resumes from it
             self._replay_history(trial, run_dir)
 
             def on_eval(step: int, metrics: dict[str, Any]) -> None:
@@ -197,8 +191,6 @@ class Slot:
             self.queue.finish(claim, state=TrialState.FAIL, attrs={**where, "fail_reason": reason})
         finally:
             self.current = None
-            with contextlib.suppress(sa.exc.SQLAlchemyError):
-                self._set_status("idle", None)
 
     def _check_interrupt(self, claim: Claim) -> None:
         status = self._study_status(claim.study_name)
