@@ -9,7 +9,7 @@ from typing import Annotated, Any, Literal
 import yaml
 from fastapi import APIRouter, Header, Path, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
-from fastapi.responses import JSONResponse
+from fastapi.responses import ORJSONResponse
 from pydantic import ValidationError
 
 from service.api.deps import ReadAccess, StateDep, WriteAccess
@@ -77,9 +77,9 @@ def list_studies(state: StateDep, offset: Offset = 0, limit: Limit = 50) -> dict
 
 
 @router.get("/{name}", dependencies=[ReadAccess], summary="A study: state, trial counts, best so far")
-def get_study(name: StudyName, state: StateDep) -> JSONResponse:
-    # Plain dicts of JSON types: a JSONResponse skips FastAPI's generic encoder (hot route).
-    return JSONResponse(state.studies.get(_name(name)))
+def get_study(name: StudyName, state: StateDep) -> ORJSONResponse:
+    # Plain dicts of JSON types: ORJSONResponse skips FastAPI's generic encoder (hot route).
+    return ORJSONResponse(state.studies.get(_name(name)))
 
 
 @router.get("/{name}/trials", dependencies=[ReadAccess], summary="A page of a study's trials")
@@ -91,8 +91,8 @@ def list_trials(
     trial_state: Annotated[
         Literal["RUNNING", "WAITING", "COMPLETE", "PRUNED", "FAIL"] | None, Query(alias="state")
     ] = None,
-) -> JSONResponse:
-    return JSONResponse(state.studies.trials(_name(name), offset=offset, limit=limit, state=trial_state))
+) -> ORJSONResponse:
+    return ORJSONResponse(state.studies.trials(_name(name), offset=offset, limit=limit, state=trial_state))
 
 
 @router.get(
