@@ -230,7 +230,8 @@ def main(argv: list[str] | None = None) -> int:
     except sa.exc.OperationalError as exc:
         return _fail(f"database unavailable: {str(exc.orig).strip().splitlines()[0]}")
     except OSError as exc:
-        return _fail(f"{getattr(exc, 'filename', '') or ''} {exc.strerror or exc}".strip())
+        where = f"{exc.filename}: " if exc.filename else ""
+        return _fail(f"{where}{exc.strerror or exc}")
 
 
 if __name__ == "__main__":
