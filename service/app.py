@@ -20,7 +20,7 @@ from service.api.deps import AppState
 from service.artifacts import artifact_store
 from service.config import Settings, get_settings, is_loopback
 from service.dashboard import dashboard_app
-from service.errors import Conflict, Forbidden, GatTuneError, Invalid, NotFound, StorageError, Unauthorized
+from service.errors import Conflict, Forbidden, GatTuneError, Invalid, NotFound, Unauthorized
 from service.spec import SpecIssue, StudySpec
 from service.studies import StudyService
 
@@ -28,7 +28,7 @@ __all__ = ["create_app"]
 
 log = logging.getLogger(__name__)
 
-STATUS = {NotFound: 404, Conflict: 409, Invalid: 422, Unauthorized: 401, Forbidden: 403, StorageError: 503}
+STATUS = {NotFound: 404, Conflict: 409, Invalid: 422, Unauthorized: 401, Forbidden: 403}
 
 
 class BodyLimit:
@@ -107,8 +107,7 @@ def create_app(settings: Settings | None = None, *, mount_dashboard: bool = True
 
     @app.exception_handler(sa.exc.OperationalError)
     async def _database_down(request: Request, exc: sa.exc.OperationalError) -> JSONResponse:
-        reason = str(exc.orig).strip().splitlines()[0] if exc.orig else "connection failed"
-        return JSONResponse({"detail": f"database unavailable: {reason}"}, status_code=503)
+        return JSONResponse({"detail": db.unavailable(exc)}, status_code=503)
 
     @app.exception_handler(SpecIssue)
     async def _spec(request: Request, exc: SpecIssue) -> JSONResponse:

@@ -228,7 +228,9 @@ def main(argv: list[str] | None = None) -> int:
         name = str(first["loc"][0]) if first["loc"] else "setting"
         return _fail(f"{name.upper() if name == 'DATABASE_URL' else 'GAT_TUNE_' + name.upper()}: {first['msg']}", 2)
     except sa.exc.OperationalError as exc:
-        return _fail(f"database unavailable: {str(exc.orig).strip().splitlines()[0]}")
+        from service import db
+
+        return _fail(db.unavailable(exc))
     except OSError as exc:
         where = f"{exc.filename}: " if exc.filename else ""
         return _fail(f"{where}{exc.strerror or exc}")

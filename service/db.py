@@ -3,6 +3,7 @@ and migrations."""
 
 from __future__ import annotations
 
+import functools
 import logging
 from pathlib import Path
 from typing import Any
@@ -14,7 +15,16 @@ from sqlalchemy.engine import Engine
 from service.config import Settings
 from service.tables import VERSION_TABLE
 
-__all__ = ["database_url", "dispose_all", "embedded_url", "engine", "optuna_storage", "upgrade"]
+__all__ = [
+    "database_url",
+    "dispose_all",
+    "embedded_url",
+    "engine",
+    "optuna_storage",
+    "schema_problems",
+    "unavailable",
+    "upgrade",
+]
 
 log = logging.getLogger(__name__)
 MIGRATIONS = Path(__file__).resolve().parent.parent / "migrations"
@@ -76,10 +86,38 @@ def optuna_storage(settings: Settings) -> optuna.storages.RDBStorage:
     return _storage(database_url(settings), settings.pool_size)
 
 
+def unavailable(exc: sa.exc.OperationalError) -> str:
+    """One line for a database that cannot be reached (the driver's first line)."""
+    reason = str(exc.orig).strip().splitlines()[0] if exc.orig else "connection failed"
+    return f"database unavailable: {reason}"
+
+
+def _alembic_config() -> Any:
+    from alembic.config import Config
+
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS))
+    return cfg
+
+
+@functools.cache
+def _our_head() -> str | None:
+    """Our migrations' head: fixed for the installed code, so read from disk once."""
+    from alembic.script import ScriptDirectory
+
+    head: str | None = ScriptDirectory.from_config(_alembic_config()).get_current_head()
+    return head
+
+
+@functools.cache
+def _optuna_head(url: str, pool_size: int) -> str:
+    """Optuna's schema head, likewise fixed for the installed Optuna."""
+    return _storage(url, pool_size).get_head_version()
+
+
 def upgrade(settings: Settings) -> None:
     """Bring Optuna's tables and ours to their latest version (idempotent)."""
     from alembic import command
-    from alembic.config import Config
 
     url = database_url(settings)
     eng = _engine(url, settings.pool_size)
@@ -90,19 +128,14 @@ def upgrade(settings: Settings) -> None:
         if storage.get_current_version() != storage.get_head_version():
             storage.upgrade()
         storage.engine.dispose()
-        cfg = Config()
-        cfg.set_main_option("script_location", str(MIGRATIONS))
+        cfg = _alembic_config()
         cfg.attributes["connection"] = conn
-        cfg.attributes["version_table"] = VERSION_TABLE
         command.upgrade(cfg, "head")
     log.info("database up to date")
 
 
 def schema_problems(settings: Settings) -> list[str]:
     """Why the database is not ready to serve (empty when it is)."""
-    from alembic.config import Config
-    from alembic.script import ScriptDirectory
-
     try:
         with engine(settings).connect() as conn:
             ours = conn.execute(sa.text(f"SELECT version_num FROM {VERSION_TABLE}")).scalar()
@@ -110,14 +143,12 @@ def schema_problems(settings: Settings) -> list[str]:
     except sa.exc.ProgrammingError:
         return ["tables missing: run `gat-tune db upgrade`"]
     except sa.exc.OperationalError as exc:
-        return [f"database unavailable: {str(exc.orig).strip().splitlines()[0]}"]
-    cfg = Config()
-    cfg.set_main_option("script_location", str(MIGRATIONS))
-    head = ScriptDirectory.from_config(cfg).get_current_head()
+        return [unavailable(exc)]
+    head = _our_head()
     problems = []
     if ours != head:
         problems.append(f"gat-tune schema at {ours}, code expects {head}: run `gat-tune db upgrade`")
-    if optuna_version != optuna_storage(settings).get_head_version():
+    if optuna_version != _optuna_head(database_url(settings), settings.pool_size):
         problems.append(f"Optuna schema at {optuna_version}: run `gat-tune db upgrade`")
     return problems
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["Conflict", "Forbidden", "GatTuneError", "Invalid", "NotFound", "StorageError", "Unauthorized"]
+__all__ = ["Conflict", "Forbidden", "GatTuneError", "Invalid", "NotFound", "Unauthorized"]
 
 
 class GatTuneError(Exception):
@@ -31,7 +31,3 @@ class Unauthorized(GatTuneError):
 
 class Forbidden(GatTuneError):
     """A known token without the scope the route needs."""
-
-
-class StorageError(GatTuneError):
-    """The database failed in a way the caller cannot fix (connection lost, …)."""

@@ -30,6 +30,7 @@ log = logging.getLogger(__name__)
 ATTEMPT = "gat_tune_attempt"
 RESUME_FROM = "gat_tune_resume_from"
 RETRY_OF = "gat_tune_retry_of"
+RUN_DIR = "run_dir"
 FAIL_REASON = "fail_reason"
 
 
@@ -144,7 +145,7 @@ class TrialQueue:
         )
         # In the claim's transaction: where the run lives (a reaper resumes from it) and
         # what this worker is doing (GET /workers).
-        self._set_user_attrs(conn, trial._trial_id, {"run_dir": run_dir})
+        self._set_user_attrs(conn, trial._trial_id, {RUN_DIR: run_dir})
         conn.execute(
             workers.update()
             .where(workers.c.id == self.worker_id)
@@ -154,15 +155,18 @@ class TrialQueue:
 
     # -- heartbeat ------------------------------------------------------------------------
     def renew(self) -> set[int]:
-        """Push this worker's leases forward; the trial ids it still holds."""
+        """Push this worker's leases and its own heartbeat forward; the trial ids it still holds."""
         with self.engine.begin() as conn:
-            held = conn.execute(
-                trial_leases.update()
-                .where(trial_leases.c.worker_id == self.worker_id)
-                .values(expires_at=self._lease_interval(), heartbeat_at=sa.func.now())
-                .returning(trial_leases.c.optuna_trial_id)
-            ).scalars()
-            return set(held)
+            held = set(
+                conn.execute(
+                    trial_leases.update()
+                    .where(trial_leases.c.worker_id == self.worker_id)
+                    .values(expires_at=self._lease_interval(), heartbeat_at=sa.func.now())
+                    .returning(trial_leases.c.optuna_trial_id)
+                ).scalars()
+            )
+            conn.execute(workers.update().where(workers.c.id == self.worker_id).values(last_heartbeat=sa.func.now()))
+            return held
 
     # -- end of a trial -------------------------------------------------------------------
     def _lock_lease(self, conn: Connection, trial_id: int) -> Any:
@@ -222,15 +226,20 @@ class TrialQueue:
             {"tid": trial_id, "keys": list(attrs), "values": [json.dumps(v) for v in attrs.values()]},
         )
 
-    def interrupt(self, claim: Claim, reason: str, *, resume_from: str | None, counts_as_attempt: bool) -> None:
-        """End a trial that did not run to its end: FAIL with the reason, and re-queue its
-        parameters (resuming from ``resume_from``) unless its retries are spent."""
+    def interrupt(self, claim: Claim, reason: str) -> None:
+        """End a trial stopped before its end on purpose (pause, shutdown, lost lease): FAIL
+        with the reason and re-queue its parameters to resume from its run directory. Not a
+        failed attempt: the attempt count stays."""
         with self.engine.begin() as conn:
             if self._lock_lease(conn, claim.trial_id) is None:
                 return
-            attempt = claim.attempt + (1 if counts_as_attempt else 0)
             requeued = self._requeue(
-                claim.study, claim.trial.number, claim.trial.params, attempt, claim.spec.max_retries, resume_from
+                claim.study,
+                claim.trial.number,
+                claim.trial.params,
+                claim.attempt,
+                claim.spec.max_retries,
+                claim.run_dir,
             )
             self.storage.set_trial_user_attr(claim.trial_id, FAIL_REASON, reason + requeued)
             claim.study.tell(claim.trial, state=TrialState.FAIL, skip_if_finished=True)
@@ -319,7 +328,7 @@ class TrialQueue:
             {"sid": study._study_id, "key": RETRY_OF, "number": json.dumps(trial.number)},
         ).first()
         attempt = int(trial.user_attrs.get(ATTEMPT, 0)) + 1
-        resume = trial.user_attrs.get("run_dir")
+        resume = trial.user_attrs.get(RUN_DIR)
         requeued = (
             "; already re-queued"
             if already

@@ -72,7 +72,8 @@ class StudyService:
             for a different request.
         """
         check_spec(spec, max_trials=self.max_trials)
-        body_hash = hashlib.sha256(spec.model_dump_json().encode()).hexdigest()
+        spec_text = spec.model_dump_json()
+        body_hash = hashlib.sha256(spec_text.encode()).hexdigest()
         if idempotency_key is not None:
             existing = self._by_idempotency_key(idempotency_key, body_hash)
             if existing is not None:
@@ -89,7 +90,7 @@ class StudyService:
             except optuna.exceptions.DuplicatedStudyError:
                 raise Conflict(f"an Optuna study named '{spec.name}' exists in this database") from None
             try:
-                spec_json = json.loads(spec.model_dump_json())
+                spec_json = json.loads(spec_text)
                 study.set_user_attr("gat_tune_spec", spec_json)
                 for params in spec.enqueue:
                     study.enqueue_trial(enqueue_params(spec, params), skip_if_exists=True)

@@ -9,6 +9,7 @@ supervisor (gat-tune worker)            restarts a slot that dies, forwards SIGT
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import multiprocessing as mp
 import os
@@ -75,6 +76,7 @@ class Slot:
             lease_seconds=settings.lease_seconds,
             run_root=settings.data_dir / "runs",
         )
+        self.artifacts = artifact_store(settings)  # once: an S3 store builds a boto3 client
         self.shutdown = threading.Event()
         self.lost: set[int] = set()  # trials whose lease a reaper took
         self.current: Claim | None = None
@@ -93,10 +95,6 @@ class Slot:
                 current = self.current
                 if current is not None and current.trial_id not in held:
                     self.lost.add(current.trial_id)
-                with self.engine.begin() as conn:
-                    conn.execute(
-                        workers.update().where(workers.c.id == self.worker_id).values(last_heartbeat=sa.func.now())
-                    )
             except sa.exc.SQLAlchemyError as exc:  # the database is away: try again next beat
                 log.warning("heartbeat failed: %s", str(exc).splitlines()[0])
 
@@ -114,7 +112,7 @@ class Slot:
                         reaped_at = time.monotonic()
                     claim = self.queue.claim()
                 except sa.exc.OperationalError as exc:
-                    log.warning("database unavailable: %s", str(exc.orig).strip().splitlines()[0])
+                    log.warning(db.unavailable(exc))
                     claim = None
                 if claim is None:
                     if self.idle_exit is not None and time.monotonic() - idle_since > self.idle_exit:
@@ -170,27 +168,31 @@ class Slot:
             self.queue.finish(claim, state=TrialState.COMPLETE, values=values, attrs=attrs)
         except optuna.TrialPruned:
             self._upload_artifacts(claim, run_dir)
-            self.queue.finish(
-                claim, state=TrialState.PRUNED, attrs={"train_seconds": round(time.perf_counter() - started, 3)}
-            )
+            attrs = {"train_seconds": round(time.perf_counter() - started, 3)}
+            self.queue.finish(claim, state=TrialState.PRUNED, attrs=attrs)
         except Interrupted as exc:
             if exc.requeue:
-                self.queue.interrupt(claim, str(exc), resume_from=str(run_dir), counts_as_attempt=False)
+                self.queue.interrupt(claim, str(exc))
             else:
                 self.queue.finish(claim, state=TrialState.FAIL, attrs={**where, "fail_reason": str(exc)})
-        except Diverged as exc:
-            self.queue.finish(claim, state=TrialState.FAIL, attrs={**where, "fail_reason": str(exc)})
-        except ConfigError as exc:
-            self.queue.finish(claim, state=TrialState.FAIL, attrs={**where, "fail_reason": f"bad config: {exc}"})
-        except (DataError, FeatureError) as exc:  # the user's data or weights: no traceback needed
-            log.warning("trial %s of %s: %s", trial.number, claim.study_name, exc)
-            self.queue.finish(claim, state=TrialState.FAIL, attrs={**where, "fail_reason": _one_line(exc)})
-        except Exception as exc:
-            reason = _one_line(exc)
-            log.exception("trial %s of %s failed", trial.number, claim.study_name)
+        except Exception as exc:  # the worker must outlive any trial
+            reason = self._fail_reason(claim, exc)
             self.queue.finish(claim, state=TrialState.FAIL, attrs={**where, "fail_reason": reason})
         finally:
             self.current = None
+
+    @staticmethod
+    def _fail_reason(claim: Claim, exc: Exception) -> str:
+        """One line for the trial's fail_reason; a traceback in the log only for the unexpected."""
+        if isinstance(exc, Diverged):
+            return str(exc)
+        if isinstance(exc, ConfigError):
+            return f"bad config: {exc}"
+        if isinstance(exc, (DataError, FeatureError)):  # the user's data or weights
+            log.warning("trial %s of %s: %s", claim.trial.number, claim.study_name, exc)
+        else:
+            log.exception("trial %s of %s failed", claim.trial.number, claim.study_name)
+        return _one_line(exc)
 
     def _check_interrupt(self, claim: Claim) -> None:
         status = self._study_status(claim.study_name)
@@ -204,15 +206,12 @@ class Slot:
         metrics = run_dir / "metrics.jsonl"
         if not metrics.exists():
             return
-        import json
-
         for line in metrics.read_text().splitlines():
             if line.strip():
                 m = json.loads(line)
                 trial.report(float(m["fid"]), int(m["step"]))
 
     def _upload_artifacts(self, claim: Claim, run_dir: Path) -> None:
-        store = artifact_store(self.settings)
         for name, mimetype in (
             ("samples.png", "image/png"),
             ("curve.png", "image/png"),
@@ -221,7 +220,7 @@ class Slot:
             path = run_dir / name
             if path.exists():
                 optuna.artifacts.upload_artifact(
-                    artifact_store=store, file_path=str(path), study_or_trial=claim.trial, mimetype=mimetype
+                    artifact_store=self.artifacts, file_path=str(path), study_or_trial=claim.trial, mimetype=mimetype
                 )
 
 

@@ -136,7 +136,7 @@ def _load_torchvision(name: str, root: Path) -> tuple[torch.Tensor, torch.Tensor
     except RuntimeError:
         try:
             ds = cls(str(root), train=True, download=True)
-        except Exception:
+        except Exception:  # any download failure gets the same advice
             raise DataError(
                 f"dataset '{name}': not found under {root / TORCHVISION_SETS[name]} and could not be "
                 f"downloaded; put the torchvision files there (or set GAT_TUNE_DATA_DIR) and retry"

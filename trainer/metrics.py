@@ -207,7 +207,7 @@ class InceptionFeatures:
         torch.hub.set_dir(str(hub))
         try:
             self.net = InceptionV3([InceptionV3.BLOCK_INDEX_BY_DIM[2048]]).eval().to(device)
-        except Exception:
+        except Exception:  # a failed download surfaces in many forms
             raise FeatureError(
                 f"feature_extractor 'inception': weights {INCEPTION_WEIGHTS} not found and not downloadable; "
                 f"put the file at {data_dir / 'weights' / INCEPTION_WEIGHTS} or set GAT_TUNE_INCEPTION_WEIGHTS"

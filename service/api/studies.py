@@ -10,7 +10,6 @@ import orjson
 import yaml
 from fastapi import APIRouter, Header, Path, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
-from pydantic import ValidationError
 
 from service.api.deps import ReadAccess, StateDep, WriteAccess
 from service.errors import Invalid, NotFound
@@ -22,7 +21,6 @@ StudyName = Annotated[str, Path(description="the study's name (its id)", max_len
 Offset = Annotated[int, Query(ge=0, le=1_000_000_000)]
 Limit = Annotated[int, Query(ge=1, le=500)]
 
-_SPEC_SCHEMA = StudySpec.model_json_schema(ref_template="#/components/schemas/{model}")
 _SPEC_BODY = {
     "requestBody": {
         "required": True,
@@ -161,4 +159,4 @@ async def enqueue(name: StudyName, request: Request, state: StateDep) -> dict[st
     return await run_in_threadpool(state.studies.enqueue, _name(name), values)
 
 
-__all__ = ["ValidationError", "parse_spec", "router"]
+__all__ = ["parse_spec", "router"]

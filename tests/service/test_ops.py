@@ -57,14 +57,20 @@ def wait_up(url: str, proc: subprocess.Popen[str]) -> None:
     raise AssertionError(f"{url} never answered")
 
 
-def test_api_stops_gracefully_on_sigterm(database_url: str, tmp_path: Path) -> None:
+def start_listening(command: str, database_url: str, data_dir: Path) -> tuple[subprocess.Popen[str], str]:
+    """`gat-tune COMMAND --port P` in a child process; its base URL."""
     port = free_port()
-    env = {**os.environ, "DATABASE_URL": database_url, "GAT_TUNE_DATA_DIR": str(tmp_path)}
+    env = {**os.environ, "DATABASE_URL": database_url, "GAT_TUNE_DATA_DIR": str(data_dir)}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "service.cli", "serve", "--port", str(port)],
+        [sys.executable, "-m", "service.cli", command, "--port", str(port)],
         env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
-    wait_up(f"http://127.0.0.1:{port}/readyz", proc)
+    return proc, f"http://127.0.0.1:{port}"
+
+
+def test_api_stops_gracefully_on_sigterm(database_url: str, tmp_path: Path) -> None:
+    proc, base = start_listening("serve", database_url, tmp_path)
+    wait_up(f"{base}/readyz", proc)
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=30)
     # uvicorn shuts down gracefully, then re-raises the signal it caught: -15 is expected.
@@ -75,15 +81,10 @@ def test_api_stops_gracefully_on_sigterm(database_url: str, tmp_path: Path) -> N
 
 
 def test_dashboard_runs_alone(database_url: str, tmp_path: Path) -> None:
-    port = free_port()
-    env = {**os.environ, "DATABASE_URL": database_url, "GAT_TUNE_DATA_DIR": str(tmp_path)}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "service.cli", "dashboard", "--port", str(port)],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
+    proc, base = start_listening("dashboard", database_url, tmp_path)
     try:
-        wait_up(f"http://127.0.0.1:{port}/dashboard", proc)
-        assert httpx.get(f"http://127.0.0.1:{port}/api/studies").json() == {"study_summaries": []}
+        wait_up(f"{base}/dashboard", proc)
+        assert httpx.get(f"{base}/api/studies").json() == {"study_summaries": []}
     finally:
         proc.terminate()
         proc.wait(timeout=30)
