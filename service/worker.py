@@ -168,7 +168,7 @@ class Slot:
             self.queue.finish(claim, state=TrialState.COMPLETE, values=values, attrs=attrs)
         except optuna.TrialPruned:
             self._upload_artifacts(claim, run_dir)
-            attrs = {"train_seconds": round(time.perf_counter() - started, 3)}
+            attrs = {**where, "train_seconds": round(time.perf_counter() - started, 3)}
             self.queue.finish(claim, state=TrialState.PRUNED, attrs=attrs)
         except Interrupted as exc:
             if exc.requeue:
