@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import re
 import shutil
@@ -24,6 +25,7 @@ import time
 
 import httpx
 import optuna
+import sqlalchemy as sa
 
 from bench.scratch import ADMIN_URL, scratch_database
 from service import db
@@ -42,6 +44,12 @@ def wrk(url: str, connections: int, seconds: int) -> dict[str, float]:
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
     errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
     return {"p50": pct["50"], "p99": pct["99"], "rps": rps, "non2xx": float(errors.group(1)) if errors else 0.0}
+
+
+def filled(settings: Settings, n: int) -> bool:
+    """Whether a kept --database-url already holds the study."""
+    with db.engine(settings).connect() as conn:
+        return bool(conn.execute(sa.text("SELECT count(*) FROM trials")).scalar_one() == n)
 
 
 def fill(settings: Settings, n: int) -> None:
@@ -66,18 +74,23 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--rate", type=float, default=2.0, help="open loop: requests a second per client")
     parser.add_argument("--admin-url", default=ADMIN_URL)
+    parser.add_argument(
+        "--database-url", help="use this database (made and filled on first use, kept) instead of a scratch one"
+    )
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         sys.exit("bench.api_latency needs wrk: apt-get install wrk")
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     server = None
-    with scratch_database(args.admin_url) as url:
+    with contextlib.ExitStack() as stack:
+        url = args.database_url or stack.enter_context(scratch_database(args.admin_url))
         try:
             settings = Settings(DATABASE_URL=url)
             db.upgrade(settings)
-            t = time.perf_counter()
-            fill(settings, args.trials)
-            print(f"study with {args.trials} finished trials made in {time.perf_counter() - t:.0f}s")
+            if not filled(settings, args.trials):
+                t = time.perf_counter()
+                fill(settings, args.trials)
+                print(f"study with {args.trials} finished trials made in {time.perf_counter() - t:.0f}s")
             db.dispose_all()
             server, base = start_server(url, args.workers)
             measure(base, args.connections, args.seconds, args.rate)

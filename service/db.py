@@ -49,10 +49,18 @@ def database_url(settings: Settings) -> str:
     return settings.database_url or embedded_url(settings.data_dir)
 
 
+MAX_OVERFLOW = 2
+
+
+def connections_per_process(settings: Settings) -> int:
+    """The most connections one engine of this process opens."""
+    return settings.pool_size + MAX_OVERFLOW
+
+
 def _engine_kwargs(pool_size: int) -> dict[str, Any]:
     # pre-ping: survive idle drops and server restarts (optuna#5600); a bounded pool keeps
     # many workers under max_connections (optuna#1347).
-    return {"pool_pre_ping": True, "pool_size": pool_size, "max_overflow": 2, "pool_recycle": 1800}
+    return {"pool_pre_ping": True, "pool_size": pool_size, "max_overflow": MAX_OVERFLOW, "pool_recycle": 1800}
 
 
 _ENGINES: dict[tuple[str, int], Engine] = {}

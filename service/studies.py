@@ -5,13 +5,12 @@ of trials costs the same at trial 10 and at trial 10,000 (optuna#3053).
 
 from __future__ import annotations
 
-import datetime as dt
-import functools
 import hashlib
 import json
 from typing import Any
 
 import optuna
+import orjson
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
@@ -23,30 +22,90 @@ __all__ = ["StudyService", "load_spec"]
 
 TRIAL_STATES = ("RUNNING", "WAITING", "COMPLETE", "PRUNED", "FAIL")
 
-# A page of trials with everything it shows, read from Optuna's tables in one statement.
-# Non-finite values (stored by Optuna as NULL plus a type) come out as JSON null.
-_PAGE_SQL = """
-SELECT p.number, p.state::text AS state, p.datetime_start, p.datetime_complete,
-  (SELECT coalesce(json_agg(json_build_array(param_name, param_value, distribution_json) ORDER BY param_id), '[]')
-     FROM trial_params WHERE trial_id = p.trial_id) AS params,
-  (SELECT json_agg(CASE WHEN value_type = 'FINITE' THEN value END ORDER BY objective)
-     FROM trial_values WHERE trial_id = p.trial_id) AS trial_values,
-  (SELECT coalesce(json_agg(json_build_object('step', step, 'fid',
+# The read routes' JSON is rendered by PostgreSQL (json_build_object, json_agg) and passed on
+# as bytes: on the API process, decoding rows and re-encoding them in Python cost more than
+# the queries themselves (bench/RESULTS.md, "API latency").
+
+
+def _utc(column: str) -> str:
+    """ISO 8601 of a naive UTC timestamp (Optuna stores those)."""
+    return f"""to_char({column}, 'YYYY-MM-DD"T"HH24:MI:SS.US"+00:00"')"""
+
+
+def _params_json(trial_id: str) -> str:
+    """A trial's params as Optuna's external representation: the choice for a categorical
+    (stored as its index), an integer for an int distribution, else the float. The kind is
+    read off the distribution's JSON text ('{"name": "...", ...}') without parsing it."""
+    return f"""(SELECT coalesce(json_object_agg(tp.param_name,
+       CASE WHEN tp.distribution_json LIKE '{{"name": "CategoricalDistribution"%'
+              THEN tp.distribution_json::jsonb->'attributes'->'choices'->(tp.param_value::int)
+            WHEN tp.distribution_json LIKE '{{"name": "Int%' THEN to_jsonb(tp.param_value::bigint)
+            ELSE to_jsonb(tp.param_value) END ORDER BY tp.param_id), '{{}}')
+     FROM trial_params tp WHERE tp.trial_id = {trial_id})"""
+
+
+# The best finished trial by FID (for two objectives: the lowest FID on the front).
+_BEST_TRIAL = """SELECT t.trial_id, t.number, v.value FROM trials t
+  JOIN trial_values v ON v.trial_id = t.trial_id AND v.objective = 0 AND v.value_type = 'FINITE'
+  WHERE t.study_id = {study_id} AND t.state = 'COMPLETE' ORDER BY v.value ASC, t.number ASC LIMIT 1"""
+
+
+def _summary_sql(*, with_spec: bool) -> str:
+    """One study's summary per row of gt_studies s: state, trial counts by state, best so far."""
+    spec = ", 'spec', s.spec" if with_spec else ""
+    return f"""
+SELECT json_build_object(
+  'id', s.name, 'name', s.name,
+  'status', CASE WHEN s.status = 'running' AND c.finished >= s.n_trials THEN 'completed' ELSE s.status END,
+  'n_trials', s.n_trials, 'max_parallel', s.max_parallel,
+  'objectives', CASE jsonb_typeof(s.spec->'objective') WHEN 'array' THEN s.spec->'objective'
+                  ELSE jsonb_build_array(s.spec->'objective') END,
+  'sampler', s.spec->'sampler', 'pruner', s.spec->'pruner',
+  'trial_counts', json_build_object({", ".join(f"'{st}', c.{st.lower()}" for st in TRIAL_STATES)}),
+  'finished', c.finished,
+  'best', (SELECT json_build_object('trial', b.number, 'fid', b.value, 'params', {_params_json("b.trial_id")})
+           FROM ({_BEST_TRIAL.format(study_id="s.optuna_study_id")}) b),
+  'optuna_study_id', s.optuna_study_id,
+  'dashboard_url', CAST(:base_url AS text) || '/dashboard/studies/' || s.optuna_study_id,
+  'created_at', {_utc("s.created_at AT TIME ZONE 'UTC'")}{spec}
+)::text AS body
+FROM gt_studies s CROSS JOIN LATERAL (
+  SELECT {", ".join(f"count(*) FILTER (WHERE state = '{st}') AS {st.lower()}" for st in TRIAL_STATES)},
+         count(*) FILTER (WHERE state IN ('COMPLETE', 'PRUNED')) AS finished
+  FROM trials WHERE study_id = s.optuna_study_id) c
+"""
+
+
+_STUDY_SQL = _summary_sql(with_spec=True) + "WHERE s.name = :name"
+_STUDIES_SQL = _summary_sql(with_spec=False) + "ORDER BY s.created_at DESC, s.name LIMIT :limit OFFSET :offset"
+
+_STATE_IS = "(CAST(:state AS text) IS NULL OR t.state::text = :state)"
+# A page of trials with everything it shows, and the count of all that match; sid is NULL
+# for an unknown study. Non-finite values (Optuna stores NULL plus a type) become null.
+_TRIALS_SQL = f"""
+WITH s AS (SELECT optuna_study_id AS sid FROM gt_studies WHERE name = :name),
+page AS (SELECT t.trial_id, t.number, t.state, t.datetime_start, t.datetime_complete
+         FROM trials t JOIN s ON t.study_id = s.sid WHERE {_STATE_IS} ORDER BY t.number LIMIT :limit OFFSET :offset)
+SELECT (SELECT sid FROM s) AS sid, json_build_object(
+  'items', (SELECT coalesce(json_agg(json_build_object(
+      'number', p.number,
+      'state', p.state::text,
+      'params', {_params_json("p.trial_id")},
+      'values', (SELECT json_agg(CASE WHEN value_type = 'FINITE' THEN value END ORDER BY objective)
+                 FROM trial_values WHERE trial_id = p.trial_id),
+      'intermediate_values', (SELECT coalesce(json_agg(json_build_object('step', step, 'fid',
             CASE WHEN intermediate_value_type = 'FINITE' THEN intermediate_value END) ORDER BY step), '[]')
-     FROM trial_intermediate_values WHERE trial_id = p.trial_id) AS intermediate,
-  (SELECT coalesce(json_object_agg(key, value_json::json), '{{}}')
-     FROM trial_user_attributes WHERE trial_id = p.trial_id) AS attrs
-FROM (SELECT trial_id, number, state, datetime_start, datetime_complete FROM trials
-      WHERE {where} ORDER BY number LIMIT :limit OFFSET :offset) AS p
-ORDER BY p.number
+         FROM trial_intermediate_values WHERE trial_id = p.trial_id),
+      'user_attrs', (SELECT coalesce(json_object_agg(key, value_json::json), '{{}}')
+                     FROM trial_user_attributes WHERE trial_id = p.trial_id),
+      'datetime_start', {_utc("p.datetime_start")},
+      'datetime_complete', {_utc("p.datetime_complete")},
+      'duration_seconds', extract(epoch FROM p.datetime_complete - p.datetime_start)
+    ) ORDER BY p.number), '[]') FROM page p),
+  'total', (SELECT count(*) FROM trials t JOIN s ON t.study_id = s.sid WHERE {_STATE_IS}),
+  'offset', :offset, 'limit', :limit)::text AS body
 """
 CONTROL = {"stop": "stopped", "pause": "paused", "resume": "running"}
-
-
-@functools.lru_cache(maxsize=4096)
-def _distribution(distribution_json: str) -> optuna.distributions.BaseDistribution:
-    # A study has few distinct distributions; parsing one per param per trial dominated a page.
-    return optuna.distributions.json_to_distribution(distribution_json)
 
 
 def load_spec(row: Any) -> StudySpec:
@@ -124,129 +183,63 @@ class StudyService:
         return str(row.study_name)
 
     # -- read -----------------------------------------------------------------------------
+    def _reader(self) -> Connection:
+        # Reads are single statements: autocommit spares the BEGIN and ROLLBACK round trips.
+        return self.engine.connect().execution_options(isolation_level="AUTOCOMMIT")
+
     def _row(self, conn: Connection, name: str) -> Any:
         row = conn.execute(sa.select(studies).where(studies.c.name == name)).first()
         if row is None:
             raise NotFound(f"no study named '{name}'")
         return row
 
-    def _counts(self, conn: Connection, study_ids: list[int]) -> dict[int, dict[str, int]]:
-        rows = conn.execute(
-            sa.text(
-                "SELECT study_id, state::text AS state, count(*) AS n FROM trials "
-                "WHERE study_id = ANY(:ids) GROUP BY study_id, state"
-            ),
-            {"ids": study_ids},
-        )
-        counts = {sid: dict.fromkeys(TRIAL_STATES, 0) for sid in study_ids}
-        for r in rows:
-            counts[r.study_id][r.state] = int(r.n)
-        return counts
-
-    def _best(self, conn: Connection, row: Any) -> dict[str, Any] | None:
-        """The best finished trial by FID (for two objectives: the lowest FID on the front)."""
-        best = conn.execute(
-            sa.text(
-                "SELECT t.trial_id, t.number, v.value FROM trials t "
-                "JOIN trial_values v ON v.trial_id = t.trial_id AND v.objective = 0 AND v.value_type = 'FINITE' "
-                "WHERE t.study_id = :sid AND t.state = 'COMPLETE' ORDER BY v.value ASC, t.number ASC LIMIT 1"
-            ),
-            {"sid": row.optuna_study_id},
-        ).first()
-        if best is None:
-            return None
-        params = self._params(conn, [best.trial_id])[best.trial_id]
-        return {"trial": best.number, "fid": best.value, "params": params}
-
-    def _status(self, row: Any, counts: dict[str, int]) -> str:
-        finished = counts["COMPLETE"] + counts["PRUNED"]
-        if row.status == "running" and finished >= row.n_trials:
-            return "completed"
-        return str(row.status)
-
-    def _public(self, row: Any, counts: dict[str, int], best: dict[str, Any] | None) -> dict[str, Any]:
-        spec = load_spec(row)
-        return {
-            "id": row.name,
-            "name": row.name,
-            "status": self._status(row, counts),
-            "n_trials": row.n_trials,
-            "max_parallel": row.max_parallel,
-            "objectives": spec.objectives,
-            "sampler": spec.sampler,
-            "pruner": spec.pruner,
-            "trial_counts": counts,
-            "finished": counts["COMPLETE"] + counts["PRUNED"],
-            "best": best,
-            "optuna_study_id": row.optuna_study_id,
-            "dashboard_url": f"{self.base_url}/dashboard/studies/{row.optuna_study_id}",
-            "created_at": row.created_at.isoformat(),
-            "spec": row.spec,
-        }
+    def study_json(self, name: str) -> bytes:
+        """The study as JSON: state, trial counts by state, best so far, spec."""
+        with self._reader() as conn:
+            body = conn.execute(sa.text(_STUDY_SQL), {"name": name, "base_url": self.base_url}).scalar()
+        if body is None:
+            raise NotFound(f"no study named '{name}'")
+        return str(body).encode()
 
     def get(self, name: str) -> dict[str, Any]:
-        with self.engine.connect() as conn:
-            row = self._row(conn, name)
-            counts = self._counts(conn, [row.optuna_study_id])[row.optuna_study_id]
-            return self._public(row, counts, self._best(conn, row))
+        return dict(orjson.loads(self.study_json(name)))
 
-    def list_studies(self, *, offset: int = 0, limit: int = 50) -> dict[str, Any]:
-        with self.engine.connect() as conn:
+    def studies_json(self, *, offset: int = 0, limit: int = 50) -> bytes:
+        """A page of study summaries (without their specs), newest first."""
+        with self._reader() as conn:
             total = conn.execute(sa.select(sa.func.count()).select_from(studies)).scalar_one()
-            rows = conn.execute(
-                sa.select(studies).order_by(studies.c.created_at.desc(), studies.c.name).offset(offset).limit(limit)
-            ).all()
-            counts = self._counts(conn, [r.optuna_study_id for r in rows])
-            items = [self._public(r, counts[r.optuna_study_id], self._best(conn, r)) for r in rows]
-        for item in items:
-            item.pop("spec")
-        return {"items": items, "total": total, "offset": offset, "limit": limit}
+            bodies = conn.execute(
+                sa.text(_STUDIES_SQL), {"base_url": self.base_url, "offset": offset, "limit": limit}
+            ).scalars()
+            items = ",".join(bodies)
+        return f'{{"items":[{items}],"total":{int(total)},"offset":{offset},"limit":{limit}}}'.encode()
 
-    def _params(self, conn: Connection, trial_ids: list[int]) -> dict[int, dict[str, Any]]:
-        out: dict[int, dict[str, Any]] = {tid: {} for tid in trial_ids}
-        rows = conn.execute(
-            sa.text(
-                "SELECT trial_id, param_name, param_value, distribution_json FROM trial_params "
-                "WHERE trial_id = ANY(:ids) ORDER BY param_id"
-            ),
-            {"ids": trial_ids},
-        )
-        for r in rows:
-            dist = _distribution(r.distribution_json)
-            out[r.trial_id][r.param_name] = dist.to_external_repr(r.param_value)
-        return out
-
-    def trials(self, name: str, *, offset: int = 0, limit: int = 50, state: str | None = None) -> dict[str, Any]:
-        """A page of trials, oldest first: params, values, intermediate FIDs, state, duration.
-
-        One query: PostgreSQL gathers each trial's rows into JSON (json_agg over the
-        per-trial unique indexes), so a page costs one round trip whatever its size.
-        """
+    def trials_json(self, name: str, *, offset: int = 0, limit: int = 50, state: str | None = None) -> bytes:
+        """A page of trials as JSON, oldest first: params, values, intermediate FIDs, user
+        attributes, state, duration; one statement whatever the page size."""
         if state is not None and state.upper() not in TRIAL_STATES:
             raise Invalid(f"state: '{state}' is not one of {', '.join(TRIAL_STATES)}", field="state")
-        with self.engine.connect() as conn:
-            row = self._row(conn, name)
-            where = "study_id = :sid" + (" AND state = CAST(:state AS trialstate)" if state else "")
-            args: dict[str, Any] = {"sid": row.optuna_study_id, "state": state.upper() if state else None}
-            total = conn.execute(sa.text(f"SELECT count(*) FROM trials WHERE {where}"), args).scalar_one()
-            page = conn.execute(sa.text(_PAGE_SQL.format(where=where)), {**args, "limit": limit, "offset": offset})
-            items = [self._trial_item(t) for t in page]
-        return {"items": items, "total": total, "offset": offset, "limit": limit}
+        args = {"name": name, "state": state.upper() if state else None, "offset": offset, "limit": limit}
+        with self._reader() as conn:
+            row = conn.execute(sa.text(_TRIALS_SQL), args).one()
+        if row.sid is None:
+            raise NotFound(f"no study named '{name}'")
+        return str(row.body).encode()
 
-    @staticmethod
-    def _trial_item(t: Any) -> dict[str, Any]:
-        end = t.datetime_complete
-        return {
-            "number": t.number,
-            "state": t.state,
-            "params": {n: _distribution(d).to_external_repr(v) for n, v, d in t.params},
-            "values": t.trial_values,
-            "intermediate_values": t.intermediate,
-            "user_attrs": t.attrs,
-            "datetime_start": _iso(t.datetime_start),
-            "datetime_complete": _iso(end),
-            "duration_seconds": (end - t.datetime_start).total_seconds() if end and t.datetime_start else None,
-        }
+    def _best(self, conn: Connection, row: Any) -> dict[str, Any] | None:
+        best = conn.execute(sa.text(_BEST_TRIAL.format(study_id=":sid")), {"sid": row.optuna_study_id}).first()
+        if best is None:
+            return None
+        params = conn.execute(
+            sa.text(
+                "SELECT param_name, param_value, distribution_json FROM trial_params "
+                "WHERE trial_id = :tid ORDER BY param_id"
+            ),
+            {"tid": best.trial_id},
+        )
+        to_dist = optuna.distributions.json_to_distribution
+        values = {p.param_name: to_dist(p.distribution_json).to_external_repr(p.param_value) for p in params}
+        return {"trial": best.number, "fid": best.value, "params": values}
 
     def best_config(self, name: str) -> dict[str, Any]:
         """The best trial's complete trainer config.
@@ -284,8 +277,3 @@ class StudyService:
         study.enqueue_trial(params)
         waiting = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.WAITING,))
         return {"number": max(t.number for t in waiting), "params": params}
-
-
-def _iso(value: dt.datetime | None) -> str | None:
-    # Optuna stores naive UTC datetimes.
-    return None if value is None else value.replace(tzinfo=dt.timezone.utc).isoformat()

@@ -164,3 +164,60 @@ def test_health_and_workers(client: TestClient) -> None:
     assert client.get("/docs").status_code == 200
     schema = client.get("/openapi.json").json()
     assert "StudySpec" in schema["components"]["schemas"]
+
+
+def test_pages_are_optunas_view_of_the_trials(client: TestClient, database_url: str) -> None:
+    """The read routes render JSON in PostgreSQL; every field must match what Optuna reads."""
+    space = {**EXAMPLE_SPEC["search_space"], "z_dim": {"type": "int", "low": 8, "high": 64, "step": 8}}
+    client.post("/studies", json=spec(search_space=space, enqueue=[], sampler="random", seed=3, pruner="none"))
+    study = optuna.load_study(study_name="digits-gat", storage=database_url)
+    study_spec = StudySpec.model_validate(study.user_attrs["gat_tune_spec"])
+    for i, end in enumerate(["complete", "complete", "pruned", "fail", "running", "complete"]):
+        trial = study.ask()
+        suggest_config(trial, study_spec)
+        trial.report(float("nan") if i == 1 else 30.0 + i, step=200)
+        trial.report(float("inf") if i == 1 else 20.0 + i, step=400)
+        trial.set_user_attr("device", "cpu")
+        trial.set_user_attr("curve", {"fid": [1.5, 2.0], "note": 'ünïcode "quoted"'})
+        if end == "complete":
+            study.tell(trial, float("inf") if i == 1 else 10.0 - i)
+        elif end != "running":
+            study.tell(trial, state=getattr(optuna.trial.TrialState, end.upper()))
+    study.enqueue_trial({"aux_loss": "none"})
+
+    page = client.get("/studies/digits-gat/trials", params={"limit": 500}).json()
+    trials = study.get_trials()
+    assert page["total"] == len(trials) == 7 and page["offset"] == 0 and page["limit"] == 500
+    for item, trial in zip(page["items"], trials, strict=True):
+        assert item["number"] == trial.number and item["state"] == trial.state.name
+        assert item["params"] == trial.params and list(item["params"]) == list(trial.params)
+        for name, value in trial.params.items():
+            assert type(item["params"][name]) is type(value) or isinstance(value, float)
+        finite = [v if v is not None and abs(v) != float("inf") else None for v in (trial.values or [])]
+        assert item["values"] == (finite or None)
+        expected = [
+            {"step": s, "fid": v if v == v and abs(v) != float("inf") else None}
+            for s, v in sorted(trial.intermediate_values.items())
+        ]
+        assert item["intermediate_values"] == expected
+        assert item["user_attrs"] == trial.user_attrs
+        start = trial.datetime_start
+        assert item["datetime_start"] == (start.isoformat(timespec="microseconds") + "+00:00" if start else None)
+        if trial.datetime_complete is not None and start is not None:
+            assert item["duration_seconds"] == (trial.datetime_complete - start).total_seconds()
+        else:
+            assert item["duration_seconds"] is None
+
+    only = client.get("/studies/digits-gat/trials", params={"state": "PRUNED"}).json()
+    assert only["total"] == 1 and [t["number"] for t in only["items"]] == [2]
+    second = client.get("/studies/digits-gat/trials", params={"offset": 5, "limit": 1}).json()
+    assert second["total"] == 7 and [t["number"] for t in second["items"]] == [5]
+
+    got = client.get("/studies/digits-gat").json()
+    counts = {state.name: sum(t.state == state for t in trials) for state in optuna.trial.TrialState}
+    assert got["trial_counts"] == counts and got["finished"] == 4
+    assert got["best"] == {"trial": 5, "fid": 5.0, "params": study.best_trial.params}
+    assert got["objectives"] == ["fid"] and got["status"] == "running"
+    listed = client.get("/studies").json()
+    assert listed["total"] == 1 and "spec" not in listed["items"][0]
+    assert {k: v for k, v in got.items() if k != "spec"} == listed["items"][0]
