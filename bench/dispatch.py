@@ -92,6 +92,9 @@ def run(settings: Settings, n_workers: int, n_trials: int) -> dict[str, float]:
         p.join()
     trials = optuna.load_study(study_name=name, storage=db.optuna_storage(settings)).trials
     complete = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
+    for t in trials:
+        if t.state != optuna.trial.TrialState.COMPLETE:
+            print(f"  trial {t.number}: {t.state.name} {t.user_attrs}", flush=True)
     numbers = [r[0] for r in rows]
     overhead = [total - inside for _, total, inside, _ in rows]
     overhead_cpu = [cpu for *_, cpu in rows]

@@ -34,6 +34,32 @@ RUN_DIR = "run_dir"
 FAIL_REASON = "fail_reason"
 
 
+# What a claim needs to know about a study, in one statement.
+_COUNTS_SQL = sa.text(
+    """
+SELECT count(*) AS total, count(*) FILTER (WHERE state = 'COMPLETE') AS complete,
+  count(*) FILTER (WHERE state = 'PRUNED') AS pruned, count(*) FILTER (WHERE state = 'FAIL') AS fail,
+  (SELECT count(*) FROM gt_trial_leases WHERE study_name = :name) AS active,
+  (SELECT count(*) FROM trial_user_attributes a JOIN trials t ON t.trial_id = a.trial_id
+   WHERE t.study_id = :sid AND a.key = :retry_of) AS retries
+FROM trials WHERE study_id = :sid
+"""
+)
+
+
+_LEASE_SQL = sa.text(
+    """
+WITH lease AS (
+  INSERT INTO gt_trial_leases (optuna_trial_id, study_name, worker_id, attempt, expires_at)
+  VALUES (:tid, :name, :worker, :attempt, now() + make_interval(secs => :lease))),
+attr AS (
+  INSERT INTO trial_user_attributes (trial_id, key, value_json) VALUES (:tid, :key, :value)
+  ON CONFLICT (trial_id, key) DO UPDATE SET value_json = EXCLUDED.value_json)
+UPDATE gt_workers SET status = 'training', current_trial_id = :tid, last_heartbeat = now() WHERE id = :worker
+"""
+)
+
+
 @dataclass
 class Claim:
     """A trial this worker holds the lease of."""
@@ -65,7 +91,9 @@ class TrialQueue:
         self.engine, self.storage, self.worker_id = engine, storage, worker_id
         self.lease_seconds = lease_seconds
         self.run_root = (run_root or Path(".gat-tune/runs")).resolve()
-        self._studies: dict[str, optuna.Study] = {}  # loaded once per worker, sampler renewed per trial
+        # Each study loaded and its (immutable) spec parsed once per worker; sampler renewed per trial.
+        self._studies: dict[str, tuple[optuna.Study, StudySpec]] = {}
+        self.contended = False  # the last claim skipped a study another worker had locked
 
     def _lease_interval(self) -> sa.TextClause:
         return sa.text(f"now() + interval '{float(self.lease_seconds)} seconds'")
@@ -74,10 +102,12 @@ class TrialQueue:
     def claim(self) -> Claim | None:
         """Take the next trial of the oldest running study with room, or None.
 
-        The study row is locked (SKIP LOCKED: workers never wait on each other) while the
-        counts are read and Optuna is asked, so max_parallel and n_trials hold however many
-        workers race.
+        The study row is locked while the counts are read and Optuna is asked (so the
+        sampler sees every running trial), and max_parallel and n_trials hold however many
+        workers race. SKIP LOCKED: a worker never blocks on a study another is claiming from,
+        so it can take a trial of the next one; ``contended`` tells it to look again soon.
         """
+        self.contended = False
         with self.engine.begin() as conn:
             names = conn.execute(
                 sa.select(studies.c.name).where(studies.c.status == "running").order_by(studies.c.created_at)
@@ -88,7 +118,8 @@ class TrialQueue:
                     .where(studies.c.name == name, studies.c.status == "running")
                     .with_for_update(skip_locked=True)
                 ).first()
-                if row is None:
+                if row is None:  # another worker is claiming from it (or it just stopped)
+                    self.contended = True
                     continue
                 claim = self._claim_in(conn, row)
                 if claim is not None:
@@ -96,60 +127,46 @@ class TrialQueue:
         return None
 
     def _claim_in(self, conn: Connection, row: Any) -> Claim | None:
-        counts: dict[str, int] = dict(
-            conn.execute(
-                sa.text("SELECT state::text, count(*) FROM trials WHERE study_id = :sid GROUP BY state"),
-                {"sid": row.optuna_study_id},
-            ).all()
-        )
-        finished = counts.get("COMPLETE", 0) + counts.get("PRUNED", 0)
-        active = conn.execute(
-            sa.select(sa.func.count()).select_from(trial_leases).where(trial_leases.c.study_name == row.name)
-        ).scalar_one()
+        # After the lock, so the counts include every claim made before it (READ COMMITTED:
+        # each statement sees what committed before it began).
+        c = conn.execute(_COUNTS_SQL, {"sid": row.optuna_study_id, "name": row.name, "retry_of": RETRY_OF}).one()
+        finished = c.complete + c.pruned
         if finished >= row.n_trials:
             conn.execute(studies.update().where(studies.c.name == row.name).values(status="completed"))
             return None
-        spec = StudySpec.model_validate(row.spec)
-        retries = conn.execute(
-            sa.text(
-                "SELECT count(*) FROM trial_user_attributes a JOIN trials t ON t.trial_id = a.trial_id "
-                "WHERE t.study_id = :sid AND a.key = :key"
-            ),
-            {"sid": row.optuna_study_id, "key": RETRY_OF},
-        ).scalar_one()
+        key = f"{row.name}#{row.optuna_study_id}"  # a study deleted and made again is another study
+        if key not in self._studies:
+            self._studies[key] = (
+                optuna.load_study(study_name=row.name, storage=self.storage),
+                StudySpec.model_validate(row.spec),
+            )
+        study, spec = self._studies[key]
         # A failure that was re-queued (crash, pause, shutdown) is not a failed trial.
-        if counts.get("FAIL", 0) - retries >= (spec.max_failures or row.n_trials):
+        if c.fail - c.retries >= (spec.max_failures or row.n_trials):
             # Katib's maxFailedTrialCount: a study whose trials keep failing must not loop forever.
             conn.execute(studies.update().where(studies.c.name == row.name).values(status="failed"))
-            log.warning("study %s: %s failed trials; marked failed", row.name, counts["FAIL"] - retries)
+            log.warning("study %s: %s failed trials; marked failed", row.name, c.fail - c.retries)
             return None
-        if finished + active >= row.n_trials or active >= row.max_parallel:
+        if finished + c.active >= row.n_trials or c.active >= row.max_parallel:
             return None
-        key = f"{row.name}#{row.optuna_study_id}"  # a study deleted and made again is another study
-        study = self._studies.get(key)
-        if study is None:
-            study = self._studies[key] = optuna.load_study(study_name=row.name, storage=self.storage)
-        study.sampler = make_sampler(spec, offset=sum(counts.values()))
+        study.sampler = make_sampler(spec, offset=c.total)
         study.pruner = make_pruner(spec)
         trial = study.ask()
         attempt = int(trial.user_attrs.get(ATTEMPT, 0))
         run_dir = trial.user_attrs.get(RESUME_FROM) or str(self.run_root / row.name / f"trial-{trial.number:05d}")
+        # The lease, where the run lives (a reaper resumes from it) and what this worker is
+        # doing (GET /workers): in the claim's transaction, in one statement.
         conn.execute(
-            trial_leases.insert().values(
-                optuna_trial_id=trial._trial_id,
-                study_name=row.name,
-                worker_id=self.worker_id,
-                attempt=attempt,
-                expires_at=self._lease_interval(),
-            )
-        )
-        # In the claim's transaction: where the run lives (a reaper resumes from it) and
-        # what this worker is doing (GET /workers).
-        self._set_user_attrs(conn, trial._trial_id, {RUN_DIR: run_dir})
-        conn.execute(
-            workers.update()
-            .where(workers.c.id == self.worker_id)
-            .values(status="training", current_trial_id=trial._trial_id, last_heartbeat=sa.func.now())
+            _LEASE_SQL,
+            {
+                "tid": trial._trial_id,
+                "name": row.name,
+                "worker": self.worker_id,
+                "attempt": attempt,
+                "lease": float(self.lease_seconds),
+                "key": RUN_DIR,
+                "value": json.dumps(run_dir),
+            },
         )
         return Claim(row.name, spec, study, trial, attempt, run_dir)
 
@@ -183,8 +200,10 @@ class TrialQueue:
         state: TrialState,
         values: list[float] | None = None,
         attrs: dict[str, Any] | None = None,
+        system_attrs: dict[str, Any] | None = None,
     ) -> bool:
-        """Tell Optuna the trial's end (COMPLETE, PRUNED or FAIL) if the lease is still ours.
+        """Tell Optuna the trial's end (COMPLETE, PRUNED or FAIL) if the lease is still ours,
+        with its closing user attributes and system attributes (artifact links).
 
         Returns:
             False when the lease was lost (a reaper failed and re-queued the trial): the
@@ -197,29 +216,32 @@ class TrialQueue:
             with self.engine.begin() as attrs_conn:
                 # Its own short transaction: an insert here holds a key-share lock on the
                 # trial's row, which Optuna's tell (SELECT ... FOR UPDATE) would wait on.
-                self._set_user_attrs(attrs_conn, claim.trial_id, attrs or {})
+                self._set_attrs(attrs_conn, claim.trial_id, attrs or {})
+                self._set_attrs(attrs_conn, claim.trial_id, system_attrs or {}, "trial_system_attributes")
+            told = False
             try:
                 claim.study.tell(claim.trial, values, state=state)
+                told = True
             except (RuntimeError, ValueError) as exc:  # already finished elsewhere
                 log.warning("trial %s: %s", claim.trial.number, exc)
-                return False
             finally:
-                conn.execute(trial_leases.delete().where(trial_leases.c.optuna_trial_id == claim.trial_id))
-                self._idle(conn)
-            self._mark_completed(conn, claim.study_name)
-        return True
+                self._release(conn, claim, mark_completed=told)
+        return told
 
-    def _set_user_attrs(self, conn: Connection, trial_id: int, attrs: dict[str, Any]) -> None:
-        """All of a trial's closing attributes in one statement.
+    def _set_attrs(
+        self, conn: Connection, trial_id: int, attrs: dict[str, Any], table: str = "trial_user_attributes"
+    ) -> None:
+        """Several trial attributes (user or system) in one statement.
 
         Optuna's set_trial_user_attr is a transaction per key; a trial's end writes several.
         Same table, same JSON encoding, same (trial_id, key) uniqueness as Optuna's own.
         """
+        assert table in ("trial_user_attributes", "trial_system_attributes")
         if not attrs:
             return
         conn.execute(
             sa.text(
-                "INSERT INTO trial_user_attributes (trial_id, key, value_json) "
+                f"INSERT INTO {table} (trial_id, key, value_json) "
                 "SELECT :tid, k, v FROM unnest(CAST(:keys AS text[]), CAST(:values AS text[])) AS u(k, v) "
                 "ON CONFLICT (trial_id, key) DO UPDATE SET value_json = EXCLUDED.value_json"
             ),
@@ -243,12 +265,22 @@ class TrialQueue:
             )
             self.storage.set_trial_user_attr(claim.trial_id, FAIL_REASON, reason + requeued)
             claim.study.tell(claim.trial, state=TrialState.FAIL, skip_if_finished=True)
-            conn.execute(trial_leases.delete().where(trial_leases.c.optuna_trial_id == claim.trial_id))
-            self._idle(conn)
+            self._release(conn, claim)
 
-    def _idle(self, conn: Connection) -> None:
+    def _release(self, conn: Connection, claim: Claim, *, mark_completed: bool = False) -> None:
+        """In one statement: drop the lease, mark this worker idle, and (after a finished
+        trial) mark the study completed once n_trials trials have finished."""
         conn.execute(
-            workers.update().where(workers.c.id == self.worker_id).values(status="idle", current_trial_id=None)
+            sa.text(
+                """
+WITH lease AS (DELETE FROM gt_trial_leases WHERE optuna_trial_id = :tid),
+worker AS (UPDATE gt_workers SET status = 'idle', current_trial_id = NULL WHERE id = :worker)
+UPDATE gt_studies s SET status = 'completed', updated_at = now()
+WHERE :mark AND s.name = :name AND s.status = 'running' AND s.n_trials <= (
+  SELECT count(*) FROM trials t WHERE t.study_id = s.optuna_study_id AND t.state IN ('COMPLETE', 'PRUNED'))
+"""
+            ),
+            {"tid": claim.trial_id, "worker": self.worker_id, "name": claim.study_name, "mark": mark_completed},
         )
 
     def _requeue(
@@ -267,16 +299,6 @@ class TrialQueue:
             attrs[RESUME_FROM] = resume_from
         study.enqueue_trial(params, user_attrs=attrs)
         return f"; re-queued (attempt {attempt})"
-
-    def _mark_completed(self, conn: Connection, name: str) -> None:
-        conn.execute(
-            sa.text(
-                "UPDATE gt_studies s SET status = 'completed', updated_at = now() WHERE s.name = :name "
-                "AND s.status = 'running' AND s.n_trials <= (SELECT count(*) FROM trials t "
-                "WHERE t.study_id = s.optuna_study_id AND t.state IN ('COMPLETE', 'PRUNED'))"
-            ),
-            {"name": name},
-        )
 
     # -- reaper ---------------------------------------------------------------------------
     def reap(self) -> int:

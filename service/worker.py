@@ -13,6 +13,7 @@ import json
 import logging
 import multiprocessing as mp
 import os
+import random
 import signal
 import socket
 import threading
@@ -91,12 +92,18 @@ class Slot:
     def _heartbeat(self) -> None:
         while not self.shutdown.wait(self.settings.lease_seconds / 3):
             try:
-                held = self.queue.renew()
-                current = self.current
-                if current is not None and current.trial_id not in held:
-                    self.lost.add(current.trial_id)
+                self.beat()
             except sa.exc.SQLAlchemyError as exc:  # the database is away: try again next beat
                 log.warning("heartbeat failed: %s", str(exc).splitlines()[0])
+
+    def beat(self) -> None:
+        """Renew the leases; a running trial whose lease a reaper took is lost."""
+        # The trial is read before renewing: one claimed while renew() runs has a lease that
+        # renew() did not see, and must not count as lost.
+        current = self.current
+        held = self.queue.renew()
+        if current is not None and current.trial_id not in held:
+            self.lost.add(current.trial_id)
 
     # -- the loop -------------------------------------------------------------------------
     def run(self) -> None:
@@ -117,7 +124,10 @@ class Slot:
                 if claim is None:
                     if self.idle_exit is not None and time.monotonic() - idle_since > self.idle_exit:
                         break
-                    self.shutdown.wait(self.settings.poll_seconds)
+                    # Another worker was claiming from a study: it may still have room, and a
+                    # claim lasts milliseconds, so look again soon rather than a poll later.
+                    wait = random.uniform(0.01, 0.05) if self.queue.contended else self.settings.poll_seconds
+                    self.shutdown.wait(min(wait, self.settings.poll_seconds))
                     continue
                 self.run_trial(claim)
                 idle_since = time.monotonic()
@@ -163,13 +173,13 @@ class Slot:
                 "steps_per_second": round(result.steps / result.train_seconds, 2) if result.train_seconds else None,
                 **{k: v for k, v in result.metrics.items() if k in ("modes", "hq_fraction")},
             }
-            self._upload_artifacts(claim, run_dir)
+            links = self._upload_artifacts(claim, run_dir)
             values = [result.fid] + ([result.train_seconds] if len(claim.spec.objectives) > 1 else [])
-            self.queue.finish(claim, state=TrialState.COMPLETE, values=values, attrs=attrs)
+            self.queue.finish(claim, state=TrialState.COMPLETE, values=values, attrs=attrs, system_attrs=links)
         except optuna.TrialPruned:
-            self._upload_artifacts(claim, run_dir)
+            links = self._upload_artifacts(claim, run_dir)
             attrs = {**where, "train_seconds": round(time.perf_counter() - started, 3)}
-            self.queue.finish(claim, state=TrialState.PRUNED, attrs=attrs)
+            self.queue.finish(claim, state=TrialState.PRUNED, attrs=attrs, system_attrs=links)
         except Interrupted as exc:
             if exc.requeue:
                 self.queue.interrupt(claim, str(exc))
@@ -211,7 +221,10 @@ class Slot:
                 m = json.loads(line)
                 trial.report(float(m["fid"]), int(m["step"]))
 
-    def _upload_artifacts(self, claim: Claim, run_dir: Path) -> None:
+    def _upload_artifacts(self, claim: Claim, run_dir: Path) -> dict[str, Any]:
+        """Write the trial's files to the artifact store; returns the trial system attributes
+        that link them, for finish() to write with the trial's end in one statement."""
+        links = _ArtifactLinks()
         for name, mimetype in (
             ("samples.png", "image/png"),
             ("curve.png", "image/png"),
@@ -220,8 +233,25 @@ class Slot:
             path = run_dir / name
             if path.exists():
                 optuna.artifacts.upload_artifact(
-                    artifact_store=self.artifacts, file_path=str(path), study_or_trial=claim.trial, mimetype=mimetype
+                    artifact_store=self.artifacts,
+                    file_path=str(path),
+                    study_or_trial=claim.trial,
+                    storage=links,  # type: ignore[arg-type]
+                    mimetype=mimetype,
                 )
+        return links.attrs
+
+
+class _ArtifactLinks:
+    """Stands in for the storage in optuna.artifacts.upload_artifact: Optuna names and writes
+    the artifact; the trial attribute that links it is kept here instead of costing a
+    transaction of its own."""
+
+    def __init__(self) -> None:
+        self.attrs: dict[str, Any] = {}
+
+    def set_trial_system_attr(self, trial_id: int, key: str, value: Any) -> None:
+        self.attrs[key] = value
 
 
 def _one_line(exc: BaseException) -> str:

@@ -13,6 +13,7 @@ from optuna.trial import TrialState
 from service import db
 from service.config import Settings
 from service.queue import TrialQueue
+from service.worker import Slot
 from tests.service.test_worker import TINY
 
 
@@ -89,3 +90,29 @@ def test_a_study_whose_trials_keep_failing_ends(client: TestClient, settings: Se
         q.finish(claim, state=TrialState.FAIL, attrs={"fail_reason": "diverged at step 3"})
     assert q.claim() is None
     assert client.get("/studies/tiny").json()["status"] == "failed"
+
+
+def test_a_trial_claimed_during_a_heartbeat_is_not_lost(client: TestClient, settings: Settings) -> None:
+    """The heartbeat must not take a trial claimed while renew() ran for one it failed to
+    renew (that trial would be interrupted as 'lease lost' and re-run)."""
+    client.post("/studies", json=spec(n_trials=2, max_parallel=1))
+    slot = Slot(settings, "cpu")
+    slot.register()
+    first = slot.queue.claim()
+    assert first is not None
+    slot.current = first
+    renew = slot.queue.renew
+
+    def renew_while_the_next_trial_is_claimed() -> set[int]:
+        held = renew()
+        assert slot.current is not None and slot.queue.finish(slot.current, state=TrialState.COMPLETE, values=[1.0])
+        slot.current = slot.queue.claim()  # after renew's statement: its lease is not in `held`
+        return held
+
+    slot.queue.renew = renew_while_the_next_trial_is_claimed  # type: ignore[method-assign]
+    slot.beat()
+    assert slot.current is not None and slot.current.trial_id != first.trial_id
+    assert slot.current.trial_id not in slot.lost
+    slot.queue.renew = renew  # type: ignore[method-assign]
+    slot.beat()
+    assert slot.current.trial_id not in slot.lost, "its lease is renewed at the next beat"

@@ -19,6 +19,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from service.config import Settings
+from service.spec import StudySpec, suggest_config
 from service.worker import Slot, _one_line
 from trainer.config import TrainConfig
 from trainer.data import load_dataset
@@ -333,3 +334,29 @@ def test_out_of_memory_reason() -> None:
     oom = torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB\nmore text")
     assert _one_line(oom) == "CUDA out of memory: CUDA out of memory. Tried to allocate 2.00 GiB"
     assert _one_line(ValueError("bad\nthing")) == "ValueError: bad"
+
+
+def test_a_pruned_trial_keeps_its_last_fid_device_worker_and_artifacts(
+    client: TestClient, settings: Settings, digits_cache: Path
+) -> None:
+    client.post("/studies", json=tiny(pruner="median", n_trials=4, max_parallel=1))
+    study = load(settings.database_url or "")
+    study_spec = StudySpec.model_validate(study.user_attrs["gat_tune_spec"])
+    for _ in range(3):  # finished trials with an FID no real run reaches: the median pruner fires
+        trial = study.ask()
+        suggest_config(trial, study_spec)
+        for step in (20, 40, 60):
+            trial.report(1e-6, step)
+        study.tell(trial, 1e-6)
+    slot = Slot(settings.model_copy(update={"data_dir": digits_cache, "poll_seconds": 0.1}), "cpu", idle_exit=0.5)
+    slot.run()
+
+    pruned = load(settings.database_url or "").trials[3]
+    assert pruned.state == optuna.trial.TrialState.PRUNED
+    last = max(pruned.intermediate_values)
+    assert last < 60, "stopped before the end"
+    assert pruned.value == pruned.intermediate_values[last] > 1e-6, "ends with its last FID"
+    assert pruned.user_attrs["device"] == "cpu" and pruned.user_attrs["worker"] == slot.worker_id
+    assert pruned.user_attrs["train_seconds"] > 0
+    metas = optuna.artifacts.get_all_artifact_meta(pruned, storage=slot.queue.storage)
+    assert {"samples.png", "curve.png", "metrics.jsonl"} <= {m.filename for m in metas}
