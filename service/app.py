@@ -28,7 +28,7 @@ from service.errors import Conflict, Forbidden, GatTuneError, Invalid, NotFound,
 from service.spec import SpecIssue, StudySpec
 from service.studies import StudyService
 
-__all__ = ["create_app"]
+__all__ = ["create_app", "create_served_app"]
 
 log = logging.getLogger(__name__)
 
@@ -160,3 +160,12 @@ def create_app(settings: Settings | None = None, *, mount_dashboard: bool = True
     app.openapi = openapi  # type: ignore[method-assign]
     app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
     return app
+
+
+def create_served_app() -> FastAPI:
+    """The factory `gat-tune serve --workers N` gives uvicorn: each server process it starts
+    logs as the single-process server does (JSON lines off a terminal)."""
+    from service.logs import configure_logging
+
+    configure_logging()
+    return create_app()

@@ -37,7 +37,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if args.workers > 1:
         # Several processes: uvicorn imports the factory in each; settings come from the environment.
         os.environ.update({"GAT_TUNE_HOST": settings.host, "GAT_TUNE_PORT": str(settings.port)})
-        uvicorn.run("service.app:create_app", factory=True, host=settings.host, port=settings.port,
+        uvicorn.run("service.app:create_served_app", factory=True, host=settings.host, port=settings.port,
                     workers=args.workers, log_config=None)  # fmt: skip
     else:
         # log_config=None: uvicorn's loggers go through ours (JSON lines off a terminal).

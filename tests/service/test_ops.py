@@ -57,27 +57,32 @@ def wait_up(url: str, proc: subprocess.Popen[str]) -> None:
     raise AssertionError(f"{url} never answered")
 
 
-def start_listening(command: str, database_url: str, data_dir: Path) -> tuple[subprocess.Popen[str], str]:
-    """`gat-tune COMMAND --port P` in a child process; its base URL."""
+def start_listening(command: str, database_url: str, data_dir: Path, *args: str) -> tuple[subprocess.Popen[str], str]:
+    """`gat-tune COMMAND --port P [ARGS]` in a child process; its base URL."""
     port = free_port()
     env = {**os.environ, "DATABASE_URL": database_url, "GAT_TUNE_DATA_DIR": str(data_dir)}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "service.cli", command, "--port", str(port)],
+        [sys.executable, "-m", "service.cli", command, "--port", str(port), *args],
         env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
     return proc, f"http://127.0.0.1:{port}"
 
 
-def test_api_stops_gracefully_on_sigterm(database_url: str, tmp_path: Path) -> None:
-    proc, base = start_listening("serve", database_url, tmp_path)
+@pytest.mark.parametrize("processes", ["1", "2"])
+def test_api_logs_requests_and_stops_gracefully_on_sigterm(database_url: str, tmp_path: Path, processes: str) -> None:
+    proc, base = start_listening("serve", database_url, tmp_path, "--workers", processes)
     wait_up(f"{base}/readyz", proc)
+    assert httpx.get(f"{base}/studies/nothing-here").status_code == 404
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=30)
     # uvicorn shuts down gracefully, then re-raises the signal it caught: -15 is expected.
     assert proc.returncode in (0, -signal.SIGTERM)
-    messages = [json.loads(line)["msg"] for line in err.splitlines() if line.startswith("{")]
+    lines = [json.loads(line) for line in err.splitlines() if line.startswith("{")]
+    messages = [line["msg"] for line in lines]
     assert any("Shutting down" in m for m in messages), messages
     assert any("Finished server process" in m for m in messages), messages
+    # every server process logs its requests, JSON lines included
+    assert any(line["logger"] == "uvicorn.access" and "/studies/nothing-here" in line["msg"] for line in lines), lines
 
 
 def test_dashboard_runs_alone(database_url: str, tmp_path: Path) -> None:
