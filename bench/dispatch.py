@@ -16,12 +16,14 @@ import argparse
 import contextlib
 import multiprocessing as mp
 import queue
+import signal
 import statistics
 import tempfile
 import time
 from typing import Any
 
 import optuna
+import sqlalchemy as sa
 
 from bench.scratch import ADMIN_URL, scratch_database
 from service import db, worker
@@ -39,9 +41,7 @@ SPEC: dict[str, Any] = {
 
 
 def slot_process(settings_json: str, results: Any) -> None:
-    import torch
-
-    torch.set_num_threads(1)
+    worker.limit_threads(1)  # as `gat-tune worker` does for CPU slots (cores // slots, at least 1)
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     settings = Settings.model_validate_json(settings_json)
     inside: list[tuple[float, float]] = []  # (wall, CPU) seconds inside train
@@ -55,7 +55,8 @@ def slot_process(settings_json: str, results: Any) -> None:
             inside.append((time.perf_counter() - t, time.process_time() - c))
 
     worker.train = timed_train  # type: ignore[assignment]
-    slot = worker.Slot(settings, "cpu", idle_exit=1.0)
+    slot = worker.Slot(settings, "cpu")
+    signal.signal(signal.SIGTERM, lambda *_: slot.shutdown.set())
     claim_real, run_real = slot.queue.claim, slot.run_trial
     cycle: dict[str, float] = {}
 
@@ -77,18 +78,28 @@ def run(settings: Settings, n_workers: int, n_trials: int) -> dict[str, float]:
     name = f"dispatch-{n_workers}"
     service = StudyService(db.engine(settings), db.optuna_storage(settings), max_trials=100_000, base_url="")
     service.create(StudySpec.model_validate({**SPEC, "name": name, "n_trials": n_trials, "max_parallel": n_workers}))
+    # Steady state, not start-up: the study opens once every slot has started (imported
+    # torch and registered), so no trial runs beside another process's start-up.
+    service.control(name, "pause")
     ctx = mp.get_context("spawn")
     results = ctx.Queue()
-    started = time.perf_counter()
     procs = [ctx.Process(target=slot_process, args=(settings.model_dump_json(), results)) for _ in range(n_workers)]
     for p in procs:
         p.start()
+    with db.engine(settings).connect() as conn:
+        while conn.execute(sa.text("SELECT count(*) FROM gt_workers")).scalar_one() < n_workers:
+            assert all(p.is_alive() for p in procs), "a slot died while starting"
+            conn.commit()
+            time.sleep(0.2)
+    service.control(name, "resume")
+    started = time.perf_counter()
     rows = []
     while len(rows) < n_trials and (any(p.is_alive() for p in procs) or not results.empty()):
         with contextlib.suppress(queue.Empty):  # none yet: look at the processes again
             rows.append(results.get(timeout=1))
     wall = time.perf_counter() - started
     for p in procs:
+        p.terminate()  # SIGTERM: the slot's shutdown
         p.join()
     trials = optuna.load_study(study_name=name, storage=db.optuna_storage(settings)).trials
     complete = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE]

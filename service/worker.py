@@ -36,7 +36,7 @@ from trainer.data import DataError
 from trainer.metrics import FeatureError
 from trainer.train import Diverged, train
 
-__all__ = ["Interrupted", "resolve_devices", "run_pool", "run_slot"]
+__all__ = ["Interrupted", "limit_threads", "resolve_devices", "run_pool", "run_slot"]
 
 log = logging.getLogger(__name__)
 
@@ -261,15 +261,24 @@ def _one_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text}"[:500]
 
 
+def limit_threads(threads: int) -> None:
+    """A slot's share of the CPU cores, for torch and for the BLAS/OpenMP pools numpy and
+    scipy use (the FID's eigendecomposition): each would otherwise start a thread per core
+    in every slot, and K slots on a machine would oversubscribe it K times."""
+    import threadpoolctl
+    import torch
+
+    torch.set_num_threads(threads)
+    threadpoolctl.threadpool_limits(threads)
+
+
 def run_slot(device: str, settings_json: str, threads: int, idle_exit: float | None) -> None:
     """A slot process's entry point (spawned, so nothing is shared with the supervisor)."""
     if device.startswith("cuda:"):
         # Pin the process to its GPU before CUDA starts: inside, it is cuda:0.
         os.environ["CUDA_VISIBLE_DEVICES"] = device.split(":", 1)[1]
         device = "cuda:0"
-    import torch
-
-    torch.set_num_threads(threads)
+    limit_threads(threads)
     from service.logs import configure_logging
 
     configure_logging(f"[worker {os.getpid()} {device}] ")
