@@ -12,7 +12,7 @@ import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import optuna
 import sqlalchemy as sa
@@ -102,10 +102,12 @@ class TrialQueue:
     def claim(self) -> Claim | None:
         """Take the next trial of the oldest running study with room, or None.
 
-        The study row is locked while the counts are read and Optuna is asked (so the
-        sampler sees every running trial), and max_parallel and n_trials hold however many
-        workers race. SKIP LOCKED: a worker never blocks on a study another is claiming from,
-        so it can take a trial of the next one; ``contended`` tells it to look again soon.
+        The study row is locked while the counts are read and Optuna is asked for the new
+        RUNNING trial, so max_parallel and n_trials hold however many workers race (and a
+        trial is RUNNING before its parameters are sampled, which is what lets TPE's
+        constant_liar steer parallel workers apart). SKIP LOCKED: a worker never blocks on
+        a study another is claiming from, so it can take a trial of the next one;
+        ``contended`` tells it to look again soon.
         """
         self.contended = False
         with self.engine.begin() as conn:
@@ -229,14 +231,17 @@ class TrialQueue:
         return told
 
     def _set_attrs(
-        self, conn: Connection, trial_id: int, attrs: dict[str, Any], table: str = "trial_user_attributes"
+        self,
+        conn: Connection,
+        trial_id: int,
+        attrs: dict[str, Any],
+        table: Literal["trial_user_attributes", "trial_system_attributes"] = "trial_user_attributes",
     ) -> None:
         """Several trial attributes (user or system) in one statement.
 
         Optuna's set_trial_user_attr is a transaction per key; a trial's end writes several.
         Same table, same JSON encoding, same (trial_id, key) uniqueness as Optuna's own.
         """
-        assert table in ("trial_user_attributes", "trial_system_attributes")
         if not attrs:
             return
         conn.execute(
