@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import gc
 import os
 import re
 import shutil
@@ -176,6 +177,11 @@ def closed_loop(base: str, connections: int, seconds: int) -> None:
 
 
 def open_loops(base: str, connections: int, seconds: int, rate: float) -> None:
+    # This process holds Optuna, SQLAlchemy and the service (it filled the study): a full
+    # collection of that heap in the middle of the run would delay sends and read as
+    # server latency. Freeze it out of the collector first.
+    gc.collect()
+    gc.freeze()
     print(f"open loop: {connections} clients x {rate:g} req/s each ({connections * rate:g} req/s offered)")
     paced = {}
     for label, path in ROUTES:
