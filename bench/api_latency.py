@@ -94,9 +94,12 @@ def main() -> None:
                 fill(settings, args.trials)
                 print(f"study with {args.trials} finished trials made in {time.perf_counter() - t:.0f}s")
             # The steady state of a study that finished a while ago: autovacuum has analysed the
-            # tables (else it does so in the middle of the measurement, and the planner guesses).
+            # tables (else it does so in the middle of the measurement, and the planner guesses)
+            # and a checkpoint has written the fill out (else it may flush during the run).
             with db.engine(settings).connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
                 conn.execute(sa.text("VACUUM ANALYZE"))
+                with contextlib.suppress(sa.exc.ProgrammingError):  # CHECKPOINT needs a superuser
+                    conn.execute(sa.text("CHECKPOINT"))
             db.dispose_all()
             server, base = start_server(url, args.workers)
             if "closed" in args.loads:
