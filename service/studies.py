@@ -32,6 +32,12 @@ def _utc(column: str) -> str:
     return f"""to_char({column}, 'YYYY-MM-DD"T"HH24:MI:SS.US"+00:00"')"""
 
 
+def _json(column: str) -> str:
+    """A JSON text column as json. Optuna writes attributes with Python's json.dumps, which
+    may hold NaN or Infinity; only those few take the slow, forgiving path (migration 0002)."""
+    return f"CASE WHEN {column} ~ '(NaN|Infinity)' THEN gt_json({column}) ELSE {column}::json END"
+
+
 def _params_json(trial_id: str) -> str:
     """A trial's params as Optuna's external representation: the choice for a categorical
     (stored as its index), an integer for an int distribution, else the float. The kind is
@@ -96,7 +102,7 @@ SELECT (SELECT sid FROM s) AS sid, json_build_object(
       'intermediate_values', (SELECT coalesce(json_agg(json_build_object('step', step, 'fid',
             CASE WHEN intermediate_value_type = 'FINITE' THEN intermediate_value END) ORDER BY step), '[]')
          FROM trial_intermediate_values WHERE trial_id = p.trial_id),
-      'user_attrs', (SELECT coalesce(json_object_agg(key, value_json::json), '{{}}')
+      'user_attrs', (SELECT coalesce(json_object_agg(key, {_json("value_json")}), '{{}}')
                      FROM trial_user_attributes WHERE trial_id = p.trial_id),
       'datetime_start', {_utc("p.datetime_start")},
       'datetime_complete', {_utc("p.datetime_complete")},

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -166,6 +167,17 @@ def test_health_and_workers(client: TestClient) -> None:
     assert "StudySpec" in schema["components"]["schemas"]
 
 
+def finite_or_none(value: Any) -> Any:
+    """What JSON can show of a value: NaN and ±inf become null."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: finite_or_none(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [finite_or_none(v) for v in value]
+    return value
+
+
 def test_pages_are_optunas_view_of_the_trials(client: TestClient, database_url: str) -> None:
     """The read routes render JSON in PostgreSQL; every field must match what Optuna reads."""
     space = {**EXAMPLE_SPEC["search_space"], "z_dim": {"type": "int", "low": 8, "high": 64, "step": 8}}
@@ -179,6 +191,10 @@ def test_pages_are_optunas_view_of_the_trials(client: TestClient, database_url: 
         trial.report(float("inf") if i == 1 else 20.0 + i, step=400)
         trial.set_user_attr("device", "cpu")
         trial.set_user_attr("curve", {"fid": [1.5, 2.0], "note": 'ünïcode "quoted"'})
+        if i == 1:  # Python's json.dumps writes these as NaN and Infinity, which are not JSON
+            trial.set_user_attr("loss", float("nan"))
+            trial.set_user_attr("fids", [1.0, float("inf"), -float("inf")])
+            trial.set_user_attr("label", "NaN and Infinity, as words")
         if end == "complete":
             study.tell(trial, float("inf") if i == 1 else 10.0 - i)
         elif end != "running":
@@ -200,7 +216,7 @@ def test_pages_are_optunas_view_of_the_trials(client: TestClient, database_url: 
             for s, v in sorted(trial.intermediate_values.items())
         ]
         assert item["intermediate_values"] == expected
-        assert item["user_attrs"] == trial.user_attrs
+        assert item["user_attrs"] == finite_or_none(trial.user_attrs)
         start = trial.datetime_start
         assert item["datetime_start"] == (start.isoformat(timespec="microseconds") + "+00:00" if start else None)
         if trial.datetime_complete is not None and start is not None:
