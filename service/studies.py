@@ -35,7 +35,8 @@ def _utc(column: str) -> str:
 def _json(column: str) -> str:
     """A JSON text column as json. Optuna writes attributes with Python's json.dumps, which
     may hold NaN or Infinity; only those few take the slow, forgiving path (migration 0002)."""
-    return f"CASE WHEN {column} ~ '(NaN|Infinity)' THEN gt_json({column}) ELSE {column}::json END"
+    suspect = f"strpos({column}, 'NaN') > 0 OR strpos({column}, 'Infinity') > 0"
+    return f"CASE WHEN {suspect} THEN gt_json({column}) ELSE {column}::json END"
 
 
 def _params_json(trial_id: str) -> str:
