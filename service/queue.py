@@ -47,14 +47,32 @@ FROM trials WHERE study_id = :sid
 )
 
 
+AttrTable = Literal["trial_user_attributes", "trial_system_attributes"]
+
+
+def _upsert_attrs(table: AttrTable) -> str:
+    """Trial attributes :keys → :values (JSON texts) of trial :tid in one statement, with
+    Optuna's table, encoding and (trial_id, key) uniqueness; Optuna's own setter is a
+    transaction per key."""
+    return (
+        f"INSERT INTO {table} (trial_id, key, value_json) "
+        "SELECT :tid, k, v FROM unnest(CAST(:keys AS text[]), CAST(:values AS text[])) AS u(k, v) "
+        "ON CONFLICT (trial_id, key) DO UPDATE SET value_json = EXCLUDED.value_json"
+    )
+
+
+def _attr_args(attrs: dict[str, Any]) -> dict[str, list[str]]:
+    return {"keys": list(attrs), "values": [json.dumps(v) for v in attrs.values()]}
+
+
+_EXPIRES = "now() + make_interval(secs => :lease)"  # a lease's end, :lease seconds on
+
 _LEASE_SQL = sa.text(
-    """
+    f"""
 WITH lease AS (
   INSERT INTO gt_trial_leases (optuna_trial_id, study_name, worker_id, attempt, expires_at)
-  VALUES (:tid, :name, :worker, :attempt, now() + make_interval(secs => :lease))),
-attr AS (
-  INSERT INTO trial_user_attributes (trial_id, key, value_json) VALUES (:tid, :key, :value)
-  ON CONFLICT (trial_id, key) DO UPDATE SET value_json = EXCLUDED.value_json)
+  VALUES (:tid, :name, :worker, :attempt, {_EXPIRES})),
+attr AS ({_upsert_attrs("trial_user_attributes")})
 UPDATE gt_workers SET status = 'training', current_trial_id = :tid, last_heartbeat = now() WHERE id = :worker
 """
 )
@@ -95,8 +113,8 @@ class TrialQueue:
         self._studies: dict[str, tuple[optuna.Study, StudySpec]] = {}
         self.contended = False  # the last claim skipped a study another worker had locked
 
-    def _lease_interval(self) -> sa.TextClause:
-        return sa.text(f"now() + interval '{float(self.lease_seconds)} seconds'")
+    def _expires(self) -> sa.TextClause:
+        return sa.text(_EXPIRES).bindparams(lease=float(self.lease_seconds))
 
     # -- claim ----------------------------------------------------------------------------
     def claim(self) -> Claim | None:
@@ -166,8 +184,7 @@ class TrialQueue:
                 "worker": self.worker_id,
                 "attempt": attempt,
                 "lease": float(self.lease_seconds),
-                "key": RUN_DIR,
-                "value": json.dumps(run_dir),
+                **_attr_args({RUN_DIR: run_dir}),
             },
         )
         return Claim(row.name, spec, study, trial, attempt, run_dir)
@@ -180,7 +197,7 @@ class TrialQueue:
                 conn.execute(
                     trial_leases.update()
                     .where(trial_leases.c.worker_id == self.worker_id)
-                    .values(expires_at=self._lease_interval(), heartbeat_at=sa.func.now())
+                    .values(expires_at=self._expires(), heartbeat_at=sa.func.now())
                     .returning(trial_leases.c.optuna_trial_id)
                 ).scalars()
             )
@@ -231,27 +248,11 @@ class TrialQueue:
         return told
 
     def _set_attrs(
-        self,
-        conn: Connection,
-        trial_id: int,
-        attrs: dict[str, Any],
-        table: Literal["trial_user_attributes", "trial_system_attributes"] = "trial_user_attributes",
+        self, conn: Connection, trial_id: int, attrs: dict[str, Any], table: AttrTable = "trial_user_attributes"
     ) -> None:
-        """Several trial attributes (user or system) in one statement.
-
-        Optuna's set_trial_user_attr is a transaction per key; a trial's end writes several.
-        Same table, same JSON encoding, same (trial_id, key) uniqueness as Optuna's own.
-        """
-        if not attrs:
-            return
-        conn.execute(
-            sa.text(
-                f"INSERT INTO {table} (trial_id, key, value_json) "
-                "SELECT :tid, k, v FROM unnest(CAST(:keys AS text[]), CAST(:values AS text[])) AS u(k, v) "
-                "ON CONFLICT (trial_id, key) DO UPDATE SET value_json = EXCLUDED.value_json"
-            ),
-            {"tid": trial_id, "keys": list(attrs), "values": [json.dumps(v) for v in attrs.values()]},
-        )
+        """Several trial attributes (user or system) in one statement; a trial's end writes several."""
+        if attrs:
+            conn.execute(sa.text(_upsert_attrs(table)), {"tid": trial_id, **_attr_args(attrs)})
 
     def interrupt(self, claim: Claim, reason: str) -> None:
         """End a trial stopped before its end on purpose (pause, shutdown, lost lease): FAIL
