@@ -13,6 +13,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from service.config import Settings
+from service.storage import Storage
 from service.tables import VERSION_TABLE
 
 __all__ = [
@@ -81,7 +82,7 @@ def engine(settings: Settings) -> Engine:
 def _storage(url: str, pool_size: int) -> optuna.storages.RDBStorage:
     key = (url, pool_size)
     if key not in _STORAGES:
-        _STORAGES[key] = optuna.storages.RDBStorage(
+        _STORAGES[key] = Storage(
             url,
             engine_kwargs=_engine_kwargs(pool_size),
             skip_table_creation=True,  # `gat-tune db upgrade` creates the tables

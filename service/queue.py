@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 import optuna
+import psycopg2.errors
 import sqlalchemy as sa
 from optuna.trial import TrialState
 from sqlalchemy.engine import Connection, Engine
@@ -88,6 +90,7 @@ class Claim:
     trial: optuna.Trial
     attempt: int
     run_dir: str
+    waited: float = 0.0  # seconds spent waiting for another worker's claim from the study
 
     @property
     def trial_id(self) -> int:
@@ -105,13 +108,14 @@ class TrialQueue:
         *,
         lease_seconds: float = 60,
         run_root: Path | None = None,
+        lock_wait: float = 1.0,
     ) -> None:
         self.engine, self.storage, self.worker_id = engine, storage, worker_id
         self.lease_seconds = lease_seconds
         self.run_root = (run_root or Path(".gat-tune/runs")).resolve()
         # Each study loaded and its (immutable) spec parsed once per worker; sampler renewed per trial.
         self._studies: dict[str, tuple[optuna.Study, StudySpec]] = {}
-        self.contended = False  # the last claim skipped a study another worker had locked
+        self.lock_wait = lock_wait
 
     def _expires(self) -> sa.TextClause:
         return sa.text(_EXPIRES).bindparams(lease=float(self.lease_seconds))
@@ -123,28 +127,44 @@ class TrialQueue:
         The study row is locked while the counts are read and Optuna is asked for the new
         RUNNING trial, so max_parallel and n_trials hold however many workers race (and a
         trial is RUNNING before its parameters are sampled, which is what lets TPE's
-        constant_liar steer parallel workers apart). SKIP LOCKED: a worker never blocks on
-        a study another is claiming from, so it can take a trial of the next one;
-        ``contended`` tells it to look again soon.
+        constant_liar steer parallel workers apart). A study another worker is claiming
+        from is skipped (SKIP LOCKED), so a worker can take a trial of the next study; when
+        every study it could take from is being claimed from, it waits its turn on the
+        first one inside PostgreSQL (woken when the lock is freed: no polling, no CPU), at
+        most ``lock_wait`` seconds.
         """
-        self.contended = False
         with self.engine.begin() as conn:
             names = conn.execute(
                 sa.select(studies.c.name).where(studies.c.status == "running").order_by(studies.c.created_at)
             ).scalars()
+            busy = []
             for name in list(names):
-                row = conn.execute(
-                    sa.select(studies)
-                    .where(studies.c.name == name, studies.c.status == "running")
-                    .with_for_update(skip_locked=True)
-                ).first()
+                row = conn.execute(self._study_for_claim(name).with_for_update(skip_locked=True)).first()
                 if row is None:  # another worker is claiming from it (or it just stopped)
-                    self.contended = True
+                    busy.append(name)
                     continue
                 claim = self._claim_in(conn, row)
                 if claim is not None:
                     return claim
-        return None
+            if not busy:
+                return None
+            started = time.perf_counter()
+            try:
+                with conn.begin_nested():  # a timeout undoes the wait only, not the statements above
+                    conn.execute(sa.text(f"SET LOCAL lock_timeout = {int(self.lock_wait * 1000)}"))
+                    row = conn.execute(self._study_for_claim(busy[0]).with_for_update()).first()
+            except sa.exc.OperationalError as exc:
+                if not isinstance(exc.orig, psycopg2.errors.LockNotAvailable):
+                    raise
+                return None
+            claim = None if row is None else self._claim_in(conn, row)
+            if claim is not None:
+                claim.waited = time.perf_counter() - started
+            return claim
+
+    @staticmethod
+    def _study_for_claim(name: str) -> sa.Select[Any]:
+        return sa.select(studies).where(studies.c.name == name, studies.c.status == "running")
 
     def _claim_in(self, conn: Connection, row: Any) -> Claim | None:
         # After the lock, so the counts include every claim made before it (READ COMMITTED:

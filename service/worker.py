@@ -13,7 +13,6 @@ import json
 import logging
 import multiprocessing as mp
 import os
-import random
 import signal
 import socket
 import threading
@@ -36,7 +35,7 @@ from trainer.data import DataError
 from trainer.metrics import FeatureError
 from trainer.train import Diverged, train
 
-__all__ = ["Interrupted", "limit_threads", "resolve_devices", "run_pool", "run_slot"]
+__all__ = ["Interrupted", "limit_threads", "preload", "resolve_devices", "run_pool", "run_slot"]
 
 log = logging.getLogger(__name__)
 
@@ -124,10 +123,7 @@ class Slot:
                 if claim is None:
                     if self.idle_exit is not None and time.monotonic() - idle_since > self.idle_exit:
                         break
-                    # Another worker was claiming from a study: it may still have room, and a
-                    # claim lasts milliseconds, so look again soon rather than a poll later.
-                    wait = random.uniform(0.01, 0.05) if self.queue.contended else self.settings.poll_seconds
-                    self.shutdown.wait(min(wait, self.settings.poll_seconds))
+                    self.shutdown.wait(self.settings.poll_seconds)
                     continue
                 self.run_trial(claim)
                 idle_since = time.monotonic()
@@ -272,6 +268,15 @@ def limit_threads(threads: int) -> None:
     threadpoolctl.threadpool_limits(threads)
 
 
+def preload() -> None:
+    """Import what a slot's first training step would import lazily: torch's optimizers
+    pull in torch._dynamo (with sympy, ~800 modules, about a second of CPU) on their first
+    step. Done before the slot registers, so that second is not charged to its first
+    trial's train_seconds and steps/s, nor taken from the trials of the other slots."""
+    import PIL.PngImagePlugin  # noqa: F401  (the sample grids)
+    import torch._dynamo  # noqa: F401
+
+
 def run_slot(device: str, settings_json: str, threads: int, idle_exit: float | None) -> None:
     """A slot process's entry point (spawned, so nothing is shared with the supervisor)."""
     if device.startswith("cuda:"):
@@ -279,6 +284,7 @@ def run_slot(device: str, settings_json: str, threads: int, idle_exit: float | N
         os.environ["CUDA_VISIBLE_DEVICES"] = device.split(":", 1)[1]
         device = "cuda:0"
     limit_threads(threads)
+    preload()
     from service.logs import configure_logging
 
     configure_logging(f"[worker {os.getpid()} {device}] ")

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import copy
+import threading
 import time
 from typing import Any
 
 import optuna
+import sqlalchemy as sa
 from fastapi.testclient import TestClient
 from optuna.trial import TrialState
 
@@ -116,3 +118,38 @@ def test_a_trial_claimed_during_a_heartbeat_is_not_lost(client: TestClient, sett
     slot.queue.renew = renew  # type: ignore[method-assign]
     slot.beat()
     assert slot.current.trial_id not in slot.lost, "its lease is renewed at the next beat"
+
+
+def _hold_claim_lock(settings: Settings, study: str) -> Any:
+    """Another worker in the middle of a claim: a transaction holding the study's row lock."""
+    conn = db.engine(settings).connect()
+    conn.execute(sa.text("SELECT 1 FROM gt_studies WHERE name = :n FOR UPDATE"), {"n": study})
+    return conn
+
+
+def test_a_claim_skips_a_study_being_claimed_from_then_waits_its_turn(client: TestClient, settings: Settings) -> None:
+    client.post("/studies", json=spec(name="older"))
+    client.post("/studies", json=spec(name="newer"))
+    q = queue(settings, "w")
+    q.lock_wait = 2.0
+    other = _hold_claim_lock(settings, "older")
+    claim = q.claim()
+    assert claim is not None and claim.study_name == "newer" and claim.waited == 0.0, "no wait with a study free"
+    client.post("/studies/newer/pause")  # now the only study with room is the locked one
+
+    release = threading.Timer(0.3, other.rollback)
+    release.start()
+    claim = q.claim()
+    release.join()
+    assert claim is not None and claim.study_name == "older"
+    assert 0.25 <= claim.waited < 2.0, "woken when the other claim ended, not by a poll"
+
+    other = _hold_claim_lock(settings, "older")
+    q.lock_wait = 0.2
+    started = time.perf_counter()
+    assert q.claim() is None, "gives up after lock_wait"
+    assert time.perf_counter() - started < 1.5
+    other.rollback()
+    other.close()
+    claim = q.claim()
+    assert claim is not None and claim.study_name == "older", "and claims normally afterwards"

@@ -1,0 +1,289 @@
+"""Optuna's RDBStorage with its per-trial hot paths in one or two SQL statements each.
+
+A worker's dispatch is mostly Optuna storage calls: ``ask`` creates a trial and reads it
+back, each suggestion and each ``report`` writes a row, ``tell`` writes the values and
+state and reads the trial twice. Optuna's RDBStorage does each through the ORM: a trial
+read is six queries (the trial, then its five child tables lazily), a write loads the
+trial model, looks the child row up, then flushes. Here the same operations are one or
+two statements on Optuna's own tables, with Optuna's rules: the same stored
+representations (inf/NaN), trial numbering under the study's row lock, "finished trials
+cannot be updated" (the same exceptions), the same integrity handling, and
+StorageInternalError for other database errors. Everything else is Optuna's code.
+tests/service/test_storage.py runs both storages side by side and compares what they
+store and read, field by field.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from collections.abc import Container, Iterable, Iterator, Sequence
+from datetime import datetime
+from typing import Any
+
+import sqlalchemy as sa
+from optuna import distributions
+from optuna.distributions import BaseDistribution, json_to_distribution
+from optuna.exceptions import StorageInternalError
+from optuna.storages import RDBStorage
+from optuna.storages._rdb import models
+from optuna.trial import FrozenTrial, TrialState
+
+__all__ = ["Storage"]
+
+_Value = models.TrialValueModel
+_Intermediate = models.TrialIntermediateValueModel
+
+# Children ordered as they were written (their ids), as a lazy load from the heap returns them.
+_TRIALS_SQL = """
+SELECT t.trial_id, t.number, t.state::text AS state, t.datetime_start, t.datetime_complete,
+  (SELECT json_agg(json_build_array(v.objective, v.value, v.value_type::text) ORDER BY v.objective)
+     FROM trial_values v WHERE v.trial_id = t.trial_id) AS vals,
+  (SELECT json_agg(json_build_array(p.param_name, p.param_value, p.distribution_json) ORDER BY p.param_id)
+     FROM trial_params p WHERE p.trial_id = t.trial_id) AS params,
+  (SELECT json_agg(json_build_array(a.key, a.value_json) ORDER BY a.trial_user_attribute_id)
+     FROM trial_user_attributes a WHERE a.trial_id = t.trial_id) AS user_attrs,
+  (SELECT json_agg(json_build_array(a.key, a.value_json) ORDER BY a.trial_system_attribute_id)
+     FROM trial_system_attributes a WHERE a.trial_id = t.trial_id) AS system_attrs,
+  (SELECT json_agg(json_build_array(i.step, i.intermediate_value, i.intermediate_value_type::text)
+                   ORDER BY i.trial_intermediate_value_id)
+     FROM trial_intermediate_values i WHERE i.trial_id = t.trial_id) AS intermediate
+FROM trials t
+"""
+
+
+def _float(value: float | int | None) -> float | None:
+    # JSON writes an integral double as 2, which would come back as an int.
+    return None if value is None else float(value)
+
+
+def _frozen_trial(row: Any) -> FrozenTrial:
+    values: list[float] | None = None
+    if row.vals:
+        values = [0.0] * len(row.vals)
+        for objective, value, kind in row.vals:
+            values[objective] = _Value.stored_repr_to_value(_float(value), _Value.TrialValueType[kind])
+    params, dists = {}, {}
+    for name, value, dist_json in row.params or ():
+        dist = json_to_distribution(dist_json)
+        params[name], dists[name] = dist.to_external_repr(float(value)), dist
+    return FrozenTrial(
+        number=row.number,
+        state=TrialState[row.state],
+        value=None,
+        values=values,
+        datetime_start=row.datetime_start,
+        datetime_complete=row.datetime_complete,
+        params=params,
+        distributions=dists,
+        user_attrs={key: json.loads(value) for key, value in row.user_attrs or ()},
+        system_attrs={key: json.loads(value) for key, value in row.system_attrs or ()},
+        intermediate_values={
+            step: _Intermediate.stored_repr_to_intermediate_value(
+                _float(value),
+                _Intermediate.TrialIntermediateValueType[kind],
+            )
+            for step, value, kind in row.intermediate or ()
+        },
+        trial_id=row.trial_id,
+    )
+
+
+_UPDATABLE = ("RUNNING", "WAITING")  # TrialState.is_finished() is False
+
+
+class Storage(RDBStorage):
+    """RDBStorage with one-statement trial reads and writes (see the module's docstring)."""
+
+    @contextlib.contextmanager
+    def _transaction(self, *, ignore_integrity_error: bool = False) -> Iterator[sa.Connection]:
+        """One transaction, committed at the end; errors as Optuna's scoped session raises them."""
+        try:
+            with self.engine.begin() as conn:
+                yield conn
+        except sa.exc.IntegrityError:
+            if not ignore_integrity_error:
+                raise
+        except sa.exc.SQLAlchemyError as exc:
+            raise StorageInternalError("An exception is raised during the commit.") from exc
+
+    def _check_updatable(self, trial_id: int, state: str | None) -> None:
+        if state is None:
+            raise KeyError(models.NOT_FOUND_MSG)
+        self.check_trial_is_updatable(trial_id, TrialState[state])
+
+    # -- reads ----------------------------------------------------------------------------
+    def get_trial(self, trial_id: int) -> FrozenTrial:
+        with self._transaction() as conn:
+            row = conn.execute(sa.text(_TRIALS_SQL + "WHERE t.trial_id = :tid"), {"tid": trial_id}).first()
+        if row is None:
+            raise KeyError(models.NOT_FOUND_MSG)
+        return _frozen_trial(row)
+
+    def _get_trials(
+        self,
+        study_id: int,
+        states: Container[TrialState] | None,
+        included_trial_ids: set[int],
+        trial_id_greater_than: int,
+    ) -> list[FrozenTrial]:
+        # The same selection as RDBStorage._get_trials, which _CachedStorage calls to read
+        # the trials that are new or were unfinished when last read.
+        included = [i for i in included_trial_ids if i <= trial_id_greater_than]
+        where, args = ["t.study_id = :sid"], {"sid": study_id, "ids": included, "gt": trial_id_greater_than}
+        if states is not None:
+            assert isinstance(states, Iterable)
+            where.append("t.state::text = ANY(:states)")
+            args["states"] = [s.name for s in states]
+        if included and trial_id_greater_than > -1:
+            where.append("(t.trial_id = ANY(:ids) OR t.trial_id > :gt)")
+        elif trial_id_greater_than > -1:
+            where.append("t.trial_id > :gt")
+        sql = _TRIALS_SQL + "WHERE " + " AND ".join(where) + " ORDER BY t.trial_id"
+        with self._transaction() as conn:
+            if conn.execute(sa.text("SELECT 1 FROM studies WHERE study_id = :sid"), {"sid": study_id}).first() is None:
+                raise KeyError(models.NOT_FOUND_MSG)
+            rows = conn.execute(sa.text(sql), args).all()
+        return [_frozen_trial(row) for row in rows]
+
+    # -- writes ---------------------------------------------------------------------------
+    def _create_new_trial(self, study_id: int, template_trial: FrozenTrial | None = None) -> FrozenTrial:
+        if template_trial is not None:  # add_trial / enqueue_trial: rare, Optuna's own path
+            return super()._create_new_trial(study_id, template_trial)
+        now = datetime.now()  # Optuna's clock: the client's local time, naive
+        with self._transaction() as conn:
+            # The study's row lock makes the number (the count of the study's trials) unique;
+            # the count is a statement of its own so that it sees what committed while we waited.
+            if (
+                conn.execute(
+                    sa.text("SELECT 1 FROM studies WHERE study_id = :sid FOR UPDATE"), {"sid": study_id}
+                ).first()
+                is None
+            ):
+                raise KeyError(models.NOT_FOUND_MSG)
+            trial_id, number = conn.execute(
+                sa.text(
+                    "INSERT INTO trials (number, study_id, state, datetime_start) "
+                    "VALUES ((SELECT count(*) FROM trials WHERE study_id = :sid), :sid, 'RUNNING', :now) "
+                    "RETURNING trial_id, number"
+                ),
+                {"sid": study_id, "now": now},
+            ).one()
+        return FrozenTrial(
+            number=number,
+            state=TrialState.RUNNING,
+            value=None,
+            values=None,
+            datetime_start=now,
+            datetime_complete=None,
+            params={},
+            distributions={},
+            user_attrs={},
+            system_attrs={},
+            intermediate_values={},
+            trial_id=trial_id,
+        )
+
+    def _set_trial_param(
+        self,
+        trial_id: int,
+        param_name: str,
+        param_value_internal: float,
+        distribution: BaseDistribution,
+        previous_distribution: BaseDistribution | None,
+    ) -> None:
+        with self._transaction(ignore_integrity_error=True) as conn:
+            # The trial's state and, unless the caller knows it, the distribution another trial
+            # of the study has for this parameter (they must be compatible).
+            row = conn.execute(
+                sa.text(
+                    "SELECT t.state::text AS state, CASE WHEN :look THEN (SELECT p.distribution_json "
+                    "FROM trial_params p JOIN trials o ON o.trial_id = p.trial_id "
+                    "WHERE o.study_id = t.study_id AND p.param_name = :name LIMIT 1) END AS previous "
+                    "FROM trials t WHERE t.trial_id = :tid"
+                ),
+                {"tid": trial_id, "name": param_name, "look": previous_distribution is None},
+            ).first()
+            if row is None:
+                raise KeyError(models.NOT_FOUND_MSG)
+            self._check_updatable(trial_id, row.state)
+            if previous_distribution is None and row.previous is not None:
+                previous_distribution = json_to_distribution(row.previous)
+            if previous_distribution is not None:
+                distributions.check_distribution_compatibility(previous_distribution, distribution)
+            conn.execute(
+                sa.text(
+                    "INSERT INTO trial_params (trial_id, param_name, param_value, distribution_json) "
+                    "VALUES (:tid, :name, :value, :dist)"
+                ),
+                {
+                    "tid": trial_id,
+                    "name": param_name,
+                    "value": param_value_internal,
+                    "dist": distributions.distribution_to_json(distribution),
+                },
+            )
+
+    def set_trial_intermediate_value(self, trial_id: int, step: int, intermediate_value: float) -> None:
+        value, kind = _Intermediate.intermediate_value_to_stored_repr(intermediate_value)
+        with self._transaction(ignore_integrity_error=True) as conn:
+            state = conn.execute(
+                sa.text(
+                    f"""
+WITH t AS (SELECT state::text AS state FROM trials WHERE trial_id = :tid),
+ins AS (
+  INSERT INTO trial_intermediate_values (trial_id, step, intermediate_value, intermediate_value_type)
+  SELECT :tid, :step, :value, CAST(:kind AS trialintermediatevaluetype) FROM t WHERE t.state IN {_UPDATABLE}
+  ON CONFLICT (trial_id, step) DO UPDATE SET intermediate_value = EXCLUDED.intermediate_value,
+    intermediate_value_type = EXCLUDED.intermediate_value_type)
+SELECT state FROM t
+"""
+                ),
+                {"tid": trial_id, "step": step, "value": value, "kind": kind.name},
+            ).scalar()
+        self._check_updatable(trial_id, state)
+
+    def set_trial_state_values(self, trial_id: int, state: TrialState, values: Sequence[float] | None = None) -> bool:
+        try:
+            return self._set_state_values(trial_id, state, values)
+        except sa.exc.IntegrityError:  # as Optuna: a trial deleted meanwhile, say
+            return False
+
+    def _set_state_values(self, trial_id: int, state: TrialState, values: Sequence[float] | None) -> bool:
+        with self._transaction() as conn:
+            current = conn.execute(
+                sa.text("SELECT state::text FROM trials WHERE trial_id = :tid FOR UPDATE"), {"tid": trial_id}
+            ).scalar()
+            self._check_updatable(trial_id, current)
+            if values is not None:
+                stored = [_Value.value_to_stored_repr(v) for v in values]
+                conn.execute(
+                    sa.text(
+                        "INSERT INTO trial_values (trial_id, objective, value, value_type) "
+                        "SELECT :tid, o - 1, v, CAST(k AS trialvaluetype) "
+                        "FROM unnest(CAST(:values AS double precision[]), CAST(:kinds AS text[])) "
+                        "WITH ORDINALITY AS u(v, k, o) "
+                        "ON CONFLICT (trial_id, objective) DO UPDATE SET value = EXCLUDED.value, "
+                        "value_type = EXCLUDED.value_type"
+                    ),
+                    {"tid": trial_id, "values": [v for v, _ in stored], "kinds": [k.name for _, k in stored]},
+                )
+            if state == TrialState.RUNNING and current != "WAITING":
+                return False
+            now = datetime.now()
+            conn.execute(
+                sa.text(
+                    "UPDATE trials SET state = CAST(:state AS trialstate), "
+                    "datetime_start = CASE WHEN :running THEN :now ELSE datetime_start END, "
+                    "datetime_complete = CASE WHEN :finished THEN :now ELSE datetime_complete END "
+                    "WHERE trial_id = :tid"
+                ),
+                {
+                    "tid": trial_id,
+                    "state": state.name,
+                    "now": now,
+                    "running": state == TrialState.RUNNING,
+                    "finished": state.is_finished(),
+                },
+            )
+        return True
