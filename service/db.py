@@ -65,7 +65,7 @@ def _engine_kwargs(pool_size: int) -> dict[str, Any]:
 
 
 _ENGINES: dict[tuple[str, int], Engine] = {}
-_STORAGES: dict[tuple[str, int], optuna.storages.RDBStorage] = {}
+_STORAGES: dict[tuple[str, int], Storage] = {}
 
 
 def _engine(url: str, pool_size: int) -> Engine:
@@ -79,7 +79,7 @@ def engine(settings: Settings) -> Engine:
     return _engine(database_url(settings), settings.pool_size)
 
 
-def _storage(url: str, pool_size: int) -> optuna.storages.RDBStorage:
+def _storage(url: str, pool_size: int) -> Storage:
     key = (url, pool_size)
     if key not in _STORAGES:
         _STORAGES[key] = Storage(
@@ -90,7 +90,7 @@ def _storage(url: str, pool_size: int) -> optuna.storages.RDBStorage:
     return _STORAGES[key]
 
 
-def optuna_storage(settings: Settings) -> optuna.storages.RDBStorage:
+def optuna_storage(settings: Settings) -> Storage:
     """Optuna's RDBStorage on the same database (one per process and URL)."""
     return _storage(database_url(settings), settings.pool_size)
 
@@ -168,6 +168,6 @@ def dispose_all() -> None:
     for eng in _ENGINES.values():
         eng.dispose()
     for storage in _STORAGES.values():
-        storage.engine.dispose()
+        storage.dispose()
     _ENGINES.clear()
     _STORAGES.clear()

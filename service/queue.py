@@ -22,6 +22,7 @@ from optuna.trial import TrialState
 from sqlalchemy.engine import Connection, Engine
 
 from service.spec import StudySpec, make_pruner, make_sampler
+from service.storage import Storage
 from service.tables import studies, trial_leases, workers
 
 __all__ = ["Claim", "TrialQueue"]
@@ -52,19 +53,26 @@ FROM trials WHERE study_id = :sid
 AttrTable = Literal["trial_user_attributes", "trial_system_attributes"]
 
 
-def _upsert_attrs(table: AttrTable) -> str:
-    """Trial attributes :keys → :values (JSON texts) of trial :tid in one statement, with
-    Optuna's table, encoding and (trial_id, key) uniqueness; Optuna's own setter is a
-    transaction per key."""
+def _upsert_attrs(table: AttrTable, prefix: str = "") -> str:
+    """Trial attributes :{prefix}keys → :{prefix}values (JSON texts) of trial :tid in one
+    statement, with Optuna's table, encoding and (trial_id, key) uniqueness; Optuna's own
+    setter is a transaction per key."""
     return (
         f"INSERT INTO {table} (trial_id, key, value_json) "
-        "SELECT :tid, k, v FROM unnest(CAST(:keys AS text[]), CAST(:values AS text[])) AS u(k, v) "
+        f"SELECT :tid, k, v FROM unnest(CAST(:{prefix}keys AS text[]), CAST(:{prefix}values AS text[])) AS u(k, v) "
         "ON CONFLICT (trial_id, key) DO UPDATE SET value_json = EXCLUDED.value_json"
     )
 
 
-def _attr_args(attrs: dict[str, Any]) -> dict[str, list[str]]:
-    return {"keys": list(attrs), "values": [json.dumps(v) for v in attrs.values()]}
+def _attr_args(attrs: dict[str, Any], prefix: str = "") -> dict[str, list[str]]:
+    return {f"{prefix}keys": list(attrs), f"{prefix}values": [json.dumps(v) for v in attrs.values()]}
+
+
+# A trial's closing user attributes and system attributes (artifact links), in one statement.
+_END_ATTRS_SQL = sa.text(
+    f"WITH u AS ({_upsert_attrs('trial_user_attributes')}), "
+    f"s AS ({_upsert_attrs('trial_system_attributes', 'system_')}) SELECT 1"
+)
 
 
 _EXPIRES = "now() + make_interval(secs => :lease)"  # a lease's end, :lease seconds on
@@ -103,7 +111,7 @@ class TrialQueue:
     def __init__(
         self,
         engine: Engine,
-        storage: optuna.storages.RDBStorage,
+        storage: Storage,
         worker_id: str,
         *,
         lease_seconds: float = 60,
@@ -252,11 +260,14 @@ class TrialQueue:
             if self._lock_lease(conn, claim.trial_id) is None:
                 log.warning("trial %s: lease lost; result dropped", claim.trial.number)
                 return False
-            with self.engine.begin() as attrs_conn:
-                # Its own short transaction: an insert here holds a key-share lock on the
-                # trial's row, which Optuna's tell (SELECT ... FOR UPDATE) would wait on.
-                self._set_attrs(attrs_conn, claim.trial_id, attrs or {})
-                self._set_attrs(attrs_conn, claim.trial_id, system_attrs or {}, "trial_system_attributes")
+            with self.storage.autocommit_engine.connect() as attrs_conn:
+                # A statement of its own (autocommit), not in the lease's transaction: an
+                # insert there would hold a key-share lock on the trial's row until the end,
+                # which Optuna's tell (SELECT ... FOR UPDATE) would wait on.
+                attrs_conn.execute(
+                    _END_ATTRS_SQL,
+                    {"tid": claim.trial_id, **_attr_args(attrs or {}), **_attr_args(system_attrs or {}, "system_")},
+                )
             told = False
             try:
                 claim.study.tell(claim.trial, values, state=state)
@@ -266,13 +277,6 @@ class TrialQueue:
             finally:
                 self._release(conn, claim, mark_completed=told)
         return told
-
-    def _set_attrs(
-        self, conn: Connection, trial_id: int, attrs: dict[str, Any], table: AttrTable = "trial_user_attributes"
-    ) -> None:
-        """Several trial attributes (user or system) in one statement; a trial's end writes several."""
-        if attrs:
-            conn.execute(sa.text(_upsert_attrs(table)), {"tid": trial_id, **_attr_args(attrs)})
 
     def interrupt(self, claim: Claim, reason: str) -> None:
         """End a trial stopped before its end on purpose (pause, shutdown, lost lease): FAIL

@@ -16,6 +16,7 @@ from sqlalchemy.engine import Connection, Engine
 
 from service.errors import Conflict, Invalid, NotFound
 from service.spec import StudySpec, check_spec, config_from_params, enqueue_params, make_sampler
+from service.storage import Storage
 from service.tables import idempotency_keys, studies
 
 __all__ = ["StudyService", "load_spec"]
@@ -122,7 +123,7 @@ def load_spec(row: Any) -> StudySpec:
 class StudyService:
     """Study operations over one database: our tables plus Optuna's storage."""
 
-    def __init__(self, engine: Engine, storage: optuna.storages.RDBStorage, *, max_trials: int, base_url: str) -> None:
+    def __init__(self, engine: Engine, storage: Storage, *, max_trials: int, base_url: str) -> None:
         self.engine, self.storage = engine, storage
         self.max_trials, self.base_url = max_trials, base_url
 
@@ -192,7 +193,9 @@ class StudyService:
     # -- read -----------------------------------------------------------------------------
     def _reader(self) -> Connection:
         # Reads are single statements: autocommit spares the BEGIN and ROLLBACK round trips.
-        return self.engine.connect().execution_options(isolation_level="AUTOCOMMIT")
+        # A pool of its own: switching a pooled connection to autocommit and back costs a
+        # SET round trip at each end.
+        return self.storage.autocommit_engine.connect()
 
     def _row(self, conn: Connection, name: str) -> Any:
         row = conn.execute(sa.select(studies).where(studies.c.name == name)).first()

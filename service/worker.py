@@ -133,7 +133,7 @@ class Slot:
                 conn.execute(workers.delete().where(workers.c.id == self.worker_id))
 
     def _study_status(self, name: str) -> str:
-        with self.engine.connect() as conn:
+        with self.queue.storage.autocommit_engine.connect() as conn:  # once per eval: one round trip
             return str(conn.execute(sa.select(studies.c.status).where(studies.c.name == name)).scalar_one())
 
     def run_trial(self, claim: Claim) -> None:

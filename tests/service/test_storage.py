@@ -154,7 +154,17 @@ def _write_everything(storage: optuna.storages.BaseStorage, name: str) -> list[s
     attempt(
         "a param twice", lambda: storage.set_trial_param(trial._trial_id, "width", 16.0, IntDistribution(8, 64, step=8))
     )
+    started = storage.get_trial(trial._trial_id).datetime_start
     attempt("RUNNING again", lambda: storage.set_trial_state_values(trial._trial_id, TrialState.RUNNING))
+    attempt("  its start unchanged", lambda: storage.get_trial(trial._trial_id).datetime_start == started)
+    # with the study's distribution known, as Optuna's cache calls it
+    lr = FloatDistribution(1e-5, 1e-1, log=True)
+    set_param = storage._set_trial_param  # type: ignore[attr-defined]
+    attempt("known distribution, finished trial", lambda: set_param(done, "z", 0.01, lr, lr))
+    attempt("known distribution, unknown trial", lambda: set_param(10_000_000, "lr", 0.01, lr, lr))
+    attempt("known distribution, new param", lambda: set_param(trial._trial_id, "lr", 0.01, lr, lr))
+    attempt("known distribution, twice", lambda: set_param(trial._trial_id, "lr", 0.02, lr, lr))
+    attempt("known and incompatible", lambda: set_param(trial._trial_id, "w", 1.0, lr, IntDistribution(1, 3)))
     study.enqueue_trial({"lr": 1e-3})
     attempt("a queued trial popped", lambda: study.ask().params)
     pareto = optuna.create_study(study_name=f"{name}-pareto", storage=storage, directions=["minimize", "maximize"])
