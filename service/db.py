@@ -13,6 +13,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from service.config import Settings
+from service.pool import ping_when_idle
 from service.storage import Storage
 from service.tables import VERSION_TABLE
 
@@ -59,9 +60,10 @@ def connections_per_process(settings: Settings) -> int:
 
 
 def _engine_kwargs(pool_size: int) -> dict[str, Any]:
-    # pre-ping: survive idle drops and server restarts (optuna#5600); a bounded pool keeps
-    # many workers under max_connections (optuna#1347).
-    return {"pool_pre_ping": True, "pool_size": pool_size, "max_overflow": MAX_OVERFLOW, "pool_recycle": 1800}
+    # Connections idle for a while are pinged before use (service.pool.ping_when_idle: idle
+    # drops and server restarts are survived, optuna#5600), not each one at every checkout;
+    # a bounded pool keeps many workers under max_connections (optuna#1347).
+    return {"pool_pre_ping": False, "pool_size": pool_size, "max_overflow": MAX_OVERFLOW, "pool_recycle": 1800}
 
 
 _ENGINES: dict[tuple[str, int], Engine] = {}
@@ -71,7 +73,7 @@ _STORAGES: dict[tuple[str, int], Storage] = {}
 def _engine(url: str, pool_size: int) -> Engine:
     key = (url, pool_size)
     if key not in _ENGINES:
-        _ENGINES[key] = sa.create_engine(url, **_engine_kwargs(pool_size))
+        _ENGINES[key] = ping_when_idle(sa.create_engine(url, **_engine_kwargs(pool_size)))
     return _ENGINES[key]
 
 

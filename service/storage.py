@@ -29,6 +29,8 @@ from optuna.storages import RDBStorage
 from optuna.storages._rdb import models
 from optuna.trial import FrozenTrial, TrialState
 
+from service.pool import ping_when_idle
+
 __all__ = ["Storage"]
 
 _Value = models.TrialValueModel
@@ -103,6 +105,14 @@ _UPDATABLE = ("RUNNING", "WAITING")  # TrialState.is_finished() is False
 class Storage(RDBStorage):
     """RDBStorage with one-statement trial reads and writes (see the module's docstring)."""
 
+    def __init__(self, url: str, *args: Any, **kwargs: Any) -> None:
+        super().__init__(url, *args, **kwargs)
+        ping_when_idle(self.engine)
+
+    def __setstate__(self, state: dict[Any, Any]) -> None:
+        super().__setstate__(state)  # makes the engine again
+        ping_when_idle(self.engine)
+
     @property
     def autocommit_engine(self) -> sa.Engine:
         """A second pool, in autocommit, for what is one statement: a read, or a write
@@ -110,7 +120,7 @@ class Storage(RDBStorage):
         third of a worker's round trips were those). Made on first use; not pickled."""
         engine = self.__dict__.get("_autocommit_engine")
         if engine is None:
-            engine = sa.create_engine(self.url, isolation_level="AUTOCOMMIT", **self.engine_kwargs)
+            engine = ping_when_idle(sa.create_engine(self.url, isolation_level="AUTOCOMMIT", **self.engine_kwargs))
             self.__dict__["_autocommit_engine"] = engine
         return engine
 

@@ -19,6 +19,7 @@ from fastapi.testclient import TestClient
 from service import db
 from service.artifacts import artifact_store
 from service.config import Settings
+from service.pool import IDLE_PING
 from tests.service.test_cli import free_port
 
 
@@ -30,6 +31,36 @@ def test_readyz_follows_the_schema(client: TestClient, settings: Settings) -> No
     assert r.status_code == 503
     assert "run `gat-tune db upgrade`" in r.json()["problems"][0]
     assert client.get("/healthz").status_code == 200  # alive, just not ready
+
+
+def test_connections_dropped_by_the_server_are_replaced(
+    client: TestClient, settings: Settings, admin: sa.Engine, database_url: str
+) -> None:
+    """An idle drop or a server restart: every pooled connection (API reads, Optuna's
+    storage, a worker's queue) is pinged before reuse, and a dead one is replaced."""
+    from tests.service.test_queue import queue, spec
+
+    assert client.post("/studies", json=spec()).status_code == 201
+    q = queue(settings, "w")
+    first = q.claim()
+    assert first is not None and client.get("/studies/tiny/trials").status_code == 200
+
+    def drop_all() -> int:
+        with admin.connect() as conn:
+            return len(
+                conn.execute(
+                    sa.text("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = :db"),
+                    {"db": sa.make_url(database_url).database},
+                ).all()
+            )
+
+    assert drop_all() >= 3  # the API's, the storage's and the queue's connections
+    time.sleep(IDLE_PING + 0.2)  # they sat idle: the next checkout pings them
+    assert client.get("/studies/tiny").json()["trial_counts"]["RUNNING"] == 1
+    assert client.get("/studies/tiny/trials").status_code == 200
+    assert q.finish(first, state=optuna.trial.TrialState.COMPLETE, values=[1.0])
+    assert q.claim() is not None
+    assert client.post("/studies/tiny/pause").status_code == 200
 
 
 def test_logs_are_json_lines_off_a_terminal(database_url: str) -> None:
