@@ -41,6 +41,7 @@ FAIL_REASON = "fail_reason"
 _COUNTS_SQL = sa.text(
     """
 SELECT count(*) AS total, count(*) FILTER (WHERE state = 'COMPLETE') AS complete,
+  count(*) FILTER (WHERE state = 'WAITING') AS waiting,
   count(*) FILTER (WHERE state = 'PRUNED') AS pruned, count(*) FILTER (WHERE state = 'FAIL') AS fail,
   (SELECT count(*) FROM gt_trial_leases WHERE study_name = :name) AS active,
   (SELECT count(*) FROM trial_user_attributes a JOIN trials t ON t.trial_id = a.trial_id
@@ -132,16 +133,22 @@ class TrialQueue:
     def claim(self) -> Claim | None:
         """Take the next trial of the oldest running study with room, or None.
 
-        The study row is locked while the counts are read and Optuna is asked for the new
-        RUNNING trial, so max_parallel and n_trials hold however many workers race (and a
-        trial is RUNNING before its parameters are sampled, which is what lets TPE's
-        constant_liar steer parallel workers apart). A study another worker is claiming
-        from is skipped (SKIP LOCKED), so a worker can take a trial of the next study; when
-        every study it could take from is being claimed from, it waits its turn on the
-        first one inside PostgreSQL (woken when the lock is freed: no polling, no CPU), at
-        most ``lock_wait`` seconds.
+        In one transaction holding the study's row lock: the counts, the new RUNNING trial
+        (a queued one popped, else a new one) and its lease, so max_parallel and n_trials
+        hold however many workers race, and a trial never exists without its lease. The
+        rest of Optuna's ask (the Trial object, the sampler's relative sampling) runs after
+        the commit: the trial is RUNNING before its parameters are sampled, which is what
+        lets TPE's constant_liar steer parallel workers apart, and the lock is held only
+        for those few statements.
+
+        A study another worker is claiming from is skipped (SKIP LOCKED), so a worker can
+        take a trial of the next study; when every study it could take from is being claimed
+        from, it waits its turn on the first one inside PostgreSQL (woken when the lock is
+        freed: no polling, no CPU), at most ``lock_wait`` seconds.
         """
+        waited = 0.0
         with self.engine.begin() as conn:
+            opened = None
             names = conn.execute(
                 sa.select(studies.c.name).where(studies.c.status == "running").order_by(studies.c.created_at)
             ).scalars()
@@ -151,30 +158,37 @@ class TrialQueue:
                 if row is None:  # another worker is claiming from it (or it just stopped)
                     busy.append(name)
                     continue
-                claim = self._claim_in(conn, row)
-                if claim is not None:
-                    return claim
-            if not busy:
-                return None
-            started = time.perf_counter()
-            try:
-                with conn.begin_nested():  # a timeout undoes the wait only, not the statements above
-                    conn.execute(sa.text(f"SET LOCAL lock_timeout = {int(self.lock_wait * 1000)}"))
-                    row = conn.execute(self._study_for_claim(busy[0]).with_for_update()).first()
-            except sa.exc.OperationalError as exc:
-                if not isinstance(exc.orig, psycopg2.errors.LockNotAvailable):
-                    raise
-                return None
-            claim = None if row is None else self._claim_in(conn, row)
-            if claim is not None:
-                claim.waited = time.perf_counter() - started
-            return claim
+                opened = self._open_in(conn, row)
+                if opened is not None:
+                    break
+            if opened is None and busy:
+                started = time.perf_counter()
+                try:
+                    with conn.begin_nested():  # a timeout undoes the wait only, not the statements above
+                        conn.execute(sa.text(f"SET LOCAL lock_timeout = {int(self.lock_wait * 1000)}"))
+                        row = conn.execute(self._study_for_claim(busy[0]).with_for_update()).first()
+                except sa.exc.OperationalError as exc:
+                    if not isinstance(exc.orig, psycopg2.errors.LockNotAvailable):
+                        raise
+                    row = None
+                waited = time.perf_counter() - started
+                opened = None if row is None else self._open_in(conn, row)
+        if opened is None:
+            return None
+        name, spec, study, trial_id, attempt, run_dir = opened
+        # The rest of Study.ask: what ask resets first, Optuna's cache told of the new trial
+        # (its suggestions go through it), then the Trial, which samples the relative params.
+        study._thread_local.cached_all_trials = None
+        study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+        return Claim(name, spec, study, optuna.Trial(study, trial_id), attempt, run_dir, waited)
 
     @staticmethod
     def _study_for_claim(name: str) -> sa.Select[Any]:
         return sa.select(studies).where(studies.c.name == name, studies.c.status == "running")
 
-    def _claim_in(self, conn: Connection, row: Any) -> Claim | None:
+    def _open_in(self, conn: Connection, row: Any) -> tuple[str, StudySpec, optuna.Study, int, int, str] | None:
+        """Under the study's lock: a RUNNING trial with this worker's lease, if the study has
+        room; (study name, spec, study, trial id, attempt, run dir)."""
         # After the lock, so the counts include every claim made before it (READ COMMITTED:
         # each statement sees what committed before it began).
         c = conn.execute(_COUNTS_SQL, {"sid": row.optuna_study_id, "name": row.name, "retry_of": RETRY_OF}).one()
@@ -199,15 +213,21 @@ class TrialQueue:
             return None
         study.sampler = make_sampler(spec, offset=c.total)
         study.pruner = make_pruner(spec)
-        trial = study.ask()
-        attempt = int(trial.user_attrs.get(ATTEMPT, 0))
-        run_dir = trial.user_attrs.get(RESUME_FROM) or str(self.run_root / row.name / f"trial-{trial.number:05d}")
+        # The first half of Study.ask, in this transaction: a queued trial first, as ask does.
+        popped = self.storage.pop_waiting_trial_in(conn, row.optuna_study_id) if c.waiting else None
+        if popped is not None:
+            trial_id, number, user_attrs = popped
+        else:
+            trial_id, number, _ = self.storage.create_trial_in(conn, row.optuna_study_id)
+            user_attrs = {}
+        attempt = int(user_attrs.get(ATTEMPT, 0))
+        run_dir = user_attrs.get(RESUME_FROM) or str(self.run_root / row.name / f"trial-{number:05d}")
         # The lease, where the run lives (a reaper resumes from it) and what this worker is
         # doing (GET /workers): in the claim's transaction, in one statement.
         conn.execute(
             _LEASE_SQL,
             {
-                "tid": trial._trial_id,
+                "tid": trial_id,
                 "name": row.name,
                 "worker": self.worker_id,
                 "attempt": attempt,
@@ -215,7 +235,7 @@ class TrialQueue:
                 **_attr_args({RUN_DIR: run_dir}),
             },
         )
-        return Claim(row.name, spec, study, trial, attempt, run_dir)
+        return row.name, spec, study, trial_id, attempt, run_dir
 
     # -- heartbeat ------------------------------------------------------------------------
     def renew(self) -> set[int]:

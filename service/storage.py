@@ -194,25 +194,8 @@ class Storage(RDBStorage):
     def _create_new_trial(self, study_id: int, template_trial: FrozenTrial | None = None) -> FrozenTrial:
         if template_trial is not None:  # add_trial / enqueue_trial: rare, Optuna's own path
             return super()._create_new_trial(study_id, template_trial)
-        now = datetime.now()  # Optuna's clock: the client's local time, naive
         with self._transaction() as conn:
-            # The study's row lock makes the number (the count of the study's trials) unique;
-            # the count is a statement of its own so that it sees what committed while we waited.
-            if (
-                conn.execute(
-                    sa.text("SELECT 1 FROM studies WHERE study_id = :sid FOR UPDATE"), {"sid": study_id}
-                ).first()
-                is None
-            ):
-                raise KeyError(models.NOT_FOUND_MSG)
-            trial_id, number = conn.execute(
-                sa.text(
-                    "INSERT INTO trials (number, study_id, state, datetime_start) "
-                    "VALUES ((SELECT count(*) FROM trials WHERE study_id = :sid), :sid, 'RUNNING', :now) "
-                    "RETURNING trial_id, number"
-                ),
-                {"sid": study_id, "now": now},
-            ).one()
+            trial_id, number, now = self.create_trial_in(conn, study_id)
         return FrozenTrial(
             number=number,
             state=TrialState.RUNNING,
@@ -227,6 +210,50 @@ class Storage(RDBStorage):
             intermediate_values={},
             trial_id=trial_id,
         )
+
+    def create_trial_in(self, conn: sa.Connection, study_id: int) -> tuple[int, int, datetime]:
+        """A new RUNNING trial of the study in the caller's transaction: (trial id, number, start)."""
+        now = datetime.now()  # Optuna's clock: the client's local time, naive
+        # The study's row lock makes the number (the count of the study's trials) unique;
+        # the count is a statement of its own so that it sees what committed while we waited.
+        if (
+            conn.execute(sa.text("SELECT 1 FROM studies WHERE study_id = :sid FOR UPDATE"), {"sid": study_id}).first()
+            is None
+        ):
+            raise KeyError(models.NOT_FOUND_MSG)
+        trial_id, number = conn.execute(
+            sa.text(
+                "INSERT INTO trials (number, study_id, state, datetime_start) "
+                "VALUES ((SELECT count(*) FROM trials WHERE study_id = :sid), :sid, 'RUNNING', :now) "
+                "RETURNING trial_id, number"
+            ),
+            {"sid": study_id, "now": now},
+        ).one()
+        return trial_id, number, now
+
+    def pop_waiting_trial_in(self, conn: sa.Connection, study_id: int) -> tuple[int, int, dict[str, Any]] | None:
+        """The study's first WAITING trial (by number) made RUNNING in the caller's
+        transaction, as Study.ask pops a queued trial: (trial id, number, user attributes),
+        or None. SKIP LOCKED: one being popped by another worker is left to it."""
+        row = conn.execute(
+            sa.text(
+                """
+WITH popped AS (
+  UPDATE trials SET state = 'RUNNING', datetime_start = :now
+  WHERE trial_id = (SELECT trial_id FROM trials WHERE study_id = :sid AND state = 'WAITING'
+                    ORDER BY number LIMIT 1 FOR UPDATE SKIP LOCKED)
+  RETURNING trial_id, number)
+SELECT p.trial_id, p.number,
+  (SELECT json_agg(json_build_array(a.key, a.value_json)) FROM trial_user_attributes a
+   WHERE a.trial_id = p.trial_id) AS user_attrs
+FROM popped p
+"""
+            ),
+            {"sid": study_id, "now": datetime.now()},
+        ).first()
+        if row is None:
+            return None
+        return row.trial_id, row.number, {key: json.loads(value) for key, value in row.user_attrs or ()}
 
     def _set_trial_param(
         self,
