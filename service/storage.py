@@ -36,8 +36,9 @@ __all__ = ["Storage"]
 _Value = models.TrialValueModel
 _Intermediate = models.TrialIntermediateValueModel
 
-# Children ordered as they were written (their ids), as a lazy load from the heap returns them.
-_TRIALS_SQL = """
+# A trial row with its children as JSON arrays, ordered as they were written (their ids),
+# as a lazy load from the heap returns them; followed by a FROM clause that names trials t.
+_TRIAL_COLUMNS = """
 SELECT t.trial_id, t.number, t.state::text AS state, t.datetime_start, t.datetime_complete,
   (SELECT json_agg(json_build_array(v.objective, v.value, v.value_type::text) ORDER BY v.objective)
      FROM trial_values v WHERE v.trial_id = t.trial_id) AS vals,
@@ -50,7 +51,6 @@ SELECT t.trial_id, t.number, t.state::text AS state, t.datetime_start, t.datetim
   (SELECT json_agg(json_build_array(i.step, i.intermediate_value, i.intermediate_value_type::text)
                    ORDER BY i.trial_intermediate_value_id)
      FROM trial_intermediate_values i WHERE i.trial_id = t.trial_id) AS intermediate
-FROM trials t
 """
 
 
@@ -155,7 +155,9 @@ class Storage(RDBStorage):
     # -- reads ----------------------------------------------------------------------------
     def get_trial(self, trial_id: int) -> FrozenTrial:
         with self._transaction(single=True) as conn:
-            row = conn.execute(sa.text(_TRIALS_SQL + "WHERE t.trial_id = :tid"), {"tid": trial_id}).first()
+            row = conn.execute(
+                sa.text(_TRIAL_COLUMNS + "FROM trials t WHERE t.trial_id = :tid"), {"tid": trial_id}
+            ).first()
         if row is None:
             raise KeyError(models.NOT_FOUND_MSG)
         return _frozen_trial(row)
@@ -180,12 +182,13 @@ class Storage(RDBStorage):
         elif trial_id_greater_than > -1:
             where.append("t.trial_id > :gt")
         # The study's existence rides along as a row with no trial (a LEFT JOIN from studies).
-        sql = _TRIALS_SQL.replace(
-            "FROM trials t\n",
-            f"FROM studies s LEFT JOIN trials t ON t.study_id = s.study_id AND {' AND '.join(where)}\n",
+        sql = (
+            _TRIAL_COLUMNS
+            + f"FROM studies s LEFT JOIN trials t ON t.study_id = s.study_id AND {' AND '.join(where)} "
+            + "WHERE s.study_id = :sid ORDER BY t.trial_id"
         )
         with self._transaction(single=True) as conn:
-            rows = conn.execute(sa.text(sql + "WHERE s.study_id = :sid ORDER BY t.trial_id"), args).all()
+            rows = conn.execute(sa.text(sql), args).all()
         if not rows:
             raise KeyError(models.NOT_FOUND_MSG)
         return [_frozen_trial(row) for row in rows if row.trial_id is not None]
