@@ -15,6 +15,7 @@ from optuna.trial import TrialState
 from service import db
 from service.config import Settings
 from service.queue import TrialQueue
+from service.spec import suggest_config
 from service.worker import Slot
 from tests.service.test_worker import TINY
 
@@ -153,3 +154,19 @@ def test_a_claim_skips_a_study_being_claimed_from_then_waits_its_turn(client: Te
     other.close()
     claim = q.claim()
     assert claim is not None and claim.study_name == "older", "and claims normally afterwards"
+
+
+def test_queued_configs_are_claimed_first_in_order(client: TestClient, settings: Settings) -> None:
+    """A claim pops the study's queued trials (the spec's enqueue, then the route's) before
+    it asks the sampler, and the trial runs the queued values."""
+    client.post("/studies", json=spec(enqueue=[{"lambda": 0.5, "lr_g": 2e-4}], max_parallel=3))
+    assert client.post("/studies/tiny/enqueue", json={"lambda": 3.0}).status_code == 201
+    q = queue(settings, "w")
+    claims = [q.claim() for _ in range(3)]
+    assert all(c is not None for c in claims)
+    configs = [suggest_config(c.trial, c.spec) for c in claims if c is not None]
+    assert (configs[0]["lambda"], configs[0]["lr_g"]) == (0.5, 2e-4)
+    assert configs[1]["lambda"] == 3.0 and 1e-4 <= configs[1]["lr_g"] <= 1e-3  # the rest sampled
+    assert [c.trial.number for c in claims if c is not None] == [0, 1, 2]
+    states = [t.state for t in optuna.load_study(study_name="tiny", storage=db.optuna_storage(settings)).trials]
+    assert states == [TrialState.RUNNING] * 3, "the third is a new trial: nothing left queued"
