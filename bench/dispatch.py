@@ -96,10 +96,10 @@ def _cpu_by_pid(pids: list[int] | None = None) -> dict[int, float]:
     for pid in pids if pids is not None else [int(p) for p in os.listdir("/proc") if p.isdigit()]:
         with contextlib.suppress(OSError):  # gone meanwhile
             with open(f"/proc/{pid}/stat") as f:
-                comm, fields = f.read().split(" (", 1)[1].rsplit(")", 1)
+                comm, rest = f.read().split(" (", 1)[1].rsplit(")", 1)
             if pids is not None or comm == "postgres":
-                fields_ = fields.split()
-                cpu[pid] = (int(fields_[11]) + int(fields_[12])) / tick
+                fields = rest.split()  # after the name: state, ppid, ... utime (12th), stime (13th)
+                cpu[pid] = (int(fields[11]) + int(fields[12])) / tick
     return cpu
 
 

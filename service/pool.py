@@ -24,10 +24,7 @@ def ping_when_idle(engine: sa.Engine) -> sa.Engine:
     """Install the idle-connection ping on ``engine`` (made with ``pool_pre_ping=False``)."""
     dialect = engine.dialect
 
-    def connected(dbapi_conn: Any, record: Any) -> None:
-        record.info[_RETURNED] = time.monotonic()  # just opened: alive
-
-    def checked_in(dbapi_conn: Any, record: Any) -> None:
+    def alive_now(dbapi_conn: Any, record: Any) -> None:  # just opened, or just handed back
         record.info[_RETURNED] = time.monotonic()
 
     def checked_out(dbapi_conn: Any, record: Any, proxy: Any) -> None:
@@ -40,7 +37,7 @@ def ping_when_idle(engine: sa.Engine) -> sa.Engine:
             # opened before it are dropped too.
             raise sa.exc.InvalidatePoolError() from exc
 
-    sa.event.listen(engine, "connect", connected)
-    sa.event.listen(engine, "checkin", checked_in)
+    sa.event.listen(engine, "connect", alive_now)
+    sa.event.listen(engine, "checkin", alive_now)
     sa.event.listen(engine, "checkout", checked_out)
     return engine

@@ -130,9 +130,10 @@ class Storage(RDBStorage):
         return state
 
     def dispose(self) -> None:
-        """Close both pools' connections."""
+        """Close both pools' connections (the autocommit pool only if it was made)."""
         self.engine.dispose()
-        self.autocommit_engine.dispose()
+        if "_autocommit_engine" in self.__dict__:
+            self.__dict__["_autocommit_engine"].dispose()
 
     @contextlib.contextmanager
     def _transaction(self, *, ignore_integrity_error: bool = False, single: bool = False) -> Iterator[sa.Connection]:
@@ -274,21 +275,13 @@ FROM popped p
         }
         if previous_distribution is not None and _compatible(previous_distribution, distribution):
             # The usual case (Optuna's cache knows the study's distribution): one statement.
-            with self._transaction(single=True) as conn:
-                state = conn.execute(
-                    sa.text(
-                        f"""
-WITH t AS (SELECT state::text AS state FROM trials WHERE trial_id = :tid),
-ins AS (
-  INSERT INTO trial_params (trial_id, param_name, param_value, distribution_json)
-  SELECT :tid, :name, :value, :dist FROM t WHERE t.state IN {_UPDATABLE}
-  ON CONFLICT (trial_id, param_name) DO NOTHING)
-SELECT state FROM t
-"""
-                    ),
-                    args,
-                ).scalar()
-            self._check_updatable(trial_id, state)
+            self._insert_if_updatable(
+                trial_id,
+                "trial_params (trial_id, param_name, param_value, distribution_json)",
+                ":tid, :name, :value, :dist",
+                "(trial_id, param_name) DO NOTHING",
+                args,
+            )
             return
         with self._transaction(ignore_integrity_error=True) as conn:
             # The trial's state and, unless the caller knows it, the distribution another trial
@@ -319,22 +312,33 @@ SELECT state FROM t
 
     def set_trial_intermediate_value(self, trial_id: int, step: int, intermediate_value: float) -> None:
         value, kind = _Intermediate.intermediate_value_to_stored_repr(intermediate_value)
+        self._insert_if_updatable(
+            trial_id,
+            "trial_intermediate_values (trial_id, step, intermediate_value, intermediate_value_type)",
+            ":tid, :step, :value, CAST(:kind AS trialintermediatevaluetype)",
+            "(trial_id, step) DO UPDATE SET intermediate_value = EXCLUDED.intermediate_value, "
+            "intermediate_value_type = EXCLUDED.intermediate_value_type",
+            {"step": step, "value": value, "kind": kind.name},
+        )
+
+    def _insert_if_updatable(
+        self, trial_id: int, table: str, values: str, on_conflict: str, args: dict[str, Any]
+    ) -> None:
+        """One statement: INSERT INTO ``table`` the row ``values`` (ON CONFLICT ``on_conflict``)
+        only if the trial is not finished; Optuna's KeyError or UpdateFinishedTrialError
+        otherwise. An integrity error is ignored, as Optuna's setters ignore it."""
         with self._transaction(ignore_integrity_error=True, single=True) as conn:
             state = conn.execute(
                 sa.text(
                     f"""
 WITH t AS (SELECT state::text AS state FROM trials WHERE trial_id = :tid),
-ins AS (
-  INSERT INTO trial_intermediate_values (trial_id, step, intermediate_value, intermediate_value_type)
-  SELECT :tid, :step, :value, CAST(:kind AS trialintermediatevaluetype) FROM t WHERE t.state IN {_UPDATABLE}
-  ON CONFLICT (trial_id, step) DO UPDATE SET intermediate_value = EXCLUDED.intermediate_value,
-    intermediate_value_type = EXCLUDED.intermediate_value_type)
+ins AS (INSERT INTO {table} SELECT {values} FROM t WHERE t.state IN {_UPDATABLE} ON CONFLICT {on_conflict})
 SELECT state FROM t
 """
                 ),
-                {"tid": trial_id, "step": step, "value": value, "kind": kind.name},
+                {"tid": trial_id, **args},
             ).scalar()
-        self._check_updatable(trial_id, state)
+            self._check_updatable(trial_id, state)
 
     def set_trial_state_values(self, trial_id: int, state: TrialState, values: Sequence[float] | None = None) -> bool:
         try:
