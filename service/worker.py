@@ -76,7 +76,7 @@ class Slot:
             lease_seconds=settings.lease_seconds,
             run_root=settings.data_dir / "runs",
         )
-        self.artifacts = artifact_store(settings)  # once: an S3 store builds a boto3 client
+        self.artifacts = artifact_store(settings, link_files=True)  # once: an S3 store builds a boto3 client
         self.shutdown = threading.Event()
         self.lost: set[int] = set()  # trials whose lease a reaper took
         self.current: Claim | None = None

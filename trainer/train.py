@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -276,13 +277,24 @@ def _check_finite(losses: torch.Tensor, step: int) -> None:
 def _write_eval(
     run_dir: Path, metrics: dict[str, Any], samples: torch.Tensor, data: Dataset, history: list[dict[str, Any]]
 ) -> None:
-    with open(run_dir / "metrics.jsonl", "a") as f:
-        f.write(json.dumps(metrics) + "\n")
+    _append_line(run_dir / "metrics.jsonl", json.dumps(metrics))
     (run_dir / "samples").mkdir(exist_ok=True)
     step_png = run_dir / "samples" / f"step-{metrics['step']:07d}.png"
     save_samples(samples, step_png, data.modes)
     save_samples(samples, run_dir / "samples.png", data.modes)
     save_curve(history, run_dir / "curve.png")
+
+
+def _append_line(path: Path, line: str) -> None:
+    """Append a line to a run's file. A file the worker uploaded is hard-linked into the
+    artifact store (service.artifacts): such a file gets a copy of its own first, so an
+    uploaded artifact never changes. (The pictures are always written anew and renamed.)"""
+    if path.exists() and path.stat().st_nlink > 1:
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        shutil.copyfile(path, tmp)
+        os.replace(tmp, path)
+    with open(path, "a") as f:
+        f.write(line + "\n")
 
 
 # Keys that may differ between a checkpoint and the run that resumes it: the length of the

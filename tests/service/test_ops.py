@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import signal
@@ -14,13 +15,16 @@ import httpx
 import optuna
 import pytest
 import sqlalchemy as sa
+import torch
 from fastapi.testclient import TestClient
 
 from service import db
-from service.artifacts import artifact_store
+from service.artifacts import LinkingArtifactStore, artifact_store
 from service.config import Settings
 from service.pool import IDLE_PING
 from tests.service.test_cli import free_port
+from trainer.images import save_samples
+from trainer.train import _append_line
 
 
 def test_readyz_follows_the_schema(client: TestClient, settings: Settings) -> None:
@@ -128,7 +132,8 @@ def test_dashboard_runs_alone(database_url: str, tmp_path: Path) -> None:
 
 def test_artifact_store_choice(tmp_path: Path) -> None:
     local = artifact_store(Settings(data_dir=tmp_path))
-    assert isinstance(local, optuna.artifacts.FileSystemArtifactStore)
+    assert type(local) is optuna.artifacts.FileSystemArtifactStore  # the dashboard's: copies what it is given
+    assert type(artifact_store(Settings(data_dir=tmp_path), link_files=True)) is LinkingArtifactStore
     assert (tmp_path / "artifacts").is_dir()
     s3 = Settings(data_dir=tmp_path, artifact_s3_bucket="my-bucket")
     try:
@@ -140,3 +145,30 @@ def test_artifact_store_choice(tmp_path: Path) -> None:
         os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
         store = artifact_store(s3)
         assert isinstance(store, optuna.artifacts.Boto3ArtifactStore) and store.bucket == "my-bucket"
+
+
+def test_linked_artifacts_never_change_when_the_trainer_writes_on(tmp_path: Path) -> None:
+    store = artifact_store(Settings(data_dir=tmp_path), link_files=True)
+    run = tmp_path / "run"
+    run.mkdir()
+    metrics, samples = run / "metrics.jsonl", run / "samples.png"
+    _append_line(metrics, '{"step": 1}')
+    save_samples(torch.zeros(4, 2), samples)
+    for artifact_id, path in (("m", metrics), ("s", samples)):
+        with open(path, "rb") as f:
+            store.write(artifact_id, f)
+        assert os.path.samefile(path, tmp_path / "artifacts" / artifact_id)  # linked, not copied
+    picture = (tmp_path / "artifacts" / "s").read_bytes()
+
+    _append_line(metrics, '{"step": 2}')  # the trainer's next eval, had the run gone on
+    save_samples(torch.ones(4, 2) * 5, samples)
+    assert metrics.read_text() == '{"step": 1}\n{"step": 2}\n'
+    assert samples.read_bytes() != picture
+    with store.open_reader("m") as f:
+        assert f.read() == b'{"step": 1}\n'
+    with store.open_reader("s") as f:
+        assert f.read() == picture
+
+    store.write("posted", io.BytesIO(b"from the dashboard"))  # no file behind it: copied
+    with store.open_reader("posted") as f:
+        assert f.read() == b"from the dashboard"
