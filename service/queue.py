@@ -51,6 +51,24 @@ FROM trials WHERE study_id = :sid
 )
 
 
+# The oldest running study not yet tried by this claim, locked (blocking, as it is here, or
+# SKIP LOCKED); :tried is a text[] of study names.
+_NEXT_STUDY = """
+SELECT * FROM gt_studies WHERE status = 'running' AND name <> ALL(CAST(:tried AS text[]))
+ORDER BY created_at LIMIT 1 FOR UPDATE"""
+
+# The same study, skipping one another worker holds, in one row with the number of studies
+# it could have been (so a claim that found none knows whether any is being claimed from).
+_NEXT_STUDY_SQL = sa.text(
+    f"""
+SELECT c.candidates, s.* FROM (
+  SELECT count(*) AS candidates FROM gt_studies
+  WHERE status = 'running' AND name <> ALL(CAST(:tried AS text[]))) c
+LEFT JOIN LATERAL ({_NEXT_STUDY} SKIP LOCKED) s ON true
+"""
+)
+
+
 AttrTable = Literal["trial_user_attributes", "trial_system_attributes"]
 
 
@@ -148,28 +166,24 @@ class TrialQueue:
         """
         waited = 0.0
         with self.engine.begin() as conn:
-            opened = None
-            names = conn.execute(
-                sa.select(studies.c.name).where(studies.c.status == "running").order_by(studies.c.created_at)
-            ).scalars()
-            busy = []
-            for name in list(names):
-                row = conn.execute(self._study_for_claim(name).with_for_update(skip_locked=True)).first()
-                if row is None:  # another worker is claiming from it (or it just stopped)
-                    busy.append(name)
-                    continue
-                opened = self._open_in(conn, row)
-                if opened is not None:
+            opened, tried = None, []
+            while opened is None:
+                row = conn.execute(_NEXT_STUDY_SQL, {"tried": tried}).one()
+                if row.name is None:  # none left that no other worker is claiming from
                     break
-            if opened is None and busy:
+                tried.append(row.name)
+                opened = self._open_in(conn, row)
+            if opened is None and row.candidates:
+                # The rest are being claimed from: wait for the first one's lock. In a savepoint,
+                # so that a timeout undoes the wait only, not what the loop above wrote.
+                wait = f"SAVEPOINT claim_wait; SET LOCAL lock_timeout = {int(self.lock_wait * 1000)}; "
                 started = time.perf_counter()
                 try:
-                    with conn.begin_nested():  # a timeout undoes the wait only, not the statements above
-                        conn.execute(sa.text(f"SET LOCAL lock_timeout = {int(self.lock_wait * 1000)}"))
-                        row = conn.execute(self._study_for_claim(busy[0]).with_for_update()).first()
+                    row = conn.execute(sa.text(wait + _NEXT_STUDY), {"tried": tried}).first()
                 except sa.exc.OperationalError as exc:
                     if not isinstance(exc.orig, psycopg2.errors.LockNotAvailable):
                         raise
+                    conn.execute(sa.text("ROLLBACK TO SAVEPOINT claim_wait"))
                     row = None
                 waited = time.perf_counter() - started
                 opened = None if row is None else self._open_in(conn, row)
@@ -181,10 +195,6 @@ class TrialQueue:
         study._thread_local.cached_all_trials = None
         study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
         return Claim(name, spec, study, optuna.Trial(study, trial_id), attempt, run_dir, waited)
-
-    @staticmethod
-    def _study_for_claim(name: str) -> sa.Select[Any]:
-        return sa.select(studies).where(studies.c.name == name, studies.c.status == "running")
 
     def _open_in(self, conn: Connection, row: Any) -> tuple[str, StudySpec, optuna.Study, int, int, str] | None:
         """Under the study's lock: a RUNNING trial with this worker's lease, if the study has
