@@ -166,14 +166,15 @@ class TrialQueue:
         """
         waited = 0.0
         with self.engine.begin() as conn:
-            opened, tried = None, []
+            opened, tried, busy = None, list[str](), 0
             while opened is None:
-                row = conn.execute(_NEXT_STUDY_SQL, {"tried": tried}).one()
+                row: Any = conn.execute(_NEXT_STUDY_SQL, {"tried": tried}).one()
                 if row.name is None:  # none left that no other worker is claiming from
+                    busy = row.candidates
                     break
                 tried.append(row.name)
                 opened = self._open_in(conn, row)
-            if opened is None and row.candidates:
+            if opened is None and busy:
                 # The rest are being claimed from: wait for the first one's lock. In a savepoint,
                 # so that a timeout undoes the wait only, not what the loop above wrote.
                 wait = f"SAVEPOINT claim_wait; SET LOCAL lock_timeout = {int(self.lock_wait * 1000)}; "
