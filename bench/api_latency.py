@@ -2,12 +2,18 @@
 study with 1,000 finished trials, 50 concurrent clients on loopback.
 
     .venv/bin/python -m bench.api_latency [--trials 1000] [--connections 50] [--seconds 10] [--workers 1]
+        [--read-cache-entries N] [--writes PER_SECOND] [--database-url URL]
 
 Two loads, both on the machine that runs the server: wrk (Debian package `wrk`), a closed
 loop of 50 connections each sending its next request as soon as the last one answers (the
 server saturated), and an open loop of 50 clients each sending --rate requests a second on
 a fixed schedule (latency counted from the scheduled time). The reference is GET /healthz
 under the same load: the floor of this stack on this machine.
+
+The server keeps responses while PostgreSQL's snapshot is unchanged (service/readcache.py):
+``--read-cache-entries 0`` measures without that, and ``--writes R`` adds R writes a second
+to another study meanwhile, so that reads keep falling through to the statement as they do
+while workers report.
 """
 
 from __future__ import annotations
@@ -22,7 +28,9 @@ import shutil
 import socket
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Iterator
 
 import httpx
 import optuna
@@ -44,13 +52,22 @@ def wrk(url: str, connections: int, seconds: int) -> dict[str, float]:
     pct = {m[0]: float(m[1]) * unit[m[2]] for m in re.findall(r"^\s+(50|99)%\s+([\d.]+)(us|ms|s)", out, re.M)}
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
     errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
-    return {"p50": pct["50"], "p99": pct["99"], "rps": rps, "non2xx": float(errors.group(1)) if errors else 0.0}
+    # wrk leaves a request unanswered after 2 s out of its percentiles: count those apart.
+    timeouts = re.search(r"Socket errors: .*timeout (\d+)", out)
+    return {
+        "p50": pct["50"],
+        "p99": pct["99"],
+        "rps": rps,
+        "non2xx": float(errors.group(1)) if errors else 0.0,
+        "timeouts": float(timeouts.group(1)) if timeouts else 0.0,
+    }
 
 
 def filled(settings: Settings, n: int) -> bool:
     """Whether a kept --database-url already holds the study."""
     with db.engine(settings).connect() as conn:
-        return bool(conn.execute(sa.text("SELECT count(*) FROM trials")).scalar_one() == n)
+        count = "SELECT count(*) FROM trials t JOIN studies s USING (study_id) WHERE s.study_name = 'bench'"
+        return bool(conn.execute(sa.text(count)).scalar_one() == n)
 
 
 def fill(settings: Settings, n: int) -> None:
@@ -77,6 +94,15 @@ def main() -> None:
     parser.add_argument("--admin-url", default=ADMIN_URL)
     parser.add_argument("--loads", nargs="+", choices=["closed", "open"], default=["closed", "open"])
     parser.add_argument(
+        "--read-cache-entries", type=int, help="the server's GAT_TUNE_READ_CACHE_ENTRIES (0: no read cache)"
+    )
+    parser.add_argument(
+        "--writes",
+        type=float,
+        default=0.0,
+        help="meanwhile, this many writes a second (reports to a running trial of another study), as busy workers make",
+    )
+    parser.add_argument(
         "--database-url", help="use this database (made and filled on first use, kept) instead of a scratch one"
     )
     args = parser.parse_args()
@@ -101,7 +127,9 @@ def main() -> None:
                 with contextlib.suppress(sa.exc.ProgrammingError):  # CHECKPOINT needs a superuser
                     conn.execute(sa.text("CHECKPOINT"))
             db.dispose_all()
-            server, base = start_server(url, args.workers)
+            server, base = start_server(url, args.workers, args.read_cache_entries)
+            if args.writes:
+                stack.enter_context(writer(settings, args.writes))
             if "closed" in args.loads:
                 closed_loop(base, args.connections, args.seconds)
             if "open" in args.loads:
@@ -112,13 +140,41 @@ def main() -> None:
                 server.wait()
 
 
-def start_server(url: str, workers: int) -> tuple[subprocess.Popen[bytes], str]:
+@contextlib.contextmanager
+def writer(settings: Settings, per_second: float) -> Iterator[None]:
+    """A thread reporting intermediate values to a running trial of another study, at a
+    steady rate: each report ends a transaction, so PostgreSQL's snapshot changes (what
+    invalidates the server's read cache) as often as it does under busy workers."""
+    study = optuna.create_study(study_name=f"writes-{time.time_ns()}", storage=db.optuna_storage(settings))
+    trial, stop = study.ask(), threading.Event()
+
+    def run() -> None:
+        step, start = 0, time.perf_counter()
+        while not stop.wait(max(0.0, start + step / per_second - time.perf_counter())):
+            trial.report(float(step), step)
+            step += 1
+        print(f"writer: {step} writes in {time.perf_counter() - start:.0f} s", flush=True)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
+
+
+def start_server(url: str, workers: int, cache_entries: int | None = None) -> tuple[subprocess.Popen[bytes], str]:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     server = subprocess.Popen(
         [sys.executable, "-m", "service.cli", "serve", "--port", str(port), "--workers", str(workers)],
-        env={**os.environ, "DATABASE_URL": url},
+        env={
+            **os.environ,
+            "DATABASE_URL": url,
+            **({} if cache_entries is None else {"GAT_TUNE_READ_CACHE_ENTRIES": str(cache_entries)}),
+        },
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
     base = f"http://127.0.0.1:{port}"
@@ -170,7 +226,7 @@ def closed_loop(base: str, connections: int, seconds: int) -> None:
         results[label] = r = wrk(base + path, connections, seconds)
         print(
             f"{label:28s} p50 {r['p50']:7.1f} ms  p99 {r['p99']:7.1f} ms  {r['rps']:7.0f} req/s"
-            f"  non-2xx {r['non2xx']:.0f}",
+            f"  non-2xx {r['non2xx']:.0f}  over 2 s {r['timeouts']:.0f}",
             flush=True,
         )
     ref = results["GET /healthz (reference)"]

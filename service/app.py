@@ -86,15 +86,22 @@ def create_app(settings: Settings | None = None, *, mount_dashboard: bool = True
     settings = settings or get_settings()
     engine = db.engine(settings)
     service = StudyService(
-        engine, db.optuna_storage(settings), max_trials=settings.max_trials, base_url=settings.base_url
+        engine,
+        db.optuna_storage(settings),
+        max_trials=settings.max_trials,
+        base_url=settings.base_url,
+        cache_entries=settings.read_cache_entries,
     )
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         # Sync routes run in anyio's thread pool (40 threads by default). Threads beyond the
         # database pool only wait on its lock and contend for the GIL, which shows up as
-        # tail latency under load; as many threads as connections keeps the queue FIFO.
-        anyio.to_thread.current_default_thread_limiter().total_tokens = db.connections_per_process(settings)
+        # tail latency under load; as many threads as pooled connections keeps the queue
+        # FIFO, and leaves the overflow connections to the rest (the dashboard): a route
+        # thread that took one would close it again after each burst, a new PostgreSQL
+        # backend every time, which stalled reads for seconds under load.
+        anyio.to_thread.current_default_thread_limiter().total_tokens = settings.pool_size
         # Start-up leaves ~200,000 long-lived objects (optuna-dashboard imports scikit-learn);
         # a full collection over them took 55-85 ms in the middle of requests, the latency
         # tail. Freezing them keeps them out of every later collection.

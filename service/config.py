@@ -34,6 +34,11 @@ class Settings(BaseSettings):
     artifact_s3_bucket: str | None = Field(default=None, description="store artifacts in this S3 bucket instead")
     lease_seconds: float = Field(default=60, gt=0, description="a trial's lease; a heartbeat renews it at 1/3")
     poll_seconds: float = Field(default=2, gt=0, description="how often an idle worker looks for a trial")
+    read_cache_entries: int = Field(
+        default=256,
+        ge=0,
+        description="study and trial-page responses kept per server process (service.readcache); 0: none",
+    )
 
     @field_validator("database_url")
     @classmethod

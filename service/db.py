@@ -54,11 +54,6 @@ def database_url(settings: Settings) -> str:
 MAX_OVERFLOW = 2
 
 
-def connections_per_process(settings: Settings) -> int:
-    """The most connections one engine of this process opens."""
-    return settings.pool_size + MAX_OVERFLOW
-
-
 def _engine_kwargs(pool_size: int) -> dict[str, Any]:
     # Connections idle for a while are pinged before use (service.pool.ping_when_idle: idle
     # drops and server restarts are survived, optuna#5600), not each one at every checkout;

@@ -15,6 +15,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
 from service.errors import Conflict, Invalid, NotFound
+from service.readcache import SNAPSHOT, SnapshotCache
 from service.spec import StudySpec, check_spec, config_from_params, enqueue_params, make_sampler
 from service.storage import Storage
 from service.tables import idempotency_keys, studies
@@ -62,7 +63,7 @@ def _summary_sql(*, with_spec: bool) -> str:
     """One study's summary per row of gt_studies s: state, trial counts by state, best so far."""
     spec = ", 'spec', s.spec" if with_spec else ""
     return f"""
-SELECT json_build_object(
+SELECT {SNAPSHOT} AS snapshot, json_build_object(
   'id', s.name, 'name', s.name,
   'status', CASE WHEN s.status = 'running' AND c.finished >= s.n_trials THEN 'completed' ELSE s.status END,
   'n_trials', s.n_trials, 'max_parallel', s.max_parallel,
@@ -84,17 +85,18 @@ FROM gt_studies s CROSS JOIN LATERAL (
 """
 
 
-_STUDY_SQL = _summary_sql(with_spec=True) + "WHERE s.name = :name"
-_STUDIES_SQL = _summary_sql(with_spec=False) + "ORDER BY s.created_at DESC, s.name LIMIT :limit OFFSET :offset"
+_STUDY_SQL = sa.text(_summary_sql(with_spec=True) + "WHERE s.name = :name")
+_STUDIES_SQL = sa.text(_summary_sql(with_spec=False) + "ORDER BY s.created_at DESC, s.name LIMIT :limit OFFSET :offset")
 
 _STATE_IS = "(CAST(:state AS text) IS NULL OR t.state::text = :state)"
 # A page of trials with everything it shows, and the count of all that match; sid is NULL
 # for an unknown study. Non-finite values (Optuna stores NULL plus a type) become null.
-_TRIALS_SQL = f"""
+_TRIALS_SQL = sa.text(
+    f"""
 WITH s AS (SELECT optuna_study_id AS sid FROM gt_studies WHERE name = :name),
 page AS (SELECT t.trial_id, t.number, t.state, t.datetime_start, t.datetime_complete
          FROM trials t JOIN s ON t.study_id = s.sid WHERE {_STATE_IS} ORDER BY t.number LIMIT :limit OFFSET :offset)
-SELECT (SELECT sid FROM s) AS sid, json_build_object(
+SELECT {SNAPSHOT} AS snapshot, (SELECT sid FROM s) AS sid, json_build_object(
   'items', (SELECT coalesce(json_agg(json_build_object(
       'number', p.number,
       'state', p.state::text,
@@ -113,6 +115,7 @@ SELECT (SELECT sid FROM s) AS sid, json_build_object(
   'total', (SELECT count(*) FROM trials t JOIN s ON t.study_id = s.sid WHERE {_STATE_IS}),
   'offset', :offset, 'limit', :limit)::text AS body
 """
+)
 CONTROL = {"stop": "stopped", "pause": "paused", "resume": "running"}
 
 
@@ -123,9 +126,12 @@ def load_spec(row: Any) -> StudySpec:
 class StudyService:
     """Study operations over one database: our tables plus Optuna's storage."""
 
-    def __init__(self, engine: Engine, storage: Storage, *, max_trials: int, base_url: str) -> None:
+    def __init__(
+        self, engine: Engine, storage: Storage, *, max_trials: int, base_url: str, cache_entries: int = 256
+    ) -> None:
         self.engine, self.storage = engine, storage
         self.max_trials, self.base_url = max_trials, base_url
+        self.cache = SnapshotCache(cache_entries)  # a study's and a trial page's JSON
 
     # -- create ---------------------------------------------------------------------------
     def create(self, spec: StudySpec, *, idempotency_key: str | None = None) -> tuple[dict[str, Any], bool]:
@@ -205,11 +211,16 @@ class StudyService:
 
     def study_json(self, name: str) -> bytes:
         """The study as JSON: state, trial counts by state, best so far, spec."""
+
+        def query(conn: Connection) -> tuple[str, bytes] | None:
+            row = conn.execute(_STUDY_SQL, {"name": name, "base_url": self.base_url}).first()
+            return None if row is None else (row.snapshot, row.body.encode())
+
         with self._reader() as conn:
-            body = conn.execute(sa.text(_STUDY_SQL), {"name": name, "base_url": self.base_url}).scalar()
+            body = self.cache.read(conn, ("study", name), query)
         if body is None:
             raise NotFound(f"no study named '{name}'")
-        return str(body).encode()
+        return body
 
     def get(self, name: str) -> dict[str, Any]:
         return dict(orjson.loads(self.study_json(name)))
@@ -218,10 +229,8 @@ class StudyService:
         """A page of study summaries (without their specs), newest first."""
         with self._reader() as conn:
             total = conn.execute(sa.select(sa.func.count()).select_from(studies)).scalar_one()
-            bodies = conn.execute(
-                sa.text(_STUDIES_SQL), {"base_url": self.base_url, "offset": offset, "limit": limit}
-            ).scalars()
-            items = ",".join(bodies)
+            bodies = conn.execute(_STUDIES_SQL, {"base_url": self.base_url, "offset": offset, "limit": limit}).all()
+            items = ",".join(row.body for row in bodies)
         return f'{{"items":[{items}],"total":{int(total)},"offset":{offset},"limit":{limit}}}'.encode()
 
     def trials_json(self, name: str, *, offset: int = 0, limit: int = 50, state: str | None = None) -> bytes:
@@ -230,11 +239,16 @@ class StudyService:
         if state is not None and state.upper() not in TRIAL_STATES:
             raise Invalid(f"state: '{state}' is not one of {', '.join(TRIAL_STATES)}", field="state")
         args = {"name": name, "state": state.upper() if state else None, "offset": offset, "limit": limit}
+
+        def query(conn: Connection) -> tuple[str, bytes] | None:
+            row = conn.execute(_TRIALS_SQL, args).one()
+            return None if row.sid is None else (row.snapshot, row.body.encode())
+
         with self._reader() as conn:
-            row = conn.execute(sa.text(_TRIALS_SQL), args).one()
-        if row.sid is None:
+            body = self.cache.read(conn, ("trials", *args.values()), query)
+        if body is None:
             raise NotFound(f"no study named '{name}'")
-        return str(row.body).encode()
+        return body
 
     def _best(self, conn: Connection, row: Any) -> dict[str, Any] | None:
         best = conn.execute(sa.text(_BEST_TRIAL.format(study_id=":sid")), {"sid": row.optuna_study_id}).first()
