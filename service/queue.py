@@ -69,6 +69,8 @@ LEFT JOIN LATERAL ({_NEXT_STUDY} SKIP LOCKED) s ON true
 )
 
 
+_STATUS_SQL = "(SELECT status FROM gt_studies WHERE name = :study_name)"  # a study's status, as a scalar
+
 AttrTable = Literal["trial_user_attributes", "trial_system_attributes"]
 
 
@@ -247,6 +249,27 @@ class TrialQueue:
             },
         )
         return row.name, spec, study, trial_id, attempt, run_dir
+
+    # -- during a trial -------------------------------------------------------------------
+    def report(self, claim: Claim, step: int, fid: float) -> str:
+        """An eval's FID as the trial's intermediate value at ``step`` and the study's status
+        now (to see a pause or stop), in one statement. As Trial.report: a step already
+        reported is not written again. Also for a two-objective study, where Trial.report
+        refuses (Optuna prunes single-objective studies only): no pruner reads it there, and
+        the dashboard still shows the FID curve."""
+        trial, fid = claim.trial, float(fid)
+        reported = trial._cached_frozen_trial.intermediate_values
+        if step in reported:
+            return self.status(claim.study_name)
+        status = self.storage.set_trial_intermediate_value_and_read(
+            claim.trial_id, step, fid, _STATUS_SQL, {"study_name": claim.study_name}
+        )
+        reported[step] = fid
+        return str(status)
+
+    def status(self, study_name: str) -> str:
+        with self.storage.autocommit_engine.connect() as conn:
+            return str(conn.execute(sa.text(f"SELECT {_STATUS_SQL}"), {"study_name": study_name}).scalar_one())
 
     # -- heartbeat ------------------------------------------------------------------------
     def renew(self) -> set[int]:

@@ -311,34 +311,45 @@ FROM popped p
             )
 
     def set_trial_intermediate_value(self, trial_id: int, step: int, intermediate_value: float) -> None:
+        self.set_trial_intermediate_value_and_read(trial_id, step, intermediate_value, "NULL", {})
+
+    def set_trial_intermediate_value_and_read(
+        self, trial_id: int, step: int, intermediate_value: float, read: str, args: dict[str, Any]
+    ) -> Any:
+        """set_trial_intermediate_value, and in the same statement ``read``: one more scalar
+        SQL expression (with its own ``args``), whose value is returned. A worker reads its
+        study's status with each report this way."""
         value, kind = _Intermediate.intermediate_value_to_stored_repr(intermediate_value)
-        self._insert_if_updatable(
+        return self._insert_if_updatable(
             trial_id,
             "trial_intermediate_values (trial_id, step, intermediate_value, intermediate_value_type)",
             ":tid, :step, :value, CAST(:kind AS trialintermediatevaluetype)",
             "(trial_id, step) DO UPDATE SET intermediate_value = EXCLUDED.intermediate_value, "
             "intermediate_value_type = EXCLUDED.intermediate_value_type",
-            {"step": step, "value": value, "kind": kind.name},
+            {"step": step, "value": value, "kind": kind.name, **args},
+            read,
         )
 
     def _insert_if_updatable(
-        self, trial_id: int, table: str, values: str, on_conflict: str, args: dict[str, Any]
-    ) -> None:
+        self, trial_id: int, table: str, values: str, on_conflict: str, args: dict[str, Any], read: str = "NULL"
+    ) -> Any:
         """One statement: INSERT INTO ``table`` the row ``values`` (ON CONFLICT ``on_conflict``)
         only if the trial is not finished; Optuna's KeyError or UpdateFinishedTrialError
-        otherwise. An integrity error is ignored, as Optuna's setters ignore it."""
+        otherwise. An integrity error is ignored, as Optuna's setters ignore it. Returns the
+        value of the SQL expression ``read``, evaluated in the same statement."""
         with self._transaction(ignore_integrity_error=True, single=True) as conn:
-            state = conn.execute(
+            row = conn.execute(
                 sa.text(
                     f"""
 WITH t AS (SELECT state::text AS state FROM trials WHERE trial_id = :tid),
 ins AS (INSERT INTO {table} SELECT {values} FROM t WHERE t.state IN {_UPDATABLE} ON CONFLICT {on_conflict})
-SELECT state FROM t
+SELECT (SELECT state FROM t) AS state, {read} AS read
 """
                 ),
                 {"tid": trial_id, **args},
-            ).scalar()
-            self._check_updatable(trial_id, state)
+            ).one()
+            self._check_updatable(trial_id, row.state)
+            return row.read
 
     def set_trial_state_values(self, trial_id: int, state: TrialState, values: Sequence[float] | None = None) -> bool:
         try:

@@ -29,7 +29,7 @@ from service.artifacts import artifact_store
 from service.config import Settings
 from service.queue import Claim, TrialQueue
 from service.spec import suggest_config
-from service.tables import studies, workers
+from service.tables import workers
 from trainer.config import ConfigError, TrainConfig
 from trainer.data import DataError
 from trainer.metrics import FeatureError
@@ -132,10 +132,6 @@ class Slot:
             with contextlib.suppress(sa.exc.SQLAlchemyError), self.engine.begin() as conn:
                 conn.execute(workers.delete().where(workers.c.id == self.worker_id))
 
-    def _study_status(self, name: str) -> str:
-        with self.queue.storage.autocommit_engine.connect() as conn:  # once per eval: one round trip
-            return str(conn.execute(sa.select(studies.c.status).where(studies.c.name == name)).scalar_one())
-
     def run_trial(self, claim: Claim) -> None:
         """Train one claimed trial and tell Optuna how it ended. Never raises for the trial's
         own failures: the worker goes on with the next one."""
@@ -146,12 +142,13 @@ class Slot:
         where = {"device": self.device, "worker": self.worker_id}
         try:
             config = TrainConfig.from_dict({**suggest_config(trial, claim.spec), "device": self.device})
-            self._replay_history(trial, run_dir)
+            self._replay_history(claim, run_dir)
+            # Optuna prunes single-objective studies only; "none" has nothing to ask.
+            prunes = len(claim.spec.objectives) == 1 and not isinstance(claim.study.pruner, optuna.pruners.NopPruner)
 
             def on_eval(step: int, metrics: dict[str, Any]) -> None:
-                trial.report(float(metrics["fid"]), step)
-                self._check_interrupt(claim)
-                if trial.should_prune():
+                self._check_interrupt(self.queue.report(claim, step, metrics["fid"]))
+                if prunes and trial.should_prune():
                     raise optuna.TrialPruned(f"pruned at step {step} (FID {metrics['fid']:.3f})")
 
             def should_stop() -> bool:
@@ -200,14 +197,15 @@ class Slot:
             log.exception("trial %s of %s failed", claim.trial.number, claim.study_name)
         return _one_line(exc)
 
-    def _check_interrupt(self, claim: Claim) -> None:
-        status = self._study_status(claim.study_name)
+    @staticmethod
+    def _check_interrupt(status: str) -> None:
+        """The study's status, read with each eval's report: a pause or stop ends the trial."""
         if status == "stopped":
             raise Interrupted("study stopped", requeue=False)
         if status == "paused":
             raise Interrupted("study paused; checkpointed", requeue=True)
 
-    def _replay_history(self, trial: optuna.Trial, run_dir: Path) -> None:
+    def _replay_history(self, claim: Claim, run_dir: Path) -> None:
         """A resumed trial reports the evals its checkpoint already has, so the pruner sees them."""
         metrics = run_dir / "metrics.jsonl"
         if not metrics.exists():
@@ -215,7 +213,7 @@ class Slot:
         for line in metrics.read_text().splitlines():
             if line.strip():
                 m = json.loads(line)
-                trial.report(float(m["fid"]), int(m["step"]))
+                self.queue.report(claim, int(m["step"]), float(m["fid"]))
 
     def _upload_artifacts(self, claim: Claim, run_dir: Path) -> dict[str, Any]:
         """Write the trial's files to the artifact store; returns the trial system attributes

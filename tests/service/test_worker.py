@@ -360,3 +360,17 @@ def test_a_pruned_trial_keeps_its_last_fid_device_worker_and_artifacts(
     assert pruned.user_attrs["train_seconds"] > 0
     metas = optuna.artifacts.get_all_artifact_meta(pruned, storage=slot.queue.storage)
     assert {"samples.png", "curve.png", "metrics.jsonl"} <= {m.filename for m in metas}
+
+
+def test_a_two_objective_study_runs(client: TestClient, settings: Settings, digits_cache: Path) -> None:
+    """FID and training seconds: Trial.report refuses a Pareto study (Optuna prunes single
+    objectives only); the evals' FIDs are still stored, and each trial ends with both values."""
+    r = client.post("/studies", json=tiny(objective=["fid", "train_seconds"], pruner="none", n_trials=2))
+    assert r.status_code == 201, r.text
+    slot = Slot(settings.model_copy(update={"data_dir": digits_cache, "poll_seconds": 0.1}), "cpu", idle_exit=0.5)
+    slot.run()
+    trials = load(settings.database_url or "").trials
+    assert [t.state for t in trials] == [optuna.trial.TrialState.COMPLETE] * 2, [t.user_attrs for t in trials]
+    for t in trials:
+        assert t.values is not None and t.values[0] > 0 and round(t.values[1], 3) == t.user_attrs["train_seconds"]
+        assert t.intermediate_values[max(t.intermediate_values)] == t.values[0]
