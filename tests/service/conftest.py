@@ -3,11 +3,20 @@ template (CI: the machine's server on 127.0.0.1:5432; override with GAT_TUNE_TES
 
 from __future__ import annotations
 
+import copy
 import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
+import optuna
 import pytest
 import sqlalchemy as sa
 from fastapi.testclient import TestClient
@@ -15,6 +24,10 @@ from fastapi.testclient import TestClient
 from service import db
 from service.app import create_app
 from service.config import Settings
+from service.queue import TrialQueue
+from service.spec import EXAMPLE_SPEC
+from trainer.data import load_dataset
+from trainer.metrics import make_extractor, real_stats
 
 ADMIN_TOKEN = "test-admin-token"
 ADMIN_URL = os.environ.get("GAT_TUNE_TEST_PG", "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres")
@@ -71,3 +84,115 @@ def client(settings: Settings) -> Iterator[TestClient]:
 def anonymous(settings: Settings) -> Iterator[TestClient]:
     with TestClient(create_app(settings)) as c:
         yield c
+
+
+# -- specs ---------------------------------------------------------------------------------
+def example(**changes: Any) -> dict[str, Any]:
+    """The documented example spec (service.spec.EXAMPLE_SPEC), top-level keys replaced."""
+    out = copy.deepcopy(EXAMPLE_SPEC)
+    out.update(changes)
+    return out
+
+
+TINY: dict[str, Any] = {
+    "name": "tiny",
+    "base": {"steps": 60, "eval_every": 20, "eval_samples": 200, "g_width": 32, "d_width": 32, "batch_size": 32},
+    "search_space": {
+        "lambda": {"type": "float", "low": 0.1, "high": 10, "log": True},
+        "lr_g": {"type": "float", "low": 1e-4, "high": 1e-3, "log": True},
+    },
+    "sampler": "random",
+    "pruner": "none",
+    "n_trials": 6,
+    "max_parallel": 2,
+    "seed": 0,
+}
+
+
+def tiny(**changes: Any) -> dict[str, Any]:
+    out = copy.deepcopy(TINY)
+    for key, value in changes.items():
+        if key == "base":
+            out["base"].update(value)
+        else:
+            out[key] = value
+    return out
+
+
+# -- worker pools as processes -------------------------------------------------------------
+@pytest.fixture(scope="session")
+def digits_cache(data_dir: Path) -> Path:
+    """The digits classifier and real statistics, made once per session."""
+    data = load_dataset("digits")
+    real_stats(data, make_extractor("classifier", data, data_dir), data_dir)
+    return data_dir
+
+
+@pytest.fixture
+def pool_env(database_url: str, tmp_path: Path, digits_cache: Path) -> dict[str, str]:
+    for sub in ("features", "stats"):
+        shutil.copytree(digits_cache / sub, tmp_path / sub, dirs_exist_ok=True)
+    return {
+        **os.environ,
+        "DATABASE_URL": database_url,
+        "GAT_TUNE_DATA_DIR": str(tmp_path),
+        "GAT_TUNE_LEASE_SECONDS": "3",
+        "GAT_TUNE_POLL_SECONDS": "0.3",
+    }
+
+
+@pytest.fixture
+def start_pool(pool_env: dict[str, str]) -> Iterator[Callable[..., subprocess.Popen[str]]]:
+    procs: list[subprocess.Popen[str]] = []
+
+    def start(*args: str, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "service.cli", "worker", "--devices", "cpu", *args],
+            env=env or pool_env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        procs.append(proc)
+        return proc
+
+    yield start
+    for proc in procs:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+
+
+# -- helpers -------------------------------------------------------------------------------
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def make_queue(settings: Settings, worker: str, lease: float = 30) -> TrialQueue:
+    """A worker's queue, driven directly (no process)."""
+    return TrialQueue(db.engine(settings), db.optuna_storage(settings), worker, lease_seconds=lease)
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float = 120, what: str = "condition") -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def finish(proc: subprocess.Popen[str], timeout: float = 240) -> str:
+    out, _ = proc.communicate(timeout=timeout)
+    assert proc.returncode == 0, out
+    return out
+
+
+def load(database_url: str, name: str = "tiny") -> optuna.Study:
+    return optuna.load_study(study_name=name, storage=database_url)

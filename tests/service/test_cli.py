@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import copy
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -17,14 +16,9 @@ import yaml
 
 from service.client import ApiError, Client
 from service.spec import EXAMPLE_SPEC
+from tests.service.conftest import free_port
 
 TOKEN = "cli-test-token"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def gat_tune(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
@@ -58,6 +52,7 @@ def server(database_url: str, tmp_path: Path) -> Iterator[tuple[str, dict[str, s
     proc.wait(timeout=30)
 
 
+@pytest.mark.slow
 def test_submit_status_best_stop(server: tuple[str, dict[str, str]], tmp_path: Path) -> None:
     url, env = server
     spec_file = tmp_path / "spec.yaml"

@@ -32,6 +32,7 @@ def api_schema(admin: sa.Engine, template: str, tmp_path_factory: pytest.TempPat
         conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
 
 
+@pytest.mark.slow
 def test_no_server_errors(api_schema: schemathesis.schemas.BaseSchema) -> None:
     """Every operation, 30 generated requests each (schemathesis' strategies, run by hypothesis)."""
     operations = [result.ok() for result in api_schema.get_all_operations()]

@@ -22,7 +22,7 @@ from service import db
 from service.artifacts import LinkingArtifactStore, artifact_store
 from service.config import Settings
 from service.pool import IDLE_PING
-from tests.service.test_cli import free_port
+from tests.service.conftest import free_port, make_queue, tiny
 from trainer.images import save_samples
 from trainer.train import _append_line
 
@@ -42,10 +42,8 @@ def test_connections_dropped_by_the_server_are_replaced(
 ) -> None:
     """An idle drop or a server restart: every pooled connection (API reads, Optuna's
     storage, a worker's queue) is pinged before reuse, and a dead one is replaced."""
-    from tests.service.test_queue import queue, spec
-
-    assert client.post("/studies", json=spec()).status_code == 201
-    q = queue(settings, "w")
+    assert client.post("/studies", json=tiny()).status_code == 201
+    q = make_queue(settings, "w")
     first = q.claim()
     assert first is not None and client.get("/studies/tiny/trials").status_code == 200
 
@@ -104,6 +102,7 @@ def start_listening(command: str, database_url: str, data_dir: Path, *args: str)
 
 
 @pytest.mark.parametrize("processes", ["1", "2"])
+@pytest.mark.slow
 def test_api_logs_requests_and_stops_gracefully_on_sigterm(database_url: str, tmp_path: Path, processes: str) -> None:
     proc, base = start_listening("serve", database_url, tmp_path, "--workers", processes)
     wait_up(f"{base}/readyz", proc)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import threading
 import time
 from typing import Any
@@ -14,20 +13,10 @@ from optuna.trial import TrialState
 
 from service import db
 from service.config import Settings
-from service.queue import TrialQueue
 from service.spec import suggest_config
 from service.worker import Slot
-from tests.service.test_worker import TINY
-
-
-def spec(**changes: Any) -> dict[str, Any]:
-    out = copy.deepcopy(TINY)
-    out.update(changes)
-    return out
-
-
-def queue(settings: Settings, worker: str, lease: float = 30) -> TrialQueue:
-    return TrialQueue(db.engine(settings), db.optuna_storage(settings), worker, lease_seconds=lease)
+from tests.service.conftest import make_queue as queue
+from tests.service.conftest import tiny as spec
 
 
 def test_max_parallel_and_n_trials_hold(client: TestClient, settings: Settings) -> None:

@@ -14,7 +14,7 @@ from service import db
 from service.config import Settings
 from service.readcache import SNAPSHOT, SnapshotCache
 from service.spec import StudySpec, suggest_config
-from tests.service.test_studies_api import spec
+from tests.service.conftest import example as spec
 
 
 def _served_again(client: TestClient, path: str) -> bool:

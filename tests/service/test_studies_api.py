@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import math
 import subprocess
 import sys
@@ -15,13 +14,8 @@ from fastapi.testclient import TestClient
 
 from service.config import Settings
 from service.spec import EXAMPLE_SPEC, StudySpec, suggest_config
+from tests.service.conftest import example as spec
 from trainer.config import TrainConfig
-
-
-def spec(**changes: Any) -> dict[str, Any]:
-    out = copy.deepcopy(EXAMPLE_SPEC)
-    out.update(changes)
-    return out
 
 
 def test_create_get_best_before_any_trial_then_stop(client: TestClient) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import json
 import os
 import shutil
@@ -10,7 +9,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -21,102 +20,12 @@ from fastapi.testclient import TestClient
 from service.config import Settings
 from service.spec import StudySpec, suggest_config
 from service.worker import Slot, _one_line
+from tests.service.conftest import finish, load, tiny, wait_for
 from trainer.config import TrainConfig
-from trainer.data import load_dataset
-from trainer.metrics import make_extractor, real_stats
 from trainer.train import train
 
-TINY: dict[str, Any] = {
-    "name": "tiny",
-    "base": {"steps": 60, "eval_every": 20, "eval_samples": 200, "g_width": 32, "d_width": 32, "batch_size": 32},
-    "search_space": {
-        "lambda": {"type": "float", "low": 0.1, "high": 10, "log": True},
-        "lr_g": {"type": "float", "low": 1e-4, "high": 1e-3, "log": True},
-    },
-    "sampler": "random",
-    "pruner": "none",
-    "n_trials": 6,
-    "max_parallel": 2,
-    "seed": 0,
-}
 
-
-def tiny(**changes: Any) -> dict[str, Any]:
-    out = copy.deepcopy(TINY)
-    for key, value in changes.items():
-        if key == "base":
-            out["base"].update(value)
-        else:
-            out[key] = value
-    return out
-
-
-@pytest.fixture(scope="session")
-def digits_cache(data_dir: Path) -> Path:
-    """The digits classifier and real statistics, made once per session."""
-    data = load_dataset("digits")
-    real_stats(data, make_extractor("classifier", data, data_dir), data_dir)
-    return data_dir
-
-
-@pytest.fixture
-def pool_env(database_url: str, tmp_path: Path, digits_cache: Path) -> dict[str, str]:
-    for sub in ("features", "stats"):
-        shutil.copytree(digits_cache / sub, tmp_path / sub, dirs_exist_ok=True)
-    return {
-        **os.environ,
-        "DATABASE_URL": database_url,
-        "GAT_TUNE_DATA_DIR": str(tmp_path),
-        "GAT_TUNE_LEASE_SECONDS": "3",
-        "GAT_TUNE_POLL_SECONDS": "0.3",
-    }
-
-
-@pytest.fixture
-def start_pool(pool_env: dict[str, str]) -> Iterator[Callable[..., subprocess.Popen[str]]]:
-    procs: list[subprocess.Popen[str]] = []
-
-    def start(*args: str, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "service.cli", "worker", "--devices", "cpu", *args],
-            env=env or pool_env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
-        procs.append(proc)
-        return proc
-
-    yield start
-    for proc in procs:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-
-
-def wait_for(predicate: Callable[[], Any], timeout: float = 120, what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
-def finish(proc: subprocess.Popen[str], timeout: float = 240) -> str:
-    out, _ = proc.communicate(timeout=timeout)
-    assert proc.returncode == 0, out
-    return out
-
-
-def load(database_url: str, name: str = "tiny") -> optuna.Study:
-    return optuna.load_study(study_name=name, storage=database_url)
-
-
+@pytest.mark.slow
 def test_two_slots_finish_a_study_over_http(
     client: TestClient, start_pool: Callable[..., subprocess.Popen[str]], database_url: str, tmp_path: Path
 ) -> None:
@@ -149,6 +58,7 @@ def test_two_slots_finish_a_study_over_http(
     assert client.get("/workers").json()["items"] == []  # workers deregister on exit
 
 
+@pytest.mark.slow
 def test_kill_9_mid_trial_is_failed_retried_and_resumed(
     client: TestClient, start_pool: Callable[..., subprocess.Popen[str]], database_url: str, tmp_path: Path
 ) -> None:
@@ -185,6 +95,7 @@ def test_kill_9_mid_trial_is_failed_retried_and_resumed(
     assert client.get("/studies/tiny").json()["finished"] == 2
 
 
+@pytest.mark.slow
 def test_pause_resume_stop_and_a_diverging_trial(
     client: TestClient, start_pool: Callable[..., subprocess.Popen[str]], database_url: str
 ) -> None:
@@ -206,7 +117,6 @@ def test_pause_resume_stop_and_a_diverging_trial(
     )
     client.post("/studies", json=spec)
     pool = start_pool("--per-device", "1")
-    study = load(database_url)
 
     def trial(number: int) -> optuna.trial.FrozenTrial | None:
         trials = load(database_url).trials
@@ -238,12 +148,15 @@ def test_pause_resume_stop_and_a_diverging_trial(
     stopped = trial(2)
     assert stopped is not None and stopped.user_attrs["fail_reason"] == "study stopped"
     time.sleep(1.5)
-    assert len(load(database_url).trials) == 3, "a stopped study gets no new trials"
-    assert study.study_name == "tiny"
+    trials = load(database_url).trials
+    assert len(trials) == 3, "a stopped study gets no new trials"
+    assert not [t.number for t in trials if t.state == optuna.trial.TrialState.RUNNING], "and none runs on"
+    assert client.get("/studies/tiny").json()["status"] == "stopped"
     pool.send_signal(signal.SIGTERM)
     finish(pool, timeout=60)
 
 
+@pytest.mark.slow
 def test_two_pools_never_run_the_same_trial(
     client: TestClient,
     start_pool: Callable[..., subprocess.Popen[str]],
@@ -266,6 +179,7 @@ def test_two_pools_never_run_the_same_trial(
     assert len({t.user_attrs["worker"] for t in trials}) == 2, "both pools took trials"
 
 
+@pytest.mark.slow
 def test_sigterm_checkpoints_and_requeues(
     client: TestClient, start_pool: Callable[..., subprocess.Popen[str]], database_url: str, tmp_path: Path
 ) -> None:
@@ -284,6 +198,7 @@ def test_sigterm_checkpoints_and_requeues(
     assert client.get("/workers").json()["items"] == []
 
 
+@pytest.mark.slow
 def test_best_config_reproduces_the_trial(
     client: TestClient, start_pool: Callable[..., subprocess.Popen[str]], pool_env: dict[str, str], tmp_path: Path
 ) -> None:
@@ -336,6 +251,7 @@ def test_out_of_memory_reason() -> None:
     assert _one_line(ValueError("bad\nthing")) == "ValueError: bad"
 
 
+@pytest.mark.slow
 def test_a_pruned_trial_keeps_its_last_fid_device_worker_and_artifacts(
     client: TestClient, settings: Settings, digits_cache: Path
 ) -> None:
@@ -362,6 +278,7 @@ def test_a_pruned_trial_keeps_its_last_fid_device_worker_and_artifacts(
     assert {"samples.png", "curve.png", "metrics.jsonl"} <= {m.filename for m in metas}
 
 
+@pytest.mark.slow
 def test_a_two_objective_study_runs(client: TestClient, settings: Settings, digits_cache: Path) -> None:
     """FID and training seconds: Trial.report refuses a Pareto study (Optuna prunes single
     objectives only); the evals' FIDs are still stored, and each trial ends with both values."""

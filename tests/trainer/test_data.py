@@ -52,6 +52,7 @@ def test_folder_grayscale_with_labels(tmp_path: Path) -> None:
     assert data.labels is not None and sorted(data.labels.tolist()) == [0] * 4 + [1] * 4
 
 
+@pytest.mark.slow
 def test_folder_rgb_without_labels_trains_with_raw_features(tmp_path: Path) -> None:
     write_images(tmp_path, "RGB", [""], per_class=6)
     data = load_dataset(f"folder:{tmp_path}")

@@ -26,12 +26,14 @@ def same_params(a: torch.nn.Module, b: torch.nn.Module) -> bool:
     return all(torch.equal(p, q) for p, q in zip(a.state_dict().values(), b.state_dict().values(), strict=True))
 
 
+@pytest.mark.slow
 def test_r1_at_lambda_10_beats_the_plain_gan() -> None:
     plain = train(quick(**{"lambda": 0.0}))
     gat = train(quick(**{"lambda": 10.0}))
     assert gat.fid < plain.fid / 2, (gat.fid, plain.fid)
 
 
+@pytest.mark.slow
 def test_lambda_zero_is_the_plain_gan_bit_for_bit() -> None:
     config = quick(steps=60, eval_every=60, aux_loss="r1", **{"lambda": 0.0})
     reference = plain_gan(config, load_dataset("digits"))
