@@ -5,6 +5,7 @@ of trials costs the same at trial 10 and at trial 10,000 (optuna#3053).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 from typing import Any
@@ -127,9 +128,16 @@ class StudyService:
     """Study operations over one database: our tables plus Optuna's storage."""
 
     def __init__(
-        self, engine: Engine, storage: Storage, *, max_trials: int, base_url: str, cache_entries: int = 256
+        self,
+        engine: Engine,
+        storage: Storage,
+        *,
+        max_trials: int,
+        base_url: str,
+        cache_entries: int = 256,
+        artifact_store: Any = None,
     ) -> None:
-        self.engine, self.storage = engine, storage
+        self.engine, self.storage, self.artifact_store = engine, storage, artifact_store
         self.max_trials, self.base_url = max_trials, base_url
         self.cache = SnapshotCache(cache_entries)  # a study's and a trial page's JSON
 
@@ -290,6 +298,67 @@ class StudyService:
                 raise Conflict(f"study '{name}' is stopped; a stopped study cannot {action}")
             conn.execute(studies.update().where(studies.c.name == name).values(status=new, updated_at=sa.func.now()))
         return self.get(name)
+
+    # -- delete ---------------------------------------------------------------------------
+    def delete(self, name: str) -> None:
+        """Delete a study for good: the Optuna study (trials, attributes, notes), our row with
+        its leases and idempotency keys, and its artifacts. The one way a study is deleted:
+        DELETE /studies/{name} and the dashboard's delete both come here.
+
+        Raises:
+            NotFound: no such study.
+        """
+        with self.engine.connect() as conn:
+            row = conn.execute(sa.select(studies.c.optuna_study_id).where(studies.c.name == name)).first()
+        if row is None:
+            raise NotFound(f"no study named '{name}'")
+        self.delete_optuna_study(row.optuna_study_id)
+
+    def delete_optuna_study(self, study_id: int) -> None:
+        """Delete an Optuna study by its id, and our row for it when it is one of ours.
+
+        Our row is locked first, so no worker claims a trial of the study meanwhile; it goes
+        in the transaction that follows Optuna's delete, so a failed delete leaves both.
+
+        Raises:
+            NotFound: no Optuna study with this id.
+        """
+        artifact_ids = self._artifact_ids(study_id)
+        with self.engine.begin() as conn:
+            ours = conn.execute(
+                sa.select(studies.c.name).where(studies.c.optuna_study_id == study_id).with_for_update()
+            ).first()
+            try:
+                self.storage.delete_study(study_id)
+            except KeyError:
+                if ours is None:
+                    raise NotFound(f"no study with id {study_id}") from None
+                # Optuna's study went another way (an older dashboard delete): drop our ghost row.
+            if ours is not None:
+                conn.execute(studies.delete().where(studies.c.name == ours.name))
+        if self.artifact_store is not None:
+            for artifact_id in artifact_ids:
+                with contextlib.suppress(Exception):  # already gone, or the store is away: left behind
+                    self.artifact_store.remove(artifact_id)
+
+    def _artifact_ids(self, study_id: int) -> list[str]:
+        """The ids of the artifacts uploaded to a study and its trials (Optuna keeps each
+        artifact's metadata as a JSON system attribute 'artifacts:<id>')."""
+        with self._reader() as conn:
+            values = conn.execute(
+                sa.text(
+                    "SELECT value_json FROM study_system_attributes WHERE study_id = :sid AND key LIKE 'artifacts:%' "
+                    "UNION ALL SELECT a.value_json FROM trial_system_attributes a JOIN trials t USING (trial_id) "
+                    "WHERE t.study_id = :sid AND a.key LIKE 'artifacts:%'"
+                ),
+                {"sid": study_id},
+            ).scalars()
+            ids = []
+            for value in values:
+                with contextlib.suppress(ValueError, TypeError, KeyError):
+                    meta = json.loads(json.loads(value))  # a JSON string of the metadata's JSON
+                    ids.append(str(meta["artifact_id"]))
+        return ids
 
     def enqueue(self, name: str, values: dict[str, Any]) -> dict[str, Any]:
         """Queue a (partial) config to be tried next; returns its trial number."""
