@@ -92,6 +92,7 @@ def create_app(settings: Settings | None = None, *, mount_dashboard: bool = True
         base_url=settings.base_url,
         cache_entries=settings.read_cache_entries,
         artifact_store=artifact_store(settings),
+        data_roots=settings.folder_roots,
     )
 
     @contextlib.asynccontextmanager

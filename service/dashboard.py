@@ -225,6 +225,7 @@ def dashboard_wsgi(settings: Settings, studies: StudyService | None = None) -> D
             max_trials=settings.max_trials,
             base_url=settings.base_url,
             artifact_store=artifact_store(settings),
+            data_roots=settings.folder_roots,
         )
     app = optuna_dashboard.wsgi(studies.storage, artifact_store=studies.artifact_store)
     sessions = Sessions(studies.engine, settings.token)

@@ -15,9 +15,10 @@ import orjson
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
+from service.config import DataRoots
 from service.errors import Conflict, Invalid, NotFound
 from service.readcache import SNAPSHOT, SnapshotCache
-from service.spec import StudySpec, check_spec, config_from_params, enqueue_params, make_sampler
+from service.spec import StudySpec, check_folders, check_spec, config_from_params, enqueue_params, make_sampler
 from service.storage import Storage
 from service.tables import idempotency_keys, studies
 
@@ -136,8 +137,10 @@ class StudyService:
         base_url: str,
         cache_entries: int = 256,
         artifact_store: Any = None,
+        data_roots: DataRoots | None = None,
     ) -> None:
         self.engine, self.storage, self.artifact_store = engine, storage, artifact_store
+        self.data_roots = data_roots  # where a folder: dataset may lie; None: anywhere
         self.max_trials, self.base_url = max_trials, base_url
         self.cache = SnapshotCache(cache_entries)  # a study's and a trial page's JSON
 
@@ -152,7 +155,7 @@ class StudyService:
             SpecIssue: the spec is invalid. Conflict: the name is taken, or the key was used
             for a different request.
         """
-        check_spec(spec, max_trials=self.max_trials)
+        check_spec(spec, max_trials=self.max_trials, data_roots=self.data_roots)
         spec_text = spec.model_dump_json()
         body_hash = hashlib.sha256(spec_text.encode()).hexdigest()
         if idempotency_key is not None:
@@ -366,6 +369,8 @@ class StudyService:
             row = self._row(conn, name)
         spec = load_spec(row)
         params = enqueue_params(spec, values)
+        if self.data_roots is not None:
+            check_folders(spec, self.data_roots, values)
         study = optuna.load_study(study_name=name, storage=self.storage, sampler=make_sampler(spec))
         study.enqueue_trial(params)
         waiting = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.WAITING,))
