@@ -144,7 +144,9 @@ def _cookie(environ: dict[str, Any], value: str, max_age: int) -> str:
 def _same_origin(environ: dict[str, Any]) -> bool:
     """A request with an Origin header (every cross-site POST has one) must come from here."""
     origin = environ.get("HTTP_ORIGIN")
-    return not origin or urlsplit(origin).netloc == environ.get("HTTP_HOST", "")
+    # Behind a proxy that rewrites Host, the host the browser used is X-Forwarded-Host.
+    hosts = {environ.get("HTTP_HOST", ""), *environ.get("HTTP_X_FORWARDED_HOST", "").replace(" ", "").split(",")}
+    return not origin or urlsplit(origin).netloc in hosts - {""}
 
 
 def _next(target: str) -> str:
