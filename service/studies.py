@@ -320,8 +320,8 @@ class StudyService:
     def delete_optuna_study(self, study_id: int) -> None:
         """Delete an Optuna study by its id, and our row for it when it is one of ours.
 
-        Our row is locked first, so no worker claims a trial of the study meanwhile; it goes
-        in the transaction that follows Optuna's delete, so a failed delete leaves both.
+        Our row is locked first (as a worker's claim does), and both go in one transaction:
+        a failed delete leaves both, and no worker claims a trial of the study meanwhile.
 
         Raises:
             NotFound: no Optuna study with this id.
@@ -332,7 +332,7 @@ class StudyService:
                 sa.select(studies.c.name).where(studies.c.optuna_study_id == study_id).with_for_update()
             ).first()
             try:
-                self.storage.delete_study(study_id)
+                self.storage.delete_study_in(conn, study_id)
             except KeyError:
                 if ours is None:
                     raise NotFound(f"no study with id {study_id}") from None

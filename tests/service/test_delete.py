@@ -6,6 +6,7 @@ import copy
 from pathlib import Path
 
 import optuna
+import sqlalchemy as sa
 from fastapi.testclient import TestClient
 
 from service import db
@@ -63,3 +64,39 @@ def test_delete_drops_a_row_whose_optuna_study_is_already_gone(client: TestClien
 def test_delete_is_documented(client: TestClient) -> None:
     operation = client.get("/openapi.json").json()["paths"]["/studies/{name}"]["delete"]
     assert {"204", "401", "403", "404"} <= set(operation["responses"])
+
+
+def _optuna_rows(conn: sa.Connection) -> dict[str, int]:
+    """Rows in every table that hangs off Optuna's studies or trials, found from the foreign keys."""
+    tables = conn.exec_driver_sql(
+        "SELECT DISTINCT conrelid::regclass::text FROM pg_constraint WHERE contype = 'f' "
+        "AND confrelid::regclass::text IN ('studies', 'trials')"
+    ).scalars()
+    counts = {t: conn.exec_driver_sql(f"SELECT count(*) FROM {t}").scalar_one() for t in [*tables, "studies"]}
+    return counts
+
+
+def test_delete_takes_every_row_of_the_study_and_only_those(client: TestClient, settings: Settings) -> None:
+    storage = db.optuna_storage(settings)
+    engine = db.engine(settings)
+    for name in ("keep", NAME):
+        assert client.post("/studies", json={**copy.deepcopy(SPEC), "name": name}).status_code == 201
+        study = optuna.load_study(study_name=name, storage=storage)
+        study.set_user_attr("note", "x")
+        storage.set_study_system_attr(study._study_id, "dashboard:note", "x")  # as the dashboard's notes
+        for i in range(3):
+            trial = study.ask()
+            trial.suggest_float("lr_g", 1e-5, 1e-2, log=True)
+            trial.report(float(i), step=1)
+            trial.set_user_attr("a", i)
+            study.tell(trial, float(i))
+    with engine.connect() as conn:
+        before = _optuna_rows(conn)
+    assert client.delete("/studies/keep").status_code == 204
+    with engine.connect() as conn:
+        after = _optuna_rows(conn)
+    assert len(before) >= 10 and all(before[t] > 0 for t in before if t != "trial_heartbeats")
+    for table, count in before.items():  # the two studies had the same rows: half went
+        assert after[table] * 2 == count, table
+    assert optuna.get_all_study_names(storage) == [NAME]
+    assert len(optuna.load_study(study_name=NAME, storage=storage).trials) == 3  # the kept study is whole
