@@ -91,6 +91,8 @@ def create_app(settings: Settings | None = None, *, mount_dashboard: bool = True
         max_trials=settings.max_trials,
         base_url=settings.base_url,
         cache_entries=settings.read_cache_entries,
+        artifact_store=artifact_store(settings),
+        data_roots=settings.folder_roots,
     )
 
     @contextlib.asynccontextmanager
@@ -120,8 +122,7 @@ def create_app(settings: Settings | None = None, *, mount_dashboard: bool = True
     app.include_router(studies_api.router)
     app.include_router(system_api.router)
     if mount_dashboard:
-        store = artifact_store(settings)
-        app.mount("/", dashboard_app(service.storage, store, engine, settings.token))  # type: ignore[arg-type]
+        app.mount("/", dashboard_app(settings, service))  # type: ignore[arg-type]
 
     @app.exception_handler(GatTuneError)
     async def _known(request: Request, exc: GatTuneError) -> JSONResponse:

@@ -61,16 +61,18 @@ def cmd_worker(args: argparse.Namespace) -> int:
 def cmd_dashboard(args: argparse.Namespace) -> int:
     from wsgiref.simple_server import make_server
 
-    import optuna_dashboard
-
     from service import db
-    from service.artifacts import artifact_store
-    from service.config import Settings
+    from service.config import Settings, is_loopback
+    from service.dashboard import dashboard_wsgi
 
-    settings = Settings()
+    settings = Settings().model_copy(update={"host": args.host, "port": args.port})
+    if not is_loopback(settings.host) and not settings.token:
+        return _fail(
+            f"refusing to listen on {settings.host} with no token: set GAT_TUNE_TOKEN, or serve on 127.0.0.1", 2
+        )
     db.upgrade(settings)
-    app = optuna_dashboard.wsgi(db.optuna_storage(settings), artifact_store=artifact_store(settings))
-    print(f"optuna-dashboard on http://{args.host}:{args.port}/dashboard")
+    app = dashboard_wsgi(settings)  # the same guard as the one `serve` mounts
+    print(f"optuna-dashboard on http://{args.host}:{args.port}/dashboard", flush=True)
     make_server(args.host, args.port, app).serve_forever()
     return 0
 

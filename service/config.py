@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import ipaddress
+import os
+import re
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-__all__ = ["Settings", "get_settings", "is_loopback"]
+__all__ = ["DataRoots", "Settings", "get_settings", "is_loopback"]
 
 
 class Settings(BaseSettings):
@@ -34,6 +37,11 @@ class Settings(BaseSettings):
     artifact_s3_bucket: str | None = Field(default=None, description="store artifacts in this S3 bucket instead")
     lease_seconds: float = Field(default=60, gt=0, description="a trial's lease; a heartbeat renews it at 1/3")
     poll_seconds: float = Field(default=2, gt=0, description="how often an idle worker looks for a trial")
+    data_roots: str | None = Field(
+        default=None,
+        description="directories a study's folder: dataset may lie under (os.pathsep- or comma-separated); "
+        "default DATA_DIR/datasets",
+    )
     read_cache_entries: int = Field(
         default=256,
         ge=0,
@@ -60,8 +68,38 @@ class Settings(BaseSettings):
         return self.artifact_dir or self.data_dir / "artifacts"
 
     @property
+    def folder_roots(self) -> DataRoots:
+        """Where a study's ``folder:`` dataset may lie: the configured roots (or the data
+        directory's datasets folder), never the run, artifact or database directories."""
+        given = [r for r in re.split(rf"[,{re.escape(os.pathsep)}]", self.data_roots or "") if r.strip()]
+        roots = [Path(r.strip()) for r in given] or [self.data_dir / "datasets"]
+        excluded = [self.data_dir / "runs", self.artifacts, self.data_dir / "pgdata"]
+        return DataRoots(tuple(_real(r) for r in roots), tuple(_real(e) for e in excluded))
+
+    @property
     def base_url(self) -> str:
         return (self.public_url or f"http://{self.host}:{self.port}").rstrip("/")
+
+
+def _real(path: Path | str) -> Path:
+    """The path with symlinks followed and '..' collapsed, whether or not it exists."""
+    return Path(os.path.realpath(path))
+
+
+@dataclass(frozen=True)
+class DataRoots:
+    """The directories a study's ``folder:PATH`` dataset may lie under, and those it may not."""
+
+    allowed: tuple[Path, ...]
+    excluded: tuple[Path, ...] = ()
+
+    def admits(self, path: str) -> bool:
+        """Whether ``path`` (relative to this process' directory) is inside an allowed root
+        and outside every excluded one. Symlinks are followed first, so a link out of a root
+        does not count as inside it; the answer does not depend on whether the path exists."""
+        real = _real(path)
+        inside = any(real.is_relative_to(root) for root in self.allowed)
+        return inside and not any(real.is_relative_to(e) for e in self.excluded)
 
 
 def is_loopback(host: str) -> bool:

@@ -17,6 +17,7 @@ import numpy as np
 import optuna
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from service.config import DataRoots
 from trainer.config import FIELDS, ConfigError, TrainConfig
 
 __all__ = [
@@ -29,6 +30,7 @@ __all__ = [
     "IntParam",
     "SpecIssue",
     "StudySpec",
+    "check_folders",
     "check_spec",
     "config_from_params",
     "enqueue_params",
@@ -214,14 +216,19 @@ def _flat(spec: StudySpec) -> list[tuple[str, str | None, str | None, FloatParam
     return out
 
 
-def check_spec(spec: StudySpec, *, max_trials: int) -> None:
+def check_spec(spec: StudySpec, *, max_trials: int, data_roots: DataRoots | None = None) -> None:
     """Check that the spec means something and every trial it allows is a valid config.
+
+    Args:
+        data_roots: where a ``folder:`` dataset may lie; None: anywhere.
 
     Raises:
         SpecIssue: the first problem, with its location in the request body.
     """
     if spec.n_trials > max_trials:
         raise SpecIssue(("n_trials",), f"n_trials: {spec.n_trials} is over this server's limit of {max_trials}")
+    if data_roots is not None:
+        check_folders(spec, data_roots)
     for key in spec.base:
         if key not in FIELDS:
             _config_error(("base", key), {key: spec.base[key]})
@@ -257,6 +264,32 @@ def check_spec(spec: StudySpec, *, max_trials: int) -> None:
     _check_corners(spec)
     for i, params in enumerate(spec.enqueue):
         enqueue_params(spec, params, loc=("enqueue", i))
+
+
+def check_folders(spec: StudySpec, roots: DataRoots, values: dict[str, Any] | None = None) -> None:
+    """Every ``folder:PATH`` dataset the spec (or an enqueued config, ``values``) can train on
+    lies under one of the roots. The message names the roots, never whether the path exists.
+
+    Raises:
+        SpecIssue: a folder outside the roots, with its location in the request body.
+    """
+    places: list[tuple[tuple[str | int, ...], Any]]
+    if values is not None:
+        places = [(("dataset",), values.get("dataset"))]
+    else:
+        places = [(("base", "dataset"), spec.base.get("dataset"))]
+        param = spec.search_space.get("dataset")
+        if isinstance(param, CategoricalParam):
+            places += [(("search_space", "dataset", "choices", i), c) for i, c in enumerate(param.choices)]
+        places += [(("enqueue", i, "dataset"), e.get("dataset")) for i, e in enumerate(spec.enqueue)]
+    for loc, value in places:
+        if isinstance(value, str) and value.startswith("folder:") and not roots.admits(value[len("folder:") :]):
+            listed = ", ".join(str(r) for r in roots.allowed)
+            raise SpecIssue(
+                loc,
+                f"dataset: '{value}' is not under an allowed data root ({listed}); put the images in a "
+                "folder under one of them, or add a root to GAT_TUNE_DATA_ROOTS on the server",
+            )
 
 
 def _check_corners(spec: StudySpec) -> None:

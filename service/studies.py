@@ -5,6 +5,7 @@ of trials costs the same at trial 10 and at trial 10,000 (optuna#3053).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 from typing import Any
@@ -14,9 +15,10 @@ import orjson
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
+from service.config import DataRoots
 from service.errors import Conflict, Invalid, NotFound
 from service.readcache import SNAPSHOT, SnapshotCache
-from service.spec import StudySpec, check_spec, config_from_params, enqueue_params, make_sampler
+from service.spec import StudySpec, check_folders, check_spec, config_from_params, enqueue_params, make_sampler
 from service.storage import Storage
 from service.tables import idempotency_keys, studies
 
@@ -127,9 +129,18 @@ class StudyService:
     """Study operations over one database: our tables plus Optuna's storage."""
 
     def __init__(
-        self, engine: Engine, storage: Storage, *, max_trials: int, base_url: str, cache_entries: int = 256
+        self,
+        engine: Engine,
+        storage: Storage,
+        *,
+        max_trials: int,
+        base_url: str,
+        cache_entries: int = 256,
+        artifact_store: Any = None,
+        data_roots: DataRoots | None = None,
     ) -> None:
-        self.engine, self.storage = engine, storage
+        self.engine, self.storage, self.artifact_store = engine, storage, artifact_store
+        self.data_roots = data_roots  # where a folder: dataset may lie; None: anywhere
         self.max_trials, self.base_url = max_trials, base_url
         self.cache = SnapshotCache(cache_entries)  # a study's and a trial page's JSON
 
@@ -144,7 +155,7 @@ class StudyService:
             SpecIssue: the spec is invalid. Conflict: the name is taken, or the key was used
             for a different request.
         """
-        check_spec(spec, max_trials=self.max_trials)
+        check_spec(spec, max_trials=self.max_trials, data_roots=self.data_roots)
         spec_text = spec.model_dump_json()
         body_hash = hashlib.sha256(spec_text.encode()).hexdigest()
         if idempotency_key is not None:
@@ -291,12 +302,75 @@ class StudyService:
             conn.execute(studies.update().where(studies.c.name == name).values(status=new, updated_at=sa.func.now()))
         return self.get(name)
 
+    # -- delete ---------------------------------------------------------------------------
+    def delete(self, name: str) -> None:
+        """Delete a study for good: the Optuna study (trials, attributes, notes), our row with
+        its leases and idempotency keys, and its artifacts. The one way a study is deleted:
+        DELETE /studies/{name} and the dashboard's delete both come here.
+
+        Raises:
+            NotFound: no such study.
+        """
+        with self.engine.connect() as conn:
+            row = conn.execute(sa.select(studies.c.optuna_study_id).where(studies.c.name == name)).first()
+        if row is None:
+            raise NotFound(f"no study named '{name}'")
+        self.delete_optuna_study(row.optuna_study_id)
+
+    def delete_optuna_study(self, study_id: int) -> None:
+        """Delete an Optuna study by its id, and our row for it when it is one of ours.
+
+        Our row is locked first (as a worker's claim does), and both go in one transaction:
+        a failed delete leaves both, and no worker claims a trial of the study meanwhile.
+
+        Raises:
+            NotFound: no Optuna study with this id.
+        """
+        artifact_ids = self._artifact_ids(study_id)
+        with self.engine.begin() as conn:
+            ours = conn.execute(
+                sa.select(studies.c.name).where(studies.c.optuna_study_id == study_id).with_for_update()
+            ).first()
+            try:
+                self.storage.delete_study_in(conn, study_id)
+            except KeyError:
+                if ours is None:
+                    raise NotFound(f"no study with id {study_id}") from None
+                # Optuna's study went another way (an older dashboard delete): drop our ghost row.
+            if ours is not None:
+                conn.execute(studies.delete().where(studies.c.name == ours.name))
+        if self.artifact_store is not None:
+            for artifact_id in artifact_ids:
+                with contextlib.suppress(Exception):  # already gone, or the store is away: left behind
+                    self.artifact_store.remove(artifact_id)
+
+    def _artifact_ids(self, study_id: int) -> list[str]:
+        """The ids of the artifacts uploaded to a study and its trials (Optuna keeps each
+        artifact's metadata as a JSON system attribute 'artifacts:<id>')."""
+        with self._reader() as conn:
+            values = conn.execute(
+                sa.text(
+                    "SELECT value_json FROM study_system_attributes WHERE study_id = :sid AND key LIKE 'artifacts:%' "
+                    "UNION ALL SELECT a.value_json FROM trial_system_attributes a JOIN trials t USING (trial_id) "
+                    "WHERE t.study_id = :sid AND a.key LIKE 'artifacts:%'"
+                ),
+                {"sid": study_id},
+            ).scalars()
+            ids = []
+            for value in values:
+                with contextlib.suppress(ValueError, TypeError, KeyError):
+                    meta = json.loads(json.loads(value))  # a JSON string of the metadata's JSON
+                    ids.append(str(meta["artifact_id"]))
+        return ids
+
     def enqueue(self, name: str, values: dict[str, Any]) -> dict[str, Any]:
         """Queue a (partial) config to be tried next; returns its trial number."""
         with self.engine.connect() as conn:
             row = self._row(conn, name)
         spec = load_spec(row)
         params = enqueue_params(spec, values)
+        if self.data_roots is not None:
+            check_folders(spec, self.data_roots, values)
         study = optuna.load_study(study_name=name, storage=self.storage, sampler=make_sampler(spec))
         study.enqueue_trial(params)
         waiting = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.WAITING,))

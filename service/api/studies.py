@@ -10,7 +10,7 @@ import yaml
 from fastapi import APIRouter, Header, Path, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
 
-from service.api.deps import ReadAccess, StateDep, WriteAccess
+from service.api.deps import AdminAccess, ReadAccess, StateDep, WriteAccess
 from service.errors import Invalid, NotFound
 from service.spec import EXAMPLE_SPEC, NAME_PATTERN, SpecIssue, StudySpec
 
@@ -109,6 +109,25 @@ def best_config(name: StudyName, state: StateDep, format: Annotated[Literal["jso
     if format == "yaml":
         return Response(yaml.safe_dump(config, sort_keys=False), media_type="application/yaml")
     return config
+
+
+@router.delete(
+    "/{name}",
+    dependencies=[AdminAccess],
+    status_code=204,
+    summary="Delete a study for good (admin)",
+    responses={
+        204: {"description": "deleted: the Optuna study, its trials and artifacts, and its leases"},
+        401: {"description": "no bearer token, or an unknown one"},
+        403: {"description": "the token lacks the admin scope"},
+        404: {"description": "no such study"},
+    },
+)
+def delete_study(name: StudyName, state: StateDep) -> Response:
+    """Deletes the Optuna study (trials, notes, artifacts) and gat-tune's record of it; the
+    dashboard's delete goes through the same path. Running trials stop at their next report."""
+    state.studies.delete(_name(name))
+    return Response(status_code=204)
 
 
 def _control(action: str):  # type: ignore[no-untyped-def]

@@ -228,9 +228,10 @@ def test_best_config_reproduces_the_trial(
 def test_other_errors_fail_the_trial_with_one_line_and_the_worker_goes_on(
     client: TestClient, settings: Settings, pool_env: dict[str, str], tmp_path: Path
 ) -> None:
+    missing = f"folder:{settings.data_dir}/datasets/nonexistent"  # inside the data roots
     spec = tiny(
-        search_space={"dataset": {"type": "categorical", "choices": ["folder:/nonexistent", "digits"]}},
-        enqueue=[{"dataset": "folder:/nonexistent"}, {"dataset": "digits"}],
+        search_space={"dataset": {"type": "categorical", "choices": [missing, "digits"]}},
+        enqueue=[{"dataset": missing}, {"dataset": "digits"}],
         n_trials=1,
         max_parallel=1,
         max_failures=3,
@@ -240,7 +241,7 @@ def test_other_errors_fail_the_trial_with_one_line_and_the_worker_goes_on(
     slot.run()
     trials = optuna.load_study(study_name="tiny", storage=slot.queue.storage).trials
     assert [t.state for t in trials] == [optuna.trial.TrialState.FAIL, optuna.trial.TrialState.COMPLETE]
-    assert trials[0].user_attrs["fail_reason"] == "DataError: dataset 'folder:/nonexistent': no such directory"
+    assert trials[0].user_attrs["fail_reason"] == f"DataError: dataset '{missing}': no such directory"
 
 
 def test_out_of_memory_reason() -> None:
