@@ -23,6 +23,7 @@ from service.tables import idempotency_keys, studies
 __all__ = ["StudyService", "load_spec"]
 
 TRIAL_STATES = ("RUNNING", "WAITING", "COMPLETE", "PRUNED", "FAIL")
+METRIC_NAMES = {"fid": "FID", "train_seconds": "train_seconds"}  # Optuna's names for the objectives
 
 # The read routes' JSON is rendered by PostgreSQL (json_build_object, json_agg) and passed on
 # as bytes: on the API process, decoding rows and re-encoding them in Python cost more than
@@ -165,6 +166,7 @@ class StudyService:
             try:
                 spec_json = json.loads(spec_text)
                 study.set_user_attr("gat_tune_spec", spec_json)
+                study.set_metric_names([METRIC_NAMES[o] for o in spec.objectives])  # the dashboard's labels
                 for params in spec.enqueue:
                     study.enqueue_trial(enqueue_params(spec, params), skip_if_exists=True)
                 conn.execute(

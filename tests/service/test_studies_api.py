@@ -237,3 +237,13 @@ def test_pages_are_optunas_view_of_the_trials(client: TestClient, database_url: 
     listed = client.get("/studies").json()
     assert listed["total"] == 1 and "spec" not in listed["items"][0]
     assert {k: v for k, v in got.items() if k != "spec"} == listed["items"][0]
+
+
+def test_objectives_are_named_for_the_dashboard(client: TestClient, settings: Settings) -> None:
+    assert client.post("/studies", json=spec()).status_code == 201
+    pareto = spec(name="pareto", objective=["fid", "train_seconds"], pruner="none", sampler="nsga2", enqueue=[])
+    r = client.post("/studies", json=pareto)
+    assert r.status_code == 201, r.text
+    url = str(settings.database_url)
+    assert optuna.load_study(study_name="digits-gat", storage=url).metric_names == ["FID"]
+    assert optuna.load_study(study_name="pareto", storage=url).metric_names == ["FID", "train_seconds"]
