@@ -166,7 +166,9 @@ def cmd_status(args: argparse.Namespace) -> int:
     best = study["best"]
     best_text = f"best FID {best['fid']:.3f} (trial {best['trial']})" if best else "no completed trial yet"
     progress = f"{study['finished']}/{study['n_trials']} finished ({counts or 'none'})"
-    print(f"{study['name']}: {study['status']}, {progress}; {best_text}")
+    failure = study.get("last_failure")
+    why = f"; last failure (trial {failure['trial']}): {failure['reason']}" if failure else ""
+    print(f"{study['name']}: {study['status']}, {progress}; {best_text}{why}")
     return 0
 
 
