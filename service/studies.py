@@ -22,9 +22,10 @@ from service.spec import StudySpec, check_folders, check_spec, config_from_param
 from service.storage import Storage
 from service.tables import idempotency_keys, studies
 
-__all__ = ["StudyService", "load_spec"]
+__all__ = ["FAIL_FAST", "StudyService", "load_spec", "repeated_failure"]
 
 TRIAL_STATES = ("RUNNING", "WAITING", "COMPLETE", "PRUNED", "FAIL")
+METRIC_NAMES = {"fid": "FID", "train_seconds": "train_seconds"}  # Optuna's names for the objectives
 
 # The read routes' JSON is rendered by PostgreSQL (json_build_object, json_agg) and passed on
 # as bytes: on the API process, decoding rows and re-encoding them in Python cost more than
@@ -61,9 +62,50 @@ _BEST_TRIAL = """SELECT t.trial_id, t.number, v.value FROM trials t
   WHERE t.study_id = {study_id} AND t.state = 'COMPLETE' ORDER BY v.value ASC, t.number ASC LIMIT 1"""
 
 
+# An interrupted trial is not a failed one: paused or a worker gone (FAIL in Optuna, with a
+# fail_reason and a re-queued copy that names it in RETRY_OF), or ended by a stop.
+_REQUEUED = """(SELECT (a.value_json)::int FROM trial_user_attributes a JOIN trials r ON r.trial_id = a.trial_id
+  WHERE r.study_id = {sid} AND a.key = 'gat_tune_retry_of')"""
+_STOPPED = """EXISTS (SELECT 1 FROM trial_user_attributes f WHERE f.trial_id = {t}.trial_id AND f.key = 'fail_reason'
+  AND f.value_json LIKE '"study stopped%')"""
+
+
+def _failed(t: str, sid: str) -> str:
+    """A trial that failed on its own (not interrupted)."""
+    return f"{t}.state = 'FAIL' AND {t}.number NOT IN {_REQUEUED.format(sid=sid)} AND NOT {_STOPPED.format(t=t)}"
+
+
+# The latest failed trial and its reason.
+_LAST_FAILURE = f"""SELECT t.number AS trial,
+  (SELECT f.value_json::json #>> '{{{{}}}}' FROM trial_user_attributes f
+   WHERE f.trial_id = t.trial_id AND f.key = 'fail_reason') AS reason
+  FROM trials t WHERE t.study_id = {{sid}} AND {_failed("t", "{sid}")} ORDER BY t.number DESC LIMIT 1"""
+
+FAIL_FAST = 3  # failed trials, all with one reason and none finished: the study cannot succeed
+
+
+def repeated_failure(conn: Connection, optuna_study_id: int) -> str | None:
+    """The reason every failed trial of a study failed with, when at least FAIL_FAST failed
+    alike (missing data, say) and none failed otherwise; else None. The caller checks that
+    no trial finished."""
+    row = conn.execute(
+        sa.text(
+            f"""SELECT count(*) AS n, count(DISTINCT r.reason) AS kinds, min(r.reason) AS reason FROM (
+  SELECT (SELECT f.value_json FROM trial_user_attributes f WHERE f.trial_id = t.trial_id AND f.key = 'fail_reason')
+    AS reason FROM trials t WHERE t.study_id = :sid AND {_failed("t", ":sid")}) r"""
+        ),
+        {"sid": optuna_study_id},
+    ).one()
+    if row.n < FAIL_FAST or row.kinds != 1 or row.reason is None:
+        return None
+    return str(json.loads(row.reason))
+
+
 def _summary_sql(*, with_spec: bool) -> str:
-    """One study's summary per row of gt_studies s: state, trial counts by state, best so far."""
+    """One study's summary per row of gt_studies s: state, trial counts by state (interrupted
+    apart from failed), the last failure, best so far."""
     spec = ", 'spec', s.spec" if with_spec else ""
+    counts = ", ".join(f"'{st}', c.{st.lower()}" for st in TRIAL_STATES if st != "FAIL")
     return f"""
 SELECT {SNAPSHOT} AS snapshot, json_build_object(
   'id', s.name, 'name', s.name,
@@ -72,8 +114,9 @@ SELECT {SNAPSHOT} AS snapshot, json_build_object(
   'objectives', CASE jsonb_typeof(s.spec->'objective') WHEN 'array' THEN s.spec->'objective'
                   ELSE jsonb_build_array(s.spec->'objective') END,
   'sampler', s.spec->'sampler', 'pruner', s.spec->'pruner',
-  'trial_counts', json_build_object({", ".join(f"'{st}', c.{st.lower()}" for st in TRIAL_STATES)}),
+  'trial_counts', json_build_object({counts}, 'FAIL', c.fail - c.interrupted, 'INTERRUPTED', c.interrupted),
   'finished', c.finished,
+  'last_failure', (SELECT row_to_json(lf) FROM ({_LAST_FAILURE.format(sid="s.optuna_study_id")}) lf),
   'best', (SELECT json_build_object('trial', b.number, 'fid', b.value, 'params', {_params_json("b.trial_id")})
            FROM ({_BEST_TRIAL.format(study_id="s.optuna_study_id")}) b),
   'optuna_study_id', s.optuna_study_id,
@@ -82,8 +125,9 @@ SELECT {SNAPSHOT} AS snapshot, json_build_object(
 )::text AS body
 FROM gt_studies s CROSS JOIN LATERAL (
   SELECT {", ".join(f"count(*) FILTER (WHERE state = '{st}') AS {st.lower()}" for st in TRIAL_STATES)},
+         count(*) FILTER (WHERE t.state = 'FAIL' AND NOT ({_failed("t", "s.optuna_study_id")})) AS interrupted,
          count(*) FILTER (WHERE state IN ('COMPLETE', 'PRUNED')) AS finished
-  FROM trials WHERE study_id = s.optuna_study_id) c
+  FROM trials t WHERE study_id = s.optuna_study_id) c
 """
 
 
@@ -176,6 +220,7 @@ class StudyService:
             try:
                 spec_json = json.loads(spec_text)
                 study.set_user_attr("gat_tune_spec", spec_json)
+                study.set_metric_names([METRIC_NAMES[o] for o in spec.objectives])  # the dashboard's labels
                 for params in spec.enqueue:
                     study.enqueue_trial(enqueue_params(spec, params), skip_if_exists=True)
                 conn.execute(

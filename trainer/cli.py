@@ -10,14 +10,22 @@ from pathlib import Path
 from typing import Any
 
 from trainer.config import ConfigError, TrainConfig
-from trainer.data import DataError, default_data_dir
-from trainer.metrics import FeatureError
-from trainer.train import CheckpointMismatch, Diverged, train
 
 __all__ = ["add_train_parser", "main", "run_train"]
 
-# Errors a user can meet: one line, no stack trace.
-USER_ERRORS = (ConfigError, DataError, FeatureError, Diverged, CheckpointMismatch)
+# torch, and the modules that import it, are imported by run_train only: the parser is built
+# by every `gat-tune` command, and `gat-tune --help` must not wait seconds for torch.
+PROGRESS_EVERY = 0.05  # off a terminal: a line every 5 % of the steps (and at every eval)
+PROGRESS_MIN_SECONDS = 1.0  # ...but at most one a second, the last step always
+
+
+def _user_errors() -> tuple[type[Exception], ...]:
+    """Errors a user can meet: one line, no stack trace."""
+    from trainer.data import DataError
+    from trainer.metrics import FeatureError
+    from trainer.train import CheckpointMismatch, Diverged
+
+    return (ConfigError, DataError, FeatureError, Diverged, CheckpointMismatch)
 
 
 def add_train_parser(sub: Any) -> argparse.ArgumentParser:
@@ -36,6 +44,10 @@ def add_train_parser(sub: Any) -> argparse.ArgumentParser:
 
 
 def run_train(args: argparse.Namespace) -> int:
+    from trainer.data import default_data_dir
+    from trainer.train import train
+
+    user_errors = _user_errors()
     try:
         config = TrainConfig.load(args.config) if args.config else TrainConfig()
         if args.steps is not None:
@@ -47,7 +59,7 @@ def run_train(args: argparse.Namespace) -> int:
     bar = _progress_bar(config.steps)
     try:
         result = train(config, out_dir=out, progress=bar)
-    except USER_ERRORS as exc:
+    except user_errors as exc:
         print(f"gat-tune train: error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
@@ -85,8 +97,43 @@ class _Bar:
         self.bar.close()
 
 
-def _progress_bar(total: int) -> _Bar | None:
-    return _Bar(total) if sys.stderr.isatty() else None
+class _Lines:
+    """Off a terminal (a log, a pipe): one line per eval and every few percent of the steps,
+    at most one a second, with the step, the last FID and the speed."""
+
+    def __init__(self, total: int, *, every: float = PROGRESS_EVERY, min_seconds: float = PROGRESS_MIN_SECONDS) -> None:
+        self.total, self.min_seconds = total, min_seconds
+        self.stride = max(1, round(total * every))
+        self.started = time.monotonic()
+        self.first_step: int | None = None
+        self.next_mark = 0
+        self.last_eval: Any = None
+        self.last_line = -float("inf")
+
+    def __call__(self, step: int, metrics: dict[str, Any]) -> None:
+        now = time.monotonic()
+        if self.first_step is None:  # a resumed run starts counting where it resumed
+            self.first_step, self.started = step, now
+            self.next_mark = (step // self.stride + 1) * self.stride
+        new_eval = metrics.get("step") != self.last_eval and "fid" in metrics
+        due = step >= self.next_mark or new_eval
+        if not due or (now - self.last_line < self.min_seconds and step < self.total):
+            return
+        self.last_eval = metrics.get("step")
+        self.next_mark = (step // self.stride + 1) * self.stride
+        self.last_line = now
+        elapsed = now - self.started
+        rate = (step - self.first_step) / elapsed if elapsed > 0 else 0.0
+        fid = f"{metrics['fid']:.2f}" if "fid" in metrics else "-"
+        print(
+            f"step {step}/{self.total} ({100 * step / self.total:.0f}%), last FID {fid}, {rate:.1f} steps/s",
+            file=sys.stderr,
+            flush=True,
+        )
+
+
+def _progress_bar(total: int) -> _Bar | _Lines:
+    return _Bar(total) if sys.stderr.isatty() else _Lines(total)
 
 
 def main(argv: list[str] | None = None) -> int:

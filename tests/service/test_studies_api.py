@@ -26,7 +26,7 @@ def test_create_get_best_before_any_trial_then_stop(client: TestClient) -> None:
     assert body["dashboard_url"].endswith(f"/dashboard/studies/{body['optuna_study_id']}")
 
     got = client.get("/studies/digits-gat").json()
-    assert got["trial_counts"] == {"RUNNING": 0, "WAITING": 1, "COMPLETE": 0, "PRUNED": 0, "FAIL": 0}  # enqueued
+    assert got["trial_counts"] == {"RUNNING": 0, "WAITING": 1, "COMPLETE": 0, "PRUNED": 0, "FAIL": 0, "INTERRUPTED": 0}
     assert got["best"] is None and got["finished"] == 0
 
     best = client.get("/studies/digits-gat/best")
@@ -225,9 +225,19 @@ def test_pages_are_optunas_view_of_the_trials(client: TestClient, database_url: 
 
     got = client.get("/studies/digits-gat").json()
     counts = {state.name: sum(t.state == state for t in trials) for state in optuna.trial.TrialState}
-    assert got["trial_counts"] == counts and got["finished"] == 4
+    assert got["trial_counts"] == {**counts, "INTERRUPTED": 0} and got["finished"] == 4
     assert got["best"] == {"trial": 5, "fid": 5.0, "params": study.best_trial.params}
     assert got["objectives"] == ["fid"] and got["status"] == "running"
     listed = client.get("/studies").json()
     assert listed["total"] == 1 and "spec" not in listed["items"][0]
     assert {k: v for k, v in got.items() if k != "spec"} == listed["items"][0]
+
+
+def test_objectives_are_named_for_the_dashboard(client: TestClient, settings: Settings) -> None:
+    assert client.post("/studies", json=spec()).status_code == 201
+    pareto = spec(name="pareto", objective=["fid", "train_seconds"], pruner="none", sampler="nsga2", enqueue=[])
+    r = client.post("/studies", json=pareto)
+    assert r.status_code == 201, r.text
+    url = str(settings.database_url)
+    assert optuna.load_study(study_name="digits-gat", storage=url).metric_names == ["FID"]
+    assert optuna.load_study(study_name="pareto", storage=url).metric_names == ["FID", "train_seconds"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -162,3 +163,29 @@ def test_cli_divergence_is_one_line(tmp_path: Path) -> None:
     assert proc.returncode == 1
     assert proc.stderr.startswith("gat-tune train: error: diverged at step")
     assert "Traceback" not in proc.stderr
+
+
+def test_cli_off_a_terminal_prints_progress_lines(tmp_path: Path) -> None:
+    cfg = tmp_path / "c.yaml"
+    quick(dataset="ring8", steps=200, eval_every=100, eval_samples=200).save(cfg)  # no classifier to train
+    proc = subprocess.run(
+        [sys.executable, "-m", "trainer.cli", "train", "-c", str(cfg), "--out", str(tmp_path / "r")],
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    lines = proc.stderr.strip().splitlines()
+    assert lines, "no progress at all when stderr is not a terminal"
+    assert re.fullmatch(r"step 200/200 \(100%\), last FID \d+\.\d\d, \d+\.\d steps/s", lines[-1]), lines
+
+
+def test_progress_lines_every_5_percent_and_at_every_eval(monkeypatch: pytest.MonkeyPatch, capsys) -> None:  # type: ignore[no-untyped-def]
+    from trainer import cli
+
+    clock = iter(range(0, 10_000, 2))  # two seconds between calls: the rate limit never bites
+    monkeypatch.setattr(cli.time, "monotonic", lambda: float(next(clock)))
+    lines = cli._Lines(1000)
+    for step in range(10, 1001, 10):
+        lines(step, {"step": 330, "fid": 12.5} if step >= 330 else {})
+    printed = capsys.readouterr().err.splitlines()
+    steps = [int(line.split()[1].split("/")[0]) for line in printed]
+    assert steps == sorted({*range(50, 1001, 50), 330}), printed
+    assert printed[0].endswith("last FID -, 5.0 steps/s") and "last FID 12.50" in printed[-1]

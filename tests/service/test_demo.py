@@ -1,0 +1,43 @@
+"""`gat-tune demo` end to end on a tiny study: a line at each stage, and no address printed
+for a server that has stopped."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from service import demo
+from tests.service.conftest import free_port
+
+TINY_DEMO = {
+    "name": "digits-demo",
+    "base": {"dataset": "ring8", "steps": 40, "eval_every": 20, "eval_samples": 200, "g_width": 32, "d_width": 32},
+    "search_space": {"lambda": {"type": "float", "low": 0.1, "high": 10, "log": True}},
+    "sampler": "random",
+    "pruner": "none",
+    "n_trials": 2,
+    "max_parallel": 2,
+    "seed": 0,
+}
+
+
+@pytest.mark.slow
+def test_demo_shows_progress_early_and_no_dead_address(
+    database_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    port = free_port()
+    for key, value in {"DATABASE_URL": database_url, "GAT_TUNE_DATA_DIR": str(tmp_path), "GAT_TUNE_PORT": str(port),
+                       "GAT_TUNE_POLL_SECONDS": "0.3"}.items():  # fmt: skip
+        monkeypatch.setenv(key, value)
+    monkeypatch.setattr(demo, "DEMO_SPEC", TINY_DEMO)
+    assert demo.run_demo(out=tmp_path / "best.yaml") == 0
+    lines = capsys.readouterr().out.splitlines()
+    stages = ["starting the database", "starting the API", "study digits-demo-", "first trials training",
+              "2/2 finished"]  # fmt: skip
+    at = [next(i for i, line in enumerate(lines) if stage in line) for stage in stages]
+    assert at == sorted(at), lines
+    end = next(i for i, line in enumerate(lines) if "best config written" in line)
+    assert not [line for line in lines[end:] if "http://" in line], "the API has stopped: print no address of it"
+    assert any("gat-tune dashboard" in line for line in lines[end:])
+    assert "lambda:" in (tmp_path / "best.yaml").read_text()
