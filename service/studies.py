@@ -5,6 +5,7 @@ of trials costs the same at trial 10 and at trial 10,000 (optuna#3053).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
@@ -17,11 +18,12 @@ import orjson
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
-from service.errors import Conflict, Invalid, NotFound
+from service.errors import Conflict, IncompatibleSpec, Invalid, NotFound
 from service.readcache import SNAPSHOT, SnapshotCache
 from service.spec import StudySpec, check_spec, config_from_params, enqueue_params, load_stored_spec, make_sampler
 from service.storage import Storage
 from service.tables import idempotency_keys, studies
+from trainer.config import ConfigError
 
 __all__ = ["StudyService", "load_spec"]
 
@@ -201,24 +203,39 @@ class StudyService:
         enqueued = _unrepeated(check_spec(spec, max_trials=self.max_trials))
         spec_text = spec.model_dump_json()
         body_hash = hashlib.sha256(spec_text.encode()).hexdigest()
-        with self.engine.begin() as conn:
-            if idempotency_key is not None:
-                # Requests with one key wait here for each other: the first creates, the
-                # others find its key once it has committed.
-                conn.execute(sa.text("SELECT pg_advisory_xact_lock(hashtext(:k))"), {"k": "idem:" + idempotency_key})
-                existing = self._by_idempotency_key(conn, idempotency_key, body_hash)
-                if existing is not None:
-                    return self.get(existing), False
-            self._create_in(conn, spec, spec_text, enqueued)
-            if idempotency_key is not None:
-                conn.execute(
-                    idempotency_keys.insert().values(
-                        key=idempotency_key, request_sha256=body_hash, study_name=spec.name
+        made: list[int] = []  # the Optuna study's id, once made
+        try:
+            with self.engine.begin() as conn:
+                if idempotency_key is not None:
+                    # Requests with one key wait here for each other: the first creates,
+                    # the others find its key once it has committed.
+                    conn.execute(
+                        sa.text("SELECT pg_advisory_xact_lock(hashtext(:k))"), {"k": "idem:" + idempotency_key}
                     )
-                )
+                    existing = self._by_idempotency_key(conn, idempotency_key, body_hash)
+                    if existing is not None:
+                        return self.get(existing), False
+                self._create_in(conn, spec, spec_text, enqueued, made)
+                if idempotency_key is not None:
+                    conn.execute(
+                        idempotency_keys.insert().values(
+                            key=idempotency_key, request_sha256=body_hash, study_name=spec.name
+                        )
+                    )
+        except BaseException:
+            # After our transaction has rolled back: it held the study's row lock (the
+            # queued trials), which a delete from another connection would wait on forever.
+            # By id: the name may be another request's by now. A process that dies here
+            # leaves the empty study to _drop_orphan.
+            if made:
+                with contextlib.suppress(Exception):
+                    self.storage.delete_study(made[0])
+            raise
         return self.get(spec.name), True
 
-    def _create_in(self, conn: Connection, spec: StudySpec, spec_text: str, enqueued: list[dict[str, Any]]) -> None:
+    def _create_in(
+        self, conn: Connection, spec: StudySpec, spec_text: str, enqueued: list[dict[str, Any]], made: list[int]
+    ) -> None:
         # Serialise creations of one name across processes, so the check below holds.
         conn.execute(sa.text("SELECT pg_advisory_xact_lock(hashtext(:n))"), {"n": "study:" + spec.name})
         if conn.execute(sa.select(studies.c.name).where(studies.c.name == spec.name)).first() is not None:
@@ -228,35 +245,32 @@ class StudyService:
                 storage=self.storage, study_name=spec.name, directions=spec.directions, sampler=make_sampler(spec)
             )
         except optuna.exceptions.DuplicatedStudyError:
-            self._drop_orphan(spec.name)
+            self._drop_orphan(conn, spec.name)
             study = optuna.create_study(
                 storage=self.storage, study_name=spec.name, directions=spec.directions, sampler=make_sampler(spec)
             )
-        try:
-            spec_json = json.loads(spec_text)
-            study.set_user_attr("gat_tune_spec", spec_json)
-            # In our transaction: the queued trials exist exactly when our row does.
-            self.storage.enqueue_trials_in(conn, self.storage.get_study_id_from_name(spec.name), enqueued)
-            conn.execute(
-                studies.insert().values(
-                    name=spec.name,
-                    optuna_study_id=self.storage.get_study_id_from_name(spec.name),
-                    spec=spec_json,
-                    n_trials=spec.n_trials,
-                    max_parallel=spec.max_parallel,
-                )
+        study_id = self.storage.get_study_id_from_name(spec.name)
+        made.append(study_id)
+        spec_json = json.loads(spec_text)
+        study.set_user_attr("gat_tune_spec", spec_json)
+        # In our transaction: the queued trials exist exactly when our row does.
+        self.storage.enqueue_trials_in(conn, study_id, enqueued)
+        conn.execute(
+            studies.insert().values(
+                name=spec.name,
+                optuna_study_id=study_id,
+                spec=spec_json,
+                n_trials=spec.n_trials,
+                max_parallel=spec.max_parallel,
             )
-        except BaseException:
-            optuna.delete_study(study_name=spec.name, storage=self.storage)
-            raise
+        )
 
-    def _drop_orphan(self, name: str) -> None:
+    def _drop_orphan(self, conn: Connection, name: str) -> None:
         """An Optuna study of this name with no gt_studies row, found under the name's lock:
         left by a creation that died half way (its cleanup never ran) when it has no trials,
         so it is deleted and the name is free again. One with trials is someone's data."""
         study_id = self.storage.get_study_id_from_name(name)
-        with self.engine.connect() as conn:
-            n = conn.execute(sa.text("SELECT count(*) FROM trials WHERE study_id = :sid"), {"sid": study_id}).scalar()
+        n = conn.execute(sa.text("SELECT count(*) FROM trials WHERE study_id = :sid"), {"sid": study_id}).scalar()
         if n:
             raise Conflict(
                 f"an Optuna study named '{name}' with {n} trials exists in this database outside gat-tune; "
@@ -355,7 +369,12 @@ class StudyService:
             best = self._best(conn, row)
         if best is None:
             raise Conflict(f"study '{name}' has no completed trial yet; try again when one has finished")
-        return config_from_params(load_spec(row), best["params"])
+        try:
+            return config_from_params(load_spec(row), best["params"])
+        except ConfigError as exc:  # a trial run under another version's rules
+            raise IncompatibleSpec(
+                f"study '{name}': trial {best['trial']}'s config is refused by this version of gat-tune ({exc})"
+            ) from None
 
     # -- control --------------------------------------------------------------------------
     def control(self, name: str, action: str) -> dict[str, Any]:

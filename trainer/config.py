@@ -231,6 +231,8 @@ def yaml_error(exc: yaml.YAMLError) -> str:
         if mark is not None:
             return f"{what} at line {mark.line + 1}, column {mark.column + 1}"
         return what
+    if isinstance(exc, yaml.reader.ReaderError):
+        return f"{exc.reason} (character #x{exc.character:04x}) at character {exc.position + 1}"
     return str(exc).splitlines()[0] if str(exc) else "syntax error"
 
 

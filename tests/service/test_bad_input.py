@@ -230,3 +230,10 @@ def test_syntax_errors_give_line_and_column(client: TestClient, body: bytes, con
     message = _one_line(client.post("/studies", content=body, headers={"Content-Type": content_type}))
     assert message.startswith("the body is not valid "), message
     assert where in message, message
+
+
+def test_nul_in_a_yaml_body_is_422_with_its_place(client: TestClient) -> None:
+    r = client.post("/studies", content=b"name: a\x00b\n", headers={"Content-Type": "application/yaml"})
+    assert _one_line(r) == (
+        "the body is not valid YAML: special characters are not allowed (character #x0000) at character 8"
+    )

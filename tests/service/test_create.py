@@ -18,6 +18,7 @@ from fastapi.testclient import TestClient
 from service import db
 from service.config import Settings
 from service.spec import EXAMPLE_SPEC, StudySpec, check_spec
+from service.storage import Storage
 
 LONGEST = 1000  # the most entries StudySpec.enqueue takes
 
@@ -174,6 +175,27 @@ def test_an_optuna_study_left_by_a_creation_that_died_does_not_take_the_name(
     assert len(optuna.load_study(study_name="someones", storage=storage).trials) == 1
 
 
+@pytest.mark.timeout(60)
+def test_a_creation_that_fails_half_way_leaves_the_name_free(
+    client: TestClient, database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The cleanup deletes the Optuna study after our transaction has rolled back: that
+    transaction holds the study's row lock, and a delete waiting on it would never end."""
+    real = Storage.enqueue_trials_in
+
+    def fails_after_writing(self: Storage, conn: sa.Connection, study_id: int, params: Any) -> list[int]:
+        real(self, conn, study_id, params)
+        raise RuntimeError("the database went away")
+
+    monkeypatch.setattr(Storage, "enqueue_trials_in", fails_after_writing)
+    with pytest.raises(RuntimeError, match="went away"):
+        client.post("/studies", json=spec())
+    monkeypatch.undo()
+    storage = optuna.storages.RDBStorage(database_url, skip_table_creation=True)
+    assert optuna.study.get_all_study_names(storage) == []
+    assert client.post("/studies", json=spec()).status_code == 201
+
+
 def test_twenty_concurrent_posts_with_one_key_get_one_study(client: TestClient) -> None:
     """Before: 1x201, 15x200 and 4x409 (the late ones met the name taken before the key)."""
     body = spec(name="raced")
@@ -225,3 +247,13 @@ def test_a_spec_stored_by_another_version_is_a_409_not_the_requests_fault(
         assert detail.startswith("study 'digits-gat' was stored by an incompatible version of gat-tune (")
         assert "trials" in detail or "width" in detail
     assert client.get("/studies/digits-gat").status_code == 200  # the study itself still reads
+
+
+def test_a_best_trial_that_this_version_refuses_is_a_409(client: TestClient, settings: Settings) -> None:
+    assert client.post("/studies", json=spec()).status_code == 201
+    study = optuna.load_study(study_name="digits-gat", storage=db.optuna_storage(settings))
+    wide = optuna.distributions.IntDistribution(1, 10**6)  # z_dim's range was wider once
+    study.add_trial(optuna.trial.create_trial(params={"z_dim": 10**5}, distributions={"z_dim": wide}, value=5))
+    r = client.get("/studies/digits-gat/best")
+    assert r.status_code == 409, r.text
+    assert r.json()["detail"].startswith("study 'digits-gat': trial 1's config is refused by this version")
