@@ -80,7 +80,9 @@ def parse_body(body: bytes, content_type: str) -> Any:
     except yaml.YAMLError as exc:
         raise SpecIssue((), f"the body is not valid YAML: {yaml_error(exc)}") from None
     except ValueError:  # json: an integer literal over Python's int-str limit (4,300 digits)
-        raise SpecIssue((), "the body is not valid JSON: an integer literal is too long for a number") from None
+        raise SpecIssue(
+            (), "the body is not valid JSON: an integer literal of more than 4300 digits is too long for a number"
+        ) from None
     except RecursionError:
         raise SpecIssue((), f"the body is not valid {kind}: nested too deeply") from None
     check_values(data)
