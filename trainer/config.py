@@ -210,8 +210,17 @@ class _Loader(yaml.SafeLoader):
                 None, None, f"an integer of {len(node.value)} characters is too long for a number", node.start_mark
             ) from None
 
+    def construct_yaml_timestamp(self, node: yaml.ScalarNode) -> Any:
+        try:
+            return super().construct_yaml_timestamp(node)
+        except ValueError as exc:  # 2026-13-45: a date by its shape, not by its values
+            raise yaml.constructor.ConstructorError(
+                None, None, f"'{node.value}' is not a valid date ({exc}); quote it", node.start_mark
+            ) from None
+
 
 _Loader.add_constructor("tag:yaml.org,2002:int", _Loader.construct_yaml_int)
+_Loader.add_constructor("tag:yaml.org,2002:timestamp", _Loader.construct_yaml_timestamp)
 
 
 def load_yaml(text: str) -> Any:

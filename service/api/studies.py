@@ -81,7 +81,7 @@ def parse_body(body: bytes, content_type: str) -> Any:
         raise SpecIssue((), f"the body is not valid YAML: {yaml_error(exc)}") from None
     except ValueError:  # json: an integer literal over Python's int-str limit (4,300 digits)
         raise SpecIssue(
-            (), "the body is not valid JSON: an integer literal of more than 4300 digits is too long for a number"
+            (), f"the body is not valid {kind}: an integer literal of more than 4300 digits is too long for a number"
         ) from None
     except RecursionError:
         raise SpecIssue((), f"the body is not valid {kind}: nested too deeply") from None

@@ -223,6 +223,11 @@ def test_nul_in_an_enqueued_config_is_422(client: TestClient) -> None:
     [
         (b"name: s\nbase: {steps: 3\nn_trials: 4\n", "application/yaml", "line 3, column 9"),
         (b"name: s\n  base: x\n", "application/yaml", "line 2, column 7"),
+        (
+            b"name: s\nseed: 2026-13-45\n",
+            "application/yaml",
+            "not a valid date (month must be in 1..12); quote it at line 2, column 7",
+        ),
         (b'{"name": "s",\n "n_trials": 3,,\n}', "application/json", "line 2, column 16"),
     ],
 )
