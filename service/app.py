@@ -25,7 +25,7 @@ from service.artifacts import artifact_store
 from service.config import Settings, get_settings, is_loopback
 from service.dashboard import dashboard_app
 from service.errors import Conflict, Forbidden, GatTuneError, Invalid, NotFound, Unauthorized
-from service.spec import SpecIssue, StudySpec
+from service.spec import SpecIssue, StudySpec, enqueue_schema
 from service.studies import StudyService
 
 __all__ = ["create_app", "create_served_app"]
@@ -161,6 +161,11 @@ def create_app(settings: Settings | None = None, *, mount_dashboard: bool = True
             spec_schema = StudySpec.model_json_schema(ref_template="#/components/schemas/{model}")
             components = schema.setdefault("components", {}).setdefault("schemas", {})
             components.update(spec_schema.pop("$defs", {}))
+            # The limits the server applies: n_trials up to this server's max_trials (a
+            # setting), enqueue entries as POST /studies/{name}/enqueue takes them.
+            spec_schema["properties"]["n_trials"]["maximum"] = settings.max_trials
+            spec_schema["properties"]["enqueue"]["items"] = {"$ref": "#/components/schemas/EnqueueConfig"}
+            components["EnqueueConfig"] = enqueue_schema()
             components["StudySpec"] = spec_schema
             app.openapi_schema = schema
         return app.openapi_schema

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["Conflict", "Forbidden", "GatTuneError", "Invalid", "NotFound", "Unauthorized"]
+__all__ = ["Conflict", "Forbidden", "GatTuneError", "IncompatibleSpec", "Invalid", "NotFound", "Unauthorized"]
 
 
 class GatTuneError(Exception):
@@ -15,6 +15,10 @@ class NotFound(GatTuneError):
 
 class Conflict(GatTuneError):
     """The request clashes with the current state: a name taken, no finished trial yet…"""
+
+
+class IncompatibleSpec(Conflict):
+    """A study's stored spec that this version no longer accepts (stored by another one)."""
 
 
 class Invalid(GatTuneError):

@@ -18,7 +18,8 @@ import optuna
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from service.config import DataRoots
-from trainer.config import FIELDS, ConfigError, TrainConfig
+from service.errors import IncompatibleSpec
+from trainer.config import FIELDS, ConfigError, TrainConfig, unknown_key
 
 __all__ = [
     "EXAMPLE_SPEC",
@@ -32,8 +33,12 @@ __all__ = [
     "StudySpec",
     "check_folders",
     "check_spec",
+    "check_top_level",
+    "check_values",
     "config_from_params",
     "enqueue_params",
+    "enqueue_schema",
+    "load_stored_spec",
     "make_pruner",
     "make_sampler",
     "suggest_config",
@@ -43,6 +48,8 @@ SAMPLERS = ("tpe", "random", "cmaes", "gp", "qmc", "nsga2")
 PRUNERS = ("none", "median", "hyperband", "successive-halving")
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$"
 MAX_COMBINATIONS = 4096  # categorical combinations checked one by one before creating a study
+MAX_ENQUEUE = 1000  # entries of a spec's enqueue list
+MAX_VALUES = 1_000_000  # values in one body, YAML aliases expanded (a 1 MB body holds fewer)
 
 Scalar = str | int | float | bool
 
@@ -105,7 +112,9 @@ class StudySpec(_Strict):
         default=None, ge=1, description="failed trials after which the study ends as 'failed' (default: n_trials)"
     )
     seed: int | None = Field(default=None, ge=0, le=2**31 - 1)
-    enqueue: list[dict[str, Any]] = Field(default_factory=list, max_length=1000, description="configs to try first")
+    enqueue: list[dict[str, Any]] = Field(
+        default_factory=list, max_length=MAX_ENQUEUE, description="configs to try first"
+    )
 
     @field_validator("objective")
     @classmethod
@@ -157,6 +166,92 @@ class SpecIssue(Exception):
         super().__init__(message)
         self.loc = loc
         self.message = message
+
+
+def _where(loc: tuple[str | int, ...]) -> str:
+    return ".".join(str(p) for p in loc) or "body"
+
+
+def check_values(data: Any, loc: tuple[str | int, ...] = ()) -> None:
+    """Every number in a body is finite and fits in 64 bits, and no string holds a NUL
+    (PostgreSQL refuses it in text and jsonb); the first offender is named.
+
+    Raises:
+        SpecIssue: at the offending value's place.
+    """
+    seen = 0
+    stack: list[tuple[tuple[str | int, ...], Any]] = [(loc, data)]
+    while stack:
+        where, value = stack.pop()
+        seen += 1
+        if seen > MAX_VALUES:
+            raise SpecIssue(loc, f"the body holds more than {MAX_VALUES} values (YAML aliases expanded)")
+        if isinstance(value, dict):
+            for key, item in value.items():
+                if isinstance(key, str) and "\x00" in key:
+                    raise SpecIssue(where, f"{_where(where)}: a key holds a NUL character (\\u0000); remove it")
+                stack.append(((*where, key), item))
+        elif isinstance(value, list):
+            stack.extend(((*where, i), item) for i, item in enumerate(value))
+        elif isinstance(value, str):
+            if "\x00" in value:
+                raise SpecIssue(where, f"{_where(where)}: holds a NUL character (\\u0000); remove it")
+        elif isinstance(value, float):
+            if not math.isfinite(value):
+                raise SpecIssue(where, f"{_where(where)}: {value} is not a finite number; use a finite value")
+        elif isinstance(value, int) and not isinstance(value, bool) and not -(2**63) <= value < 2**63:
+            raise SpecIssue(where, f"{_where(where)}: the integer is out of range (a spec's numbers fit in 64 bits)")
+
+
+def check_top_level(data: dict[str, Any]) -> None:
+    """An unknown top-level key, named with the closest allowed one and the list.
+
+    Raises:
+        SpecIssue: at the unknown key.
+    """
+    for key in data:
+        if key not in StudySpec.model_fields:
+            raise SpecIssue((str(key),), unknown_key(str(key), StudySpec.model_fields))
+
+
+def load_stored_spec(name: str, data: Any) -> StudySpec:
+    """A study's spec as stored in gt_studies. One that no longer validates was stored by
+    another version of gat-tune: that is no fault of the request that reads it.
+
+    Raises:
+        IncompatibleSpec: naming the study and the first thing this version refuses.
+    """
+    try:
+        spec = StudySpec.model_validate(data)
+        TrainConfig.from_dict(spec.base)
+        return spec
+    except (ValueError, TypeError) as exc:  # pydantic's ValidationError is a ValueError
+        errors = getattr(exc, "errors", None)
+        if callable(errors):
+            first = errors(include_url=False, include_input=False)[0]
+            reason = f"{_where(first['loc'])}: {first['msg']}"
+        else:
+            reason = str(exc).splitlines()[0]
+        raise IncompatibleSpec(
+            f"study '{name}' was stored by an incompatible version of gat-tune ({reason}); "
+            "read it with that version, or create the study again"
+        ) from None
+
+
+def enqueue_schema() -> dict[str, Any]:
+    """JSON Schema of one enqueued config (POST /studies/{name}/enqueue and the spec's
+    enqueue items): search_space keys → values."""
+    keys = [k for k in FIELDS if k not in ("device", "seed")]
+    return {
+        "title": "EnqueueConfig",
+        "description": "search_space keys → values (a partial trainer config) to try first",
+        "type": "object",
+        "minProperties": 1,
+        "maxProperties": len(keys),
+        "propertyNames": {"enum": keys},
+        "additionalProperties": {"anyOf": [{"type": "string"}, {"type": "number"}]},
+        "example": {"aux_loss": "r1", "lambda": 1.0},
+    }
 
 
 def _param_name(key: str, on: str | None = None, case: str | None = None) -> str:
@@ -216,11 +311,14 @@ def _flat(spec: StudySpec) -> list[tuple[str, str | None, str | None, FloatParam
     return out
 
 
-def check_spec(spec: StudySpec, *, max_trials: int, data_roots: DataRoots | None = None) -> None:
+def check_spec(spec: StudySpec, *, max_trials: int, data_roots: DataRoots | None = None) -> list[dict[str, Any]]:
     """Check that the spec means something and every trial it allows is a valid config.
 
     Args:
         data_roots: where a ``folder:`` dataset may lie; None: anywhere.
+
+    Returns:
+        The enqueue entries as Optuna parameters (:func:`enqueue_params`), in order.
 
     Raises:
         SpecIssue: the first problem, with its location in the request body.
@@ -262,8 +360,7 @@ def check_spec(spec: StudySpec, *, max_trials: int, data_roots: DataRoots | None
     if multi and spec.pruner != "none":
         raise SpecIssue(("pruner",), "pruner: Optuna cannot prune multi-objective studies; use 'none'")
     _check_corners(spec)
-    for i, params in enumerate(spec.enqueue):
-        enqueue_params(spec, params, loc=("enqueue", i))
+    return [enqueue_params(spec, params, loc=("enqueue", i)) for i, params in enumerate(spec.enqueue)]
 
 
 def check_folders(spec: StudySpec, roots: DataRoots, values: dict[str, Any] | None = None) -> None:
@@ -366,12 +463,15 @@ def enqueue_params(spec: StudySpec, values: dict[str, Any], *, loc: tuple[str | 
         if key not in spec.search_space:
             raise SpecIssue((*loc, key), f"{key}: not in search_space, so a trial cannot set it")
         base[key] = value
-    _config_error(loc, base)
+    try:
+        config = TrainConfig.from_dict(base).to_dict()
+    except ConfigError as exc:
+        raise SpecIssue(loc, str(exc)) from None
     params: dict[str, Any] = {}
     for key, value in values.items():
         param = spec.search_space[key]
         if isinstance(param, ConditionalParam):
-            case = str(base.get(param.on, TrainConfig.from_dict(spec.base).to_dict()[param.on]))
+            case = str(base[param.on] if param.on in base else config[param.on])
             params[_param_name(key, param.on, case)] = value
         else:
             params[key] = value

@@ -269,6 +269,38 @@ class Storage(RDBStorage):
         ).one()
         return trial_id, number, now
 
+    def enqueue_trials_in(self, conn: sa.Connection, study_id: int, params: Sequence[dict[str, Any]]) -> list[int]:
+        """WAITING trials, one per params dict, in the caller's transaction: the rows that
+        ``Study.enqueue_trial(params)`` writes for each (a trial with no start or end, and
+        the system attribute ``fixed_params``), in two statements whatever their count.
+        The numbers, in the order given."""
+        if not params:
+            return []
+        if (
+            conn.execute(sa.text("SELECT 1 FROM studies WHERE study_id = :sid FOR UPDATE"), {"sid": study_id}).first()
+            is None
+        ):
+            raise KeyError(models.NOT_FOUND_MSG)
+        # Under the study's row lock, as create_trial_in: numbers follow the study's count,
+        # and trial ids rise with them (rows are inserted in ordinality order).
+        rows = conn.execute(
+            sa.text(
+                "INSERT INTO trials (number, study_id, state, datetime_start, datetime_complete) "
+                "SELECT (SELECT count(*) FROM trials WHERE study_id = :sid) + g.i - 1, :sid, 'WAITING', NULL, NULL "
+                "FROM generate_series(1, :n) AS g(i) ORDER BY g.i RETURNING trial_id, number"
+            ),
+            {"sid": study_id, "n": len(params)},
+        ).all()
+        ordered = sorted(rows, key=lambda r: r.number)
+        conn.execute(
+            sa.text(
+                "INSERT INTO trial_system_attributes (trial_id, key, value_json) "
+                "SELECT unnest(CAST(:ids AS int[])), 'fixed_params', unnest(CAST(:values AS text[]))"
+            ),
+            {"ids": [r.trial_id for r in ordered], "values": [json.dumps(p) for p in params]},
+        )
+        return [r.number for r in ordered]
+
     def pop_waiting_trial_in(self, conn: sa.Connection, study_id: int) -> tuple[int, int, dict[str, Any]] | None:
         """The study's first WAITING trial (by number) made RUNNING in the caller's
         transaction, as Study.ask pops a queued trial: (trial id, number, user attributes),

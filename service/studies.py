@@ -8,19 +8,31 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import math
+import numbers
 from typing import Any
 
+import numpy as np
 import optuna
 import orjson
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
 from service.config import DataRoots
-from service.errors import Conflict, Invalid, NotFound
+from service.errors import Conflict, IncompatibleSpec, Invalid, NotFound
 from service.readcache import SNAPSHOT, SnapshotCache
-from service.spec import StudySpec, check_folders, check_spec, config_from_params, enqueue_params, make_sampler
+from service.spec import (
+    StudySpec,
+    check_folders,
+    check_spec,
+    config_from_params,
+    enqueue_params,
+    load_stored_spec,
+    make_sampler,
+)
 from service.storage import Storage
 from service.tables import idempotency_keys, studies
+from trainer.config import ConfigError
 
 __all__ = ["FAIL_FAST", "StudyService", "load_spec", "repeated_failure"]
 
@@ -166,7 +178,58 @@ CONTROL = {"stop": "stopped", "pause": "paused", "resume": "running"}
 
 
 def load_spec(row: Any) -> StudySpec:
-    return StudySpec.model_validate(row.spec)
+    """A gt_studies row's spec; IncompatibleSpec (409) when this version cannot read it."""
+    return load_stored_spec(row.name, row.spec)
+
+
+def _repeats(new: dict[str, Any], old: dict[str, Any]) -> bool:
+    """Optuna's Study._should_skip_enqueue for one earlier entry: the same keys, each value
+    of the earlier one's type and equal (numbers: np.isclose(new, old, atol=0))."""
+    if new.keys() != old.keys():
+        return False
+    for name, value in new.items():
+        before = old[name]
+        if not isinstance(value, type(before)):
+            return False
+        if isinstance(value, numbers.Real):
+            a, b = float(value), float(before)
+            if math.isinf(a) or math.isinf(b):
+                if a != b:
+                    return False
+            elif not (a == b or abs(a - b) <= 1e-5 * abs(b) or (math.isnan(a) and math.isnan(b))):
+                return False
+        elif value != before:
+            return False
+    return True
+
+
+def _unrepeated(entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The entries that ``enqueue_trial(params, skip_if_exists=True)`` one after the other
+    would queue on a new study: each one that repeats no entry kept before it. Optuna
+    compares each with every trial (quadratic); here entries are grouped by what must be
+    equal (keys, value types, strings) and the numbers of a group compared at once."""
+    # isinstance(new, type(old)) is symmetric for exact str/int/float values (the trainer
+    # takes no others); any other value sends the lot down Optuna's one-by-one path.
+    if not all(type(v) in (str, int, float) for entry in entries for v in entry.values()):
+        kept: list[dict[str, Any]] = []
+        for entry in entries:
+            if not any(_repeats(entry, old) for old in kept):
+                kept.append(entry)
+        return kept
+    kept = []
+    groups: dict[tuple[Any, ...], tuple[np.ndarray, list[int]]] = {}
+    for entry in entries:
+        items = sorted(entry.items())
+        exact = tuple((k, type(v).__name__, v if type(v) is str else None) for k, v in items)
+        row = np.array([float(v) for _, v in items if type(v) is not str], dtype=float)
+        rows, count = groups.setdefault(exact, (np.empty((len(entries), row.size)), [0]))
+        before = rows[: count[0]]
+        if count[0] and np.isclose(row, before, atol=0.0, equal_nan=True).all(axis=1).any():
+            continue
+        rows[count[0]] = row
+        count[0] += 1
+        kept.append(entry)
+    return kept
 
 
 class StudyService:
@@ -199,57 +262,94 @@ class StudyService:
             SpecIssue: the spec is invalid. Conflict: the name is taken, or the key was used
             for a different request.
         """
-        check_spec(spec, max_trials=self.max_trials, data_roots=self.data_roots)
+        enqueued = _unrepeated(check_spec(spec, max_trials=self.max_trials, data_roots=self.data_roots))
         spec_text = spec.model_dump_json()
         body_hash = hashlib.sha256(spec_text.encode()).hexdigest()
-        if idempotency_key is not None:
-            existing = self._by_idempotency_key(idempotency_key, body_hash)
-            if existing is not None:
-                return self.get(existing), False
-        with self.engine.begin() as conn:
-            # Serialise creations of one name across processes, so the check below holds.
-            conn.execute(sa.text("SELECT pg_advisory_xact_lock(hashtext(:n))"), {"n": "study:" + spec.name})
-            if conn.execute(sa.select(studies.c.name).where(studies.c.name == spec.name)).first() is not None:
-                raise Conflict(f"a study named '{spec.name}' exists; choose another name")
-            try:
-                study = optuna.create_study(
-                    storage=self.storage, study_name=spec.name, directions=spec.directions, sampler=make_sampler(spec)
-                )
-            except optuna.exceptions.DuplicatedStudyError:
-                raise Conflict(f"an Optuna study named '{spec.name}' exists in this database") from None
-            try:
-                spec_json = json.loads(spec_text)
-                study.set_user_attr("gat_tune_spec", spec_json)
-                study.set_metric_names([METRIC_NAMES[o] for o in spec.objectives])  # the dashboard's labels
-                for params in spec.enqueue:
-                    study.enqueue_trial(enqueue_params(spec, params), skip_if_exists=True)
-                conn.execute(
-                    studies.insert().values(
-                        name=spec.name,
-                        optuna_study_id=self.storage.get_study_id_from_name(spec.name),
-                        spec=spec_json,
-                        n_trials=spec.n_trials,
-                        max_parallel=spec.max_parallel,
+        made: list[int] = []  # the Optuna study's id, once made
+        try:
+            with self.engine.begin() as conn:
+                if idempotency_key is not None:
+                    # Requests with one key wait here for each other: the first creates,
+                    # the others find its key once it has committed.
+                    conn.execute(
+                        sa.text("SELECT pg_advisory_xact_lock(hashtext(:k))"), {"k": "idem:" + idempotency_key}
                     )
-                )
+                    existing = self._by_idempotency_key(conn, idempotency_key, body_hash)
+                    if existing is not None:
+                        return self.get(existing), False
+                self._create_in(conn, spec, spec_text, enqueued, made)
                 if idempotency_key is not None:
                     conn.execute(
                         idempotency_keys.insert().values(
                             key=idempotency_key, request_sha256=body_hash, study_name=spec.name
                         )
                     )
-            except BaseException:
-                optuna.delete_study(study_name=spec.name, storage=self.storage)
-                raise
+        except BaseException:
+            # After our transaction has rolled back: it held the study's row lock (the
+            # queued trials), which a delete from another connection would wait on forever.
+            # By id: the name may be another request's by now. A process that dies here
+            # leaves the empty study to _drop_orphan.
+            if made:
+                with contextlib.suppress(Exception):
+                    self.storage.delete_study(made[0])
+            raise
         return self.get(spec.name), True
 
-    def _by_idempotency_key(self, key: str, body_hash: str) -> str | None:
-        with self.engine.connect() as conn:
-            row = conn.execute(sa.select(idempotency_keys).where(idempotency_keys.c.key == key)).first()
+    def _create_in(
+        self, conn: Connection, spec: StudySpec, spec_text: str, enqueued: list[dict[str, Any]], made: list[int]
+    ) -> None:
+        # Serialise creations of one name across processes, so the check below holds.
+        conn.execute(sa.text("SELECT pg_advisory_xact_lock(hashtext(:n))"), {"n": "study:" + spec.name})
+        if conn.execute(sa.select(studies.c.name).where(studies.c.name == spec.name)).first() is not None:
+            raise Conflict(f"a study named '{spec.name}' exists; choose another name")
+        try:
+            study = optuna.create_study(
+                storage=self.storage, study_name=spec.name, directions=spec.directions, sampler=make_sampler(spec)
+            )
+        except optuna.exceptions.DuplicatedStudyError:
+            self._drop_orphan(conn, spec.name)
+            study = optuna.create_study(
+                storage=self.storage, study_name=spec.name, directions=spec.directions, sampler=make_sampler(spec)
+            )
+        study_id = self.storage.get_study_id_from_name(spec.name)
+        made.append(study_id)
+        spec_json = json.loads(spec_text)
+        study.set_user_attr("gat_tune_spec", spec_json)
+        study.set_metric_names([METRIC_NAMES[o] for o in spec.objectives])  # the dashboard's labels
+        # In our transaction: the queued trials exist exactly when our row does.
+        self.storage.enqueue_trials_in(conn, study_id, enqueued)
+        conn.execute(
+            studies.insert().values(
+                name=spec.name,
+                optuna_study_id=study_id,
+                spec=spec_json,
+                n_trials=spec.n_trials,
+                max_parallel=spec.max_parallel,
+            )
+        )
+
+    def _drop_orphan(self, conn: Connection, name: str) -> None:
+        """An Optuna study of this name with no gt_studies row, found under the name's lock:
+        left by a creation that died half way (its cleanup never ran) when it has no trials,
+        so it is deleted and the name is free again. One with trials is someone's data."""
+        study_id = self.storage.get_study_id_from_name(name)
+        n = conn.execute(sa.text("SELECT count(*) FROM trials WHERE study_id = :sid"), {"sid": study_id}).scalar()
+        if n:
+            raise Conflict(
+                f"an Optuna study named '{name}' with {n} trials exists in this database outside gat-tune; "
+                "choose another name (or delete it: optuna delete-study)"
+            )
+        self.storage.delete_study(study_id)
+
+    def _by_idempotency_key(self, conn: Connection, key: str, body_hash: str) -> str | None:
+        row = conn.execute(sa.select(idempotency_keys).where(idempotency_keys.c.key == key)).first()
         if row is None:
             return None
         if row.request_sha256 != body_hash:
-            raise Conflict("Idempotency-Key was already used for a different request")
+            raise Conflict(
+                f"Idempotency-Key '{key}' was already used for a different spec (study '{row.study_name}'); "
+                "send a new key with a new request"
+            )
         return str(row.study_name)
 
     # -- read -----------------------------------------------------------------------------
@@ -332,7 +432,12 @@ class StudyService:
             best = self._best(conn, row)
         if best is None:
             raise Conflict(f"study '{name}' has no completed trial yet; try again when one has finished")
-        return config_from_params(load_spec(row), best["params"])
+        try:
+            return config_from_params(load_spec(row), best["params"])
+        except ConfigError as exc:  # a trial run under another version's rules
+            raise IncompatibleSpec(
+                f"study '{name}': trial {best['trial']}'s config is refused by this version of gat-tune ({exc})"
+            ) from None
 
     # -- control --------------------------------------------------------------------------
     def control(self, name: str, action: str) -> dict[str, Any]:
@@ -410,13 +515,12 @@ class StudyService:
 
     def enqueue(self, name: str, values: dict[str, Any]) -> dict[str, Any]:
         """Queue a (partial) config to be tried next; returns its trial number."""
-        with self.engine.connect() as conn:
+        with self.engine.begin() as conn:
             row = self._row(conn, name)
-        spec = load_spec(row)
-        params = enqueue_params(spec, values)
-        if self.data_roots is not None:
-            check_folders(spec, self.data_roots, values)
-        study = optuna.load_study(study_name=name, storage=self.storage, sampler=make_sampler(spec))
-        study.enqueue_trial(params)
-        waiting = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.WAITING,))
-        return {"number": max(t.number for t in waiting), "params": params}
+            spec = load_spec(row)
+            params = enqueue_params(spec, values)
+            if self.data_roots is not None:
+                check_folders(spec, self.data_roots, values)
+            # The rows Study.enqueue_trial writes, without reading every waiting trial back.
+            (number,) = self.storage.enqueue_trials_in(conn, row.optuna_study_id, [params])
+        return {"number": number, "params": params}

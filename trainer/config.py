@@ -10,13 +10,23 @@ import dataclasses
 import difflib
 import json
 import math
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-__all__ = ["AUX_LOSSES", "DATASETS", "FIELDS", "MODELS", "ConfigError", "TrainConfig"]
+__all__ = [
+    "AUX_LOSSES",
+    "DATASETS",
+    "FIELDS",
+    "MODELS",
+    "ConfigError",
+    "TrainConfig",
+    "load_yaml",
+    "unknown_key",
+    "yaml_error",
+]
 
 DATASETS = ("digits", "ring8", "grid25", "mnist", "fashion-mnist", "cifar10")
 MODELS = ("mlp", "dcgan")
@@ -146,11 +156,9 @@ class TrainConfig:
     def from_text(cls, text: str, *, source: str = "config") -> TrainConfig:
         """Parse YAML or JSON text (JSON is YAML, so one parser reads both)."""
         try:
-            data = yaml.safe_load(text)
+            data = load_yaml(text)
         except yaml.YAMLError as exc:
-            mark = getattr(exc, "problem_mark", None)
-            where = f" at line {mark.line + 1}" if mark is not None else ""
-            raise ConfigError(f"{source}: not valid YAML or JSON{where}") from None
+            raise ConfigError(f"{source}: not valid YAML or JSON: {yaml_error(exc)}") from None
         return cls.from_dict(data if data is not None else {})
 
     @classmethod
@@ -168,10 +176,73 @@ class TrainConfig:
         path.write_text(self.to_json() if path.suffix == ".json" else self.to_yaml())
 
 
-def _unknown_key(key: str) -> str:
-    close = difflib.get_close_matches(key, list(FIELDS), n=1)
+def unknown_key(key: str, allowed: Iterable[str]) -> str:
+    """The message for a key that is not allowed: the closest allowed one, and the list."""
+    allowed = list(allowed)
+    close = difflib.get_close_matches(key, allowed, n=1)
     hint = f" (did you mean '{close[0]}'?)" if close else ""
-    return f"unknown key '{key}'{hint}; allowed keys: {', '.join(FIELDS)}"
+    return f"unknown key '{key}'{hint}; allowed keys: {', '.join(allowed)}"
+
+
+def _unknown_key(key: str) -> str:
+    return unknown_key(key, FIELDS)
+
+
+_BOOL_TAG, _STR_TAG = "tag:yaml.org,2002:bool", "tag:yaml.org,2002:str"
+
+
+class _Loader(yaml.SafeLoader):
+    """Safe YAML as people write configs and specs: a plain mapping key that YAML 1.1 reads
+    as a boolean (``on:``, ``off:``, ``yes:``, ``no:``) stays the string written, and an
+    integer Python refuses to convert (over 4,300 digits) is an error with its place."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        for key_node, _ in node.value:
+            if isinstance(key_node, yaml.ScalarNode) and key_node.tag == _BOOL_TAG:
+                key_node.tag = _STR_TAG
+        return super().construct_mapping(node, deep=deep)
+
+    def construct_yaml_int(self, node: yaml.ScalarNode) -> int:
+        try:
+            return int(super().construct_yaml_int(node))
+        except ValueError:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"an integer of {len(node.value)} characters is too long for a number", node.start_mark
+            ) from None
+
+    def construct_yaml_timestamp(self, node: yaml.ScalarNode) -> Any:
+        try:
+            return super().construct_yaml_timestamp(node)
+        except ValueError as exc:  # 2026-13-45: a date by its shape, not by its values
+            raise yaml.constructor.ConstructorError(
+                None, None, f"'{node.value}' is not a valid date ({exc}); quote it", node.start_mark
+            ) from None
+
+
+_Loader.add_constructor("tag:yaml.org,2002:int", _Loader.construct_yaml_int)
+_Loader.add_constructor("tag:yaml.org,2002:timestamp", _Loader.construct_yaml_timestamp)
+
+
+def load_yaml(text: str) -> Any:
+    """Parse YAML (or JSON, which is YAML) with :class:`_Loader`'s rules.
+
+    Raises:
+        yaml.YAMLError: with its place; :func:`yaml_error` makes it one line.
+    """
+    return yaml.load(text, Loader=_Loader)  # a SafeLoader
+
+
+def yaml_error(exc: yaml.YAMLError) -> str:
+    """One line for a YAML error: what, and the line and column it was found at."""
+    if isinstance(exc, yaml.MarkedYAMLError):
+        mark = exc.problem_mark or exc.context_mark
+        what = exc.problem or exc.context or "syntax error"
+        if mark is not None:
+            return f"{what} at line {mark.line + 1}, column {mark.column + 1}"
+        return what
+    if isinstance(exc, yaml.reader.ReaderError):
+        return f"{exc.reason} (character #x{exc.character:04x}) at character {exc.position + 1}"
+    return str(exc).splitlines()[0] if str(exc) else "syntax error"
 
 
 def _coerce(key: str, value: Any) -> Any:
@@ -187,7 +258,10 @@ def _coerce(key: str, value: Any) -> Any:
         if isinstance(value, float) and not value.is_integer():
             raise ConfigError(f"{key}: expected {rule.describe()}, got {value!r}")
         return int(value)
-    return float(value)
+    try:
+        return float(value)
+    except OverflowError:
+        raise ConfigError(f"{key}: expected {rule.describe()}, got an integer too large for a number") from None
 
 
 def validate(data: Mapping[str, Any]) -> None:

@@ -9,10 +9,12 @@ from typing import Annotated, Any, Literal
 import yaml
 from fastapi import APIRouter, Header, Path, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
+from pydantic import BaseModel
 
 from service.api.deps import AdminAccess, ReadAccess, StateDep, WriteAccess
 from service.errors import Invalid, NotFound
-from service.spec import EXAMPLE_SPEC, NAME_PATTERN, SpecIssue, StudySpec
+from service.spec import EXAMPLE_SPEC, NAME_PATTERN, SpecIssue, StudySpec, check_top_level, check_values
+from trainer.config import load_yaml, yaml_error
 
 router = APIRouter(prefix="/studies", tags=["studies"])
 
@@ -31,6 +33,21 @@ _SPEC_BODY = {
 }
 
 
+class Problem(BaseModel):
+    """A refusal: one line that says what is wrong and what to do."""
+
+    detail: str
+
+
+def _answers(**described: str) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI responses for the refusals a route gives (``_404="..."``)."""
+    return {int(code.lstrip("_")): {"model": Problem, "description": text} for code, text in described.items()}
+
+
+_NO_STUDY = "no study of that name"
+_STORED = "the study's stored spec is from an incompatible version of gat-tune"
+
+
 def _name(name: str) -> str:
     if not re.fullmatch(NAME_PATTERN, name):
         raise NotFound(f"no study named {name!r}")
@@ -42,20 +59,56 @@ def _json(body: bytes) -> Response:
     return Response(body, media_type="application/json")
 
 
-def parse_spec(body: bytes, content_type: str) -> StudySpec:
-    """A spec from a JSON or YAML body; shape errors become SpecIssue/ValidationError (422)."""
+def parse_body(body: bytes, content_type: str) -> Any:
+    """A JSON (or, for a YAML content type, YAML) body, every value checked by check_values.
+
+    Raises:
+        SpecIssue: one line that says what is wrong and where (line and column for syntax).
+    """
+    kind = "YAML" if "yaml" in content_type else "JSON"
+    hint = "" if kind == "YAML" else " (for YAML, send Content-Type: application/yaml)"
     try:
         text = body.decode("utf-8")
-        data = yaml.safe_load(text) if "yaml" in content_type else json.loads(text)
-    except (UnicodeDecodeError, json.JSONDecodeError, yaml.YAMLError, RecursionError):
-        kind = "YAML" if "yaml" in content_type else "JSON"
-        raise SpecIssue((), f"the body is not valid {kind} (send application/json or application/yaml)") from None
+    except UnicodeDecodeError as exc:
+        raise SpecIssue((), f"the body is not UTF-8 (byte {exc.start}); send UTF-8 {kind}") from None
+    try:
+        data = load_yaml(text) if kind == "YAML" else json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise SpecIssue(
+            (), f"the body is not valid JSON: {exc.msg} at line {exc.lineno}, column {exc.colno}{hint}"
+        ) from None
+    except yaml.YAMLError as exc:
+        raise SpecIssue((), f"the body is not valid YAML: {yaml_error(exc)}") from None
+    except ValueError:  # json: an integer literal over Python's int-str limit (4,300 digits)
+        raise SpecIssue(
+            (), f"the body is not valid {kind}: an integer literal of more than 4300 digits is too long for a number"
+        ) from None
+    except RecursionError:
+        raise SpecIssue((), f"the body is not valid {kind}: nested too deeply") from None
+    check_values(data)
+    return data
+
+
+def parse_spec(body: bytes, content_type: str) -> StudySpec:
+    """A spec from a JSON or YAML body; shape errors become SpecIssue/ValidationError (422)."""
+    data = parse_body(body, content_type)
     if not isinstance(data, dict):
         raise SpecIssue((), "the body must be an object: a study spec")
+    check_top_level(data)
     return StudySpec.model_validate(data)
 
 
-@router.post("", status_code=201, openapi_extra=_SPEC_BODY, dependencies=[WriteAccess], summary="Create a study")
+@router.post(
+    "",
+    status_code=201,
+    openapi_extra=_SPEC_BODY,
+    dependencies=[WriteAccess],
+    summary="Create a study",
+    responses={
+        200: {"description": "a retry with the same Idempotency-Key and spec: the study the first request made"},
+        **_answers(_409="the name is taken, or the Idempotency-Key was used with a different spec"),
+    },
+)
 async def create_study(
     request: Request,
     response: Response,
@@ -66,8 +119,12 @@ async def create_study(
 
     With an Idempotency-Key header a retried request returns the study the first one made.
     """
-    spec = parse_spec(await request.body(), request.headers.get("content-type", ""))
-    study, created = await run_in_threadpool(state.studies.create, spec, idempotency_key=idempotency_key)
+    body, content_type = await request.body(), request.headers.get("content-type", "")
+
+    def create() -> tuple[dict[str, Any], bool]:  # a large YAML body takes a while to parse
+        return state.studies.create(parse_spec(body, content_type), idempotency_key=idempotency_key)
+
+    study, created = await run_in_threadpool(create)
     if not created:
         response.status_code = 200
     return study
@@ -78,12 +135,22 @@ def list_studies(state: StateDep, offset: Offset = 0, limit: Limit = 50) -> Resp
     return _json(state.studies.studies_json(offset=offset, limit=limit))
 
 
-@router.get("/{name}", dependencies=[ReadAccess], summary="A study: state, trial counts, best so far")
+@router.get(
+    "/{name}",
+    dependencies=[ReadAccess],
+    summary="A study: state, trial counts, best so far",
+    responses=_answers(_404=_NO_STUDY),
+)
 def get_study(name: StudyName, state: StateDep) -> Response:
     return _json(state.studies.study_json(_name(name)))
 
 
-@router.get("/{name}/trials", dependencies=[ReadAccess], summary="A page of a study's trials")
+@router.get(
+    "/{name}/trials",
+    dependencies=[ReadAccess],
+    summary="A page of a study's trials",
+    responses=_answers(_404=_NO_STUDY),
+)
 def list_trials(
     name: StudyName,
     state: StateDep,
@@ -100,7 +167,10 @@ def list_trials(
     "/{name}/best",
     dependencies=[ReadAccess],
     summary="The best trial's complete trainer config",
-    responses={200: {"content": {"application/json": {}, "application/yaml": {}}}},
+    responses={
+        200: {"content": {"application/json": {}, "application/yaml": {}}},
+        **_answers(_404=_NO_STUDY, _409=f"no trial has completed yet, or {_STORED}"),
+    },
 )
 def best_config(name: StudyName, state: StateDep, format: Annotated[Literal["json", "yaml"], Query()] = "json") -> Any:
     """A config that `gat-tune train --config` accepts; `?format=yaml` for YAML. 409 before any
@@ -144,7 +214,12 @@ for _action, _summary in (
     ("resume", "Resume a paused study"),
 ):
     router.add_api_route(
-        f"/{{name}}/{_action}", _control(_action), methods=["POST"], dependencies=[WriteAccess], summary=_summary
+        f"/{{name}}/{_action}",
+        _control(_action),
+        methods=["POST"],
+        dependencies=[WriteAccess],
+        summary=_summary,
+        responses=_answers(_404=_NO_STUDY, _409="the study is stopped: a stopped study cannot pause or resume"),
     )
 
 
@@ -153,27 +228,20 @@ for _action, _summary in (
     dependencies=[WriteAccess],
     status_code=201,
     summary="Queue a config to try next",
+    responses=_answers(_404=_NO_STUDY, _409=_STORED),
     openapi_extra={
         "requestBody": {
             "required": True,
-            "content": {
-                "application/json": {
-                    "schema": {"type": "object", "additionalProperties": True},
-                    "example": {"aux_loss": "r1", "lambda": 1.0},
-                }
-            },
+            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/EnqueueConfig"}}},
         }
     },
 )
 async def enqueue(name: StudyName, request: Request, state: StateDep) -> dict[str, Any]:
     """Body: search-space keys → values (a partial trainer config)."""
-    try:
-        values = json.loads(await request.body())
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
-        raise Invalid("the body is not valid JSON") from None
+    values = parse_body(await request.body(), "application/json")
     if not isinstance(values, dict):
         raise Invalid("the body must be an object of search_space keys to values")
     return await run_in_threadpool(state.studies.enqueue, _name(name), values)
 
 
-__all__ = ["parse_spec", "router"]
+__all__ = ["Problem", "parse_body", "parse_spec", "router"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import json
 from typing import Any
 
 import pytest
@@ -89,7 +90,33 @@ CASES = [
     ("n_trials over the limit", spec(n_trials=501), ["body", "n_trials"], "over this server's limit of 500"),
     ("n_trials zero", spec(n_trials=0), ["body", "n_trials"], "greater than or equal to 1"),
     ("bad name", spec(name="no spaces allowed"), ["body", "name"], "String should match pattern"),
-    ("unknown top-level field", spec(trials=3), ["body", "trials"], "Extra inputs are not permitted"),
+    (
+        "unknown top-level field",
+        spec(trials=3),
+        ["body", "trials"],
+        "unknown key 'trials' (did you mean 'n_trials'?); allowed keys: name, base, search_space,",
+    ),
+    ("NUL in base.dataset", spec(base={"dataset": "digits\u0000"}), ["body", "base", "dataset"], "NUL character"),
+    ("NUL in base.device", spec(base={"device": "cpu\u0000"}), ["body", "base", "device"], "NUL character"),
+    ("NUL in a key", spec(base={"dev\u0000": "cpu"}), ["body", "base"], "NUL character"),
+    (
+        "float too large for a number",
+        spec(base={"lambda": 10**400}),
+        ["body", "base", "lambda"],
+        "out of range (a spec's numbers fit in 64 bits)",
+    ),
+    (
+        "infinite step",
+        space(lr_g={"type": "float", "low": 0.1, "high": 1, "step": float("inf")}),
+        ["body", "search_space", "lr_g", "step"],
+        "search_space.lr_g.step: inf is not a finite number",
+    ),
+    (
+        "NaN in an enqueued value",
+        spec(enqueue=[{"aux_loss": "r1", "lambda": float("nan")}]),
+        ["body", "enqueue", 0, "lambda"],
+        "enqueue.0.lambda: nan is not a finite number",
+    ),
     ("enqueue outside the space", spec(enqueue=[{"z_dim": 4}]), ["body", "enqueue", 0, "z_dim"], "not in search_space"),
     (
         "cmaes with two objectives",
@@ -104,7 +131,8 @@ CASES = [
 def test_bad_spec_is_422_naming_the_field(
     client: TestClient, label: str, body: dict[str, Any], loc: list[Any], message: str
 ) -> None:
-    r = client.post("/studies", json=body)
+    # json.dumps writes NaN and Infinity as JavaScript does (httpx's json= refuses them)
+    r = client.post("/studies", content=json.dumps(body).encode(), headers={"Content-Type": "application/json"})
     assert r.status_code == 422, r.text
     detail = r.json()["detail"]
     assert any(d["loc"] == loc and message in d["msg"] for d in detail), detail
@@ -140,3 +168,77 @@ def test_bad_query_parameters_are_422(client: TestClient) -> None:
     assert client.get("/studies/digits-gat/trials", params={"offset": -1}).status_code == 422
     assert client.get("/studies/digits-gat/trials", params={"state": "DONE"}).status_code == 422
     assert client.get("/studies/digits-gat/best", params={"format": "xml"}).status_code == 422
+
+
+def _one_line(r: Any) -> str:
+    """The single message of a 422, checked to be one line."""
+    assert r.status_code == 422, r.text
+    (detail,) = r.json()["detail"]
+    assert "\n" not in detail["msg"]
+    return str(detail["msg"])
+
+
+@pytest.mark.parametrize("content_type", ["application/json", "application/yaml"])
+def test_an_integer_literal_over_pythons_limit_is_422(client: TestClient, content_type: str) -> None:
+    huge = "9" * 5000  # int() refuses over 4,300 digits (ValueError): this was a 500
+    body = f'{{"name": "big", "n_trials": {huge}}}'
+    r = client.post("/studies", content=body.encode(), headers={"Content-Type": content_type})
+    assert "too long for a number" in _one_line(r)
+    client.post("/studies", json=spec(enqueue=[]))
+    r = client.post("/studies/digits-gat/enqueue", content=f'{{"lambda": {huge}}}'.encode())
+    assert "too long for a number" in _one_line(r)
+
+
+@pytest.mark.parametrize(
+    ("body", "content_type", "loc"),
+    [
+        ('{"name": "s", "search_space": {"lr_g": {"type": "float", "low": 0.1, "high": 1, "step": NaN}}}',
+         "application/json", ["body", "search_space", "lr_g", "step"]),
+        ('{"name": "s", "base": {"lambda": Infinity}}', "application/json", ["body", "base", "lambda"]),
+        ("name: s\nsearch_space:\n  lr_g: {type: float, low: 0.1, high: 1, step: .nan}\n",
+         "application/yaml", ["body", "search_space", "lr_g", "step"]),
+        ("name: s\nbase: {lambda: -.inf}\n", "application/yaml", ["body", "base", "lambda"]),
+    ],
+)  # fmt: skip
+def test_non_finite_numbers_are_422_naming_the_field(
+    client: TestClient, body: str, content_type: str, loc: list[Any]
+) -> None:
+    """NaN for a float step was stored (as null): every non-finite number is refused."""
+    r = client.post("/studies", content=body.encode(), headers={"Content-Type": content_type})
+    assert r.status_code == 422, r.text
+    assert r.json()["detail"][0]["loc"] == loc
+    assert "is not a finite number" in _one_line(r)
+    assert client.get("/studies").json()["total"] == 0
+
+
+def test_nul_in_an_enqueued_config_is_422(client: TestClient) -> None:
+    client.post("/studies", json=spec(enqueue=[]))
+    r = client.post("/studies/digits-gat/enqueue", json={"aux_loss": "r1\u0000"})
+    assert r.json()["detail"][0]["loc"] == ["body", "aux_loss"]
+    assert "NUL character" in _one_line(r)
+
+
+@pytest.mark.parametrize(
+    ("body", "content_type", "where"),
+    [
+        (b"name: s\nbase: {steps: 3\nn_trials: 4\n", "application/yaml", "line 3, column 9"),
+        (b"name: s\n  base: x\n", "application/yaml", "line 2, column 7"),
+        (
+            b"name: s\nseed: 2026-13-45\n",
+            "application/yaml",
+            "not a valid date (month must be in 1..12); quote it at line 2, column 7",
+        ),
+        (b'{"name": "s",\n "n_trials": 3,,\n}', "application/json", "line 2, column 16"),
+    ],
+)
+def test_syntax_errors_give_line_and_column(client: TestClient, body: bytes, content_type: str, where: str) -> None:
+    message = _one_line(client.post("/studies", content=body, headers={"Content-Type": content_type}))
+    assert message.startswith("the body is not valid "), message
+    assert where in message, message
+
+
+def test_nul_in_a_yaml_body_is_422_with_its_place(client: TestClient) -> None:
+    r = client.post("/studies", content=b"name: a\x00b\n", headers={"Content-Type": "application/yaml"})
+    assert _one_line(r) == (
+        "the body is not valid YAML: special characters are not allowed (character #x0000) at character 8"
+    )

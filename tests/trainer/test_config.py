@@ -88,3 +88,11 @@ def test_cli_bad_config_is_one_line(tmp_path: Path) -> None:
     assert proc.stderr.strip().count("\n") == 0
     assert "unknown key 'width'" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_a_yaml_syntax_error_gives_line_and_column() -> None:
+    with pytest.raises(ConfigError) as info:
+        TrainConfig.from_text("lambda: 1\nsteps: [1,\n", source="c.yaml")
+    assert str(info.value) == (
+        "c.yaml: not valid YAML or JSON: expected the node content, but found '<stream end>' at line 3, column 1"
+    )
