@@ -170,3 +170,67 @@ def test_queued_configs_are_claimed_first_in_order(client: TestClient, settings:
     assert [c.trial.number for c in claims if c is not None] == [0, 1, 2]
     states = [t.state for t in optuna.load_study(study_name="tiny", storage=db.optuna_storage(settings)).trials]
     assert states == [TrialState.RUNNING] * 3, "the third is a new trial: nothing left queued"
+
+
+def test_a_study_whose_optuna_study_was_deleted_is_skipped_and_marked(client: TestClient, settings: Settings) -> None:
+    """optuna.delete_study under our row: a claim used to raise KeyError (every slot crashed
+    and restarted, no study progressed); now it marks the ghost failed and goes on."""
+    client.post("/studies", json=spec(name="ghost"))
+    client.post("/studies", json=spec(name="alive"))
+    q = queue(settings, "w")
+    warm = q.claim()  # the ghost's Optuna study loaded and cached before it goes
+    assert warm is not None and warm.study_name == "ghost"
+    assert q.finish(warm, state=TrialState.COMPLETE, values=[1.0])
+    optuna.delete_study(study_name="ghost", storage=settings.database_url or "")
+    claim = q.claim()
+    assert claim is not None and claim.study_name == "alive"
+    with db.engine(settings).connect() as conn:
+        status = dict(conn.execute(sa.text("SELECT name, status FROM gt_studies")).tuples().all())
+    assert status == {"ghost": "failed", "alive": "running"}
+    assert queue(settings, "fresh").claim() is not None, "a worker that never loaded it skips it too"
+
+
+def test_a_finish_tried_again_after_its_tell_committed_counts_once(client: TestClient, settings: Settings) -> None:
+    """The database went away after the tell committed but before the lease's transaction
+    did: the finish tried again must count it as told, once."""
+    client.post("/studies", json=spec(n_trials=1, max_parallel=1))
+    q = queue(settings, "w")
+    claim = q.claim()
+    assert claim is not None
+    claim.study.tell(claim.trial, [2.5], state=TrialState.COMPLETE)  # the first try's tell
+    assert q.finish(claim, state=TrialState.COMPLETE, values=[2.5]), "told, not 'already finished elsewhere'"
+    trials = optuna.load_study(study_name="tiny", storage=db.optuna_storage(settings)).trials
+    assert [(t.state, t.value) for t in trials] == [(TrialState.COMPLETE, 2.5)]
+    assert client.get("/studies/tiny").json()["status"] == "completed"
+    assert q.claim() is None
+
+
+def test_an_interrupt_tried_again_requeues_once(client: TestClient, settings: Settings) -> None:
+    client.post("/studies", json=spec(n_trials=1, max_parallel=1))
+    q = queue(settings, "w")
+    claim = q.claim()
+    assert claim is not None
+    suggest_config(claim.trial, claim.spec)
+    # The first try re-queued the trial, then lost its connection before releasing the lease.
+    claim.study.enqueue_trial(claim.trial.params, user_attrs={"gat_tune_attempt": 0, "gat_tune_retry_of": 0})
+    q.interrupt(claim, "database unavailable; checkpointed")
+    states = [t.state for t in optuna.load_study(study_name="tiny", storage=db.optuna_storage(settings)).trials]
+    assert states == [TrialState.FAIL, TrialState.WAITING], "one re-queued copy, not two"
+
+
+def test_lost_workers_are_shown_lost_then_pruned_by_the_reaper(client: TestClient, settings: Settings) -> None:
+    lease = settings.lease_seconds
+    with db.engine(settings).begin() as conn:
+        for name, age in (("alive", 0.0), ("lost", 2 * lease), ("long-gone", 11 * lease)):
+            conn.execute(
+                sa.text(
+                    "INSERT INTO gt_workers (id, host, pid, device, status, last_heartbeat) "
+                    "VALUES (:id, 'h', 1, 'cpu', 'training', now() - make_interval(secs => :age))"
+                ),
+                {"id": name, "age": age},
+            )
+    shown = {w["id"]: w["status"] for w in client.get("/workers").json()["items"]}
+    assert shown == {"alive": "training", "lost": "lost", "long-gone": "lost"}
+    queue(settings, "reaper", lease=lease).reap()
+    shown = {w["id"]: w["status"] for w in client.get("/workers").json()["items"]}
+    assert shown == {"alive": "training", "lost": "lost"}, "pruned after 10 leases, not before"
