@@ -411,9 +411,16 @@ def run_slot(device: str, settings_json: str, threads: int, idle_exit: float | N
     configure_logging(f"[worker {os.getpid()} {device}] ")
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     settings = Settings.model_validate_json(settings_json)
-    slot = Slot(settings, device, idle_exit=idle_exit)
-    signal.signal(signal.SIGTERM, lambda *_: slot.shutdown.set())
-    signal.signal(signal.SIGINT, lambda *_: slot.shutdown.set())
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    try:  # Optuna's storage reads its schema version when made: the database must answer
+        slot = db.retry(lambda: Slot(settings, device, idle_exit=idle_exit), "slot start-up", give_up=stop.is_set)
+    except Exception as exc:
+        if not db.is_transient(exc):
+            raise
+        return  # shut down before the database came back
+    slot.shutdown = stop
     slot.run()
 
 

@@ -3,11 +3,17 @@
 from __future__ import annotations
 
 import copy
+import json
+import os
+import subprocess
+import sys
 import threading
 import time
+from datetime import datetime, timezone
 from typing import Any
 
 import optuna
+import pytest
 import sqlalchemy as sa
 from fastapi.testclient import TestClient
 from optuna.trial import TrialState
@@ -234,3 +240,65 @@ def test_lost_workers_are_shown_lost_then_pruned_by_the_reaper(client: TestClien
     queue(settings, "reaper", lease=lease).reap()
     shown = {w["id"]: w["status"] for w in client.get("/workers").json()["items"]}
     assert shown == {"alive": "training", "lost": "lost"}, "pruned after 10 leases, not before"
+
+
+def _in_zone(tz: str, database_url: str, code: str) -> Any:
+    """Run ``code`` in a new Python process whose local time zone is ``tz``; the JSON it
+    printed last."""
+    env = {**os.environ, "TZ": tz, "DATABASE_URL": database_url}
+    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+_CLAIM_ORPHAN = """
+import json, time
+import sqlalchemy as sa
+from optuna.trial import TrialState
+from service import db
+from service.config import Settings
+from service.queue import TrialQueue
+settings = Settings()
+q = TrialQueue(db.engine(settings), db.optuna_storage(settings), "w-{zone}", lease_seconds={lease})
+done = q.claim()
+q.finish(done, state=TrialState.COMPLETE, values=[1.0])
+q.claim()
+with db.engine(settings).begin() as conn:  # its worker died between Optuna's ask and the lease
+    conn.execute(sa.text("DELETE FROM gt_trial_leases"))
+time.sleep({wait})
+print(json.dumps({{"reaped": q.reap()}}))
+"""
+
+_READ_TRIALS = """
+import json
+from fastapi.testclient import TestClient
+from service.app import create_app
+from service.config import Settings
+with TestClient(create_app(Settings())) as client:
+    print(json.dumps(client.get("/studies/{name}/trials").json()["items"]))
+"""
+
+
+@pytest.mark.slow
+def test_workers_and_api_in_other_time_zones_agree(client: TestClient, settings: Settings) -> None:
+    """Optuna stamps trials with the writing process's local time. A worker in Tokyo (UTC+9)
+    used to write times 9 h ahead: the reaper never took its orphans and the API showed them
+    9 h off; one in Los Angeles (UTC-8) wrote them 8 h behind: the reaper took a trial at
+    once, long before its grace (two leases) was over."""
+    url = settings.database_url or ""
+    client.post("/studies", json=spec(name="tokyo", max_parallel=2))
+    client.post("/studies", json=spec(name="la", max_parallel=2))
+    tokyo = _CLAIM_ORPHAN.format(zone="tokyo", lease=0.5, wait=1.5)  # past its grace: taken
+    assert _in_zone("Asia/Tokyo", url, tokyo) == {"reaped": 1}
+    client.post("/studies/tokyo/pause")
+    la = _CLAIM_ORPHAN.format(zone="la", lease=30, wait=0)  # within its grace (60 s): left alone
+    assert _in_zone("America/Los_Angeles", url, la) == {"reaped": 0}
+
+    now = datetime.now(timezone.utc)
+    for name in ("tokyo", "la"):
+        trials = _in_zone(
+            "America/Los_Angeles" if name == "tokyo" else "Asia/Tokyo", url, _READ_TRIALS.format(name=name)
+        )
+        for key in ("datetime_start", "datetime_complete"):
+            shown = datetime.fromisoformat(trials[0][key])
+            assert abs((shown - now).total_seconds()) < 120, (name, key, shown, now)
