@@ -146,7 +146,7 @@ def is_transient(exc: BaseException) -> bool:
         if isinstance(cause, sa.exc.DBAPIError) and cause.connection_invalidated:
             return True
         if isinstance(cause, (sa.exc.OperationalError, sa.exc.InterfaceError, psycopg2.OperationalError)):
-            text = str(cause).lower()
+            text = str(cause.orig if isinstance(cause, sa.exc.DBAPIError) else cause).lower()
             return not any(p in text for p in _PERMANENT)
         if isinstance(cause, psycopg2.InterfaceError):  # "connection already closed"
             return True

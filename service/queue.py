@@ -215,8 +215,29 @@ class TrialQueue:
             study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
             return optuna.Trial(study, trial_id)
 
-        trial = db.retry(ask, f"claim of trial {trial_id} of {name}", give_up=self.give_up)
+        try:
+            trial = db.retry(ask, f"claim of trial {trial_id} of {name}", give_up=self.give_up)
+        except Exception:
+            self.abandon(trial_id)
+            raise
         return Claim(name, spec, study, trial, attempt, run_dir, waited)
+
+    def abandon(self, trial_id: int) -> None:
+        """Give up a trial this worker cannot go on with (an unexpected error): its lease is
+        dropped, so that the reaper fails and re-queues it as a trial without a lease,
+        instead of this worker's heartbeat keeping it RUNNING for good. Best effort."""
+        try:
+            with self.engine.begin() as conn:
+                conn.execute(
+                    trial_leases.delete().where(
+                        trial_leases.c.optuna_trial_id == trial_id, trial_leases.c.worker_id == self.worker_id
+                    )
+                )
+                conn.execute(
+                    workers.update().where(workers.c.id == self.worker_id).values(status="idle", current_trial_id=None)
+                )
+        except sa.exc.SQLAlchemyError as exc:  # the lease then runs out when the worker exits
+            log.warning("trial %s: lease not dropped: %s", trial_id, db.unavailable(exc))
 
     def _open_or_skip(self, conn: Connection, row: Any) -> tuple[str, StudySpec, optuna.Study, int, int, str] | None:
         """_open_in, where an error of this study's own (its spec, its Optuna study) skips it

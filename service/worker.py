@@ -176,6 +176,7 @@ class Slot:
                     self.run_trial(claim)
                 except Exception as exc:  # the slot outlives any trial and any study
                     self._log_once(f"study {claim.study_name}", exc)
+                    self.queue.abandon(claim.trial_id)
                 idle_since = time.monotonic()
         finally:
             self.shutdown.set()

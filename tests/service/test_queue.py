@@ -302,3 +302,16 @@ def test_workers_and_api_in_other_time_zones_agree(client: TestClient, settings:
         for key in ("datetime_start", "datetime_complete"):
             shown = datetime.fromisoformat(trials[0][key])
             assert abs((shown - now).total_seconds()) < 120, (name, key, shown, now)
+
+
+def test_a_study_that_cannot_be_claimed_from_is_skipped(client: TestClient, settings: Settings) -> None:
+    """Any error of one study's own (here a stored spec that no longer validates) skips that
+    study; it used to fail every claim, and so every study."""
+    client.post("/studies", json=spec(name="broken"))
+    client.post("/studies", json=spec(name="fine"))
+    with db.engine(settings).begin() as conn:
+        conn.execute(
+            sa.text("""UPDATE gt_studies SET spec = jsonb_set(spec, '{sampler}', '"gone"') WHERE name = 'broken'""")
+        )
+    claim = queue(settings, "w").claim()
+    assert claim is not None and claim.study_name == "fine"
