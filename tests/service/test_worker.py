@@ -382,6 +382,7 @@ def test_a_two_objective_study_runs(client: TestClient, settings: Settings, digi
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(600)
 def test_nothing_is_lost_when_postgresql_restarts(
     private_pg: PrivatePostgres, digits_cache: Path, tmp_path: Path
 ) -> None:
@@ -422,14 +423,16 @@ def test_nothing_is_lost_when_postgresql_restarts(
 
         def reported() -> int:
             with probe.connect() as conn:
+                failed = conn.execute(sa.text("SELECT count(*) FROM trials WHERE state = 'FAIL'")).scalar_one()
+                assert failed == 0, "a trial failed:\n" + log_path.read_text()
                 return int(conn.execute(sa.text("SELECT count(*) FROM trial_intermediate_values")).scalar_one())
 
         away: list[float] = []
         for evals in (3, 40):  # mid-trial, twice
-            wait_for(lambda: reported() >= evals, timeout=300, what=f"{evals} evals reported")  # noqa: B023
+            wait_for(lambda: reported() >= evals, timeout=240, what=f"{evals} evals reported")  # noqa: B023
             away.append(private_pg.restart())
         probe.dispose()
-        pool.wait(timeout=600)
+        pool.wait(timeout=400)
     finally:
         if pool.poll() is None:
             pool.kill()
