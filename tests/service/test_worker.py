@@ -458,3 +458,26 @@ def test_a_slot_that_keeps_dying_is_restarted_later_each_time() -> None:
     assert [backoff.delay(lived=2.0) for _ in range(9)] == [0, 1, 2, 4, 8, 16, 32, 60, 60]
     assert backoff.delay(lived=RestartBackoff.STABLE) == 0, "at once again after it stayed up a while"
     assert backoff.delay(lived=2.0) == 1
+
+
+@pytest.mark.slow
+def test_the_pool_restarts_a_slot_that_keeps_dying_later_each_time(
+    start_pool: Callable[..., subprocess.Popen[str]], pool_env: dict[str, str], tmp_path: Path
+) -> None:
+    """A slot that dies at every start (here its artifact directory cannot be made) used to
+    be restarted at once, forever; the supervisor now waits longer each time."""
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    pool = start_pool("--per-device", "1", env={**pool_env, "GAT_TUNE_ARTIFACT_DIR": str(blocker / "artifacts")})
+    assert pool.stdout is not None
+    lines: list[str] = []
+    deadline = time.monotonic() + 120
+    while not any("starting another in 2 s" in line for line in lines) and time.monotonic() < deadline:
+        lines.append(pool.stdout.readline())
+    out = "".join(lines)
+    deaths = [json.loads(line)["msg"] for line in lines if "died with 1" in line]
+    assert [d.split("; ")[1] for d in deaths] == [
+        "starting another",
+        "starting another in 1 s (it keeps dying)",
+        "starting another in 2 s (it keeps dying)",
+    ], out
