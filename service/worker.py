@@ -216,10 +216,11 @@ class Slot:
                     if not db.is_transient(exc):
                         raise
                     # Train on; the reports are sent at the next eval, no pruning until then.
-                    log.warning(
-                        "trial %s of %s: %s; training on, %d report(s) kept",
-                        trial.number, claim.study_name, db.unavailable(exc), len(pending),
-                    )  # fmt: skip
+                    if len(pending) == 1:  # once per outage, not at every eval
+                        log.warning(
+                            "trial %s of %s: %s; training on, its reports kept until it is back",
+                            trial.number, claim.study_name, db.unavailable(exc),
+                        )  # fmt: skip
                     return
                 self._check_interrupt(status)
                 if prune:
