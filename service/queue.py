@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -21,7 +22,8 @@ import sqlalchemy as sa
 from optuna.trial import TrialState
 from sqlalchemy.engine import Connection, Engine
 
-from service.spec import StudySpec, make_pruner, make_sampler
+from service import db
+from service.spec import StudySpec, load_stored_spec, make_pruner, make_sampler
 from service.storage import Storage
 from service.studies import FAIL_FAST, repeated_failure
 from service.tables import studies, trial_leases, workers
@@ -37,11 +39,16 @@ RETRY_OF = "gat_tune_retry_of"
 RUN_DIR = "run_dir"
 FAIL_REASON = "fail_reason"
 
+# A worker whose heartbeat is this many leases old is taken off gt_workers by the reaper
+# (GET /workers shows it as lost from one lease on).
+WORKER_PRUNE_LEASES = 10
+
 
 # What a claim needs to know about a study, in one statement.
 _COUNTS_SQL = sa.text(
     """
-SELECT count(*) AS total, count(*) FILTER (WHERE state = 'COMPLETE') AS complete,
+SELECT EXISTS (SELECT 1 FROM studies WHERE study_id = :sid) AS present,
+  count(*) AS total, count(*) FILTER (WHERE state = 'COMPLETE') AS complete,
   count(*) FILTER (WHERE state = 'WAITING') AS waiting,
   count(*) FILTER (WHERE state = 'PRUNED') AS pruned, count(*) FILTER (WHERE state = 'FAIL') AS fail,
   (SELECT count(*) FROM gt_trial_leases WHERE study_name = :name) AS active,
@@ -146,6 +153,11 @@ class TrialQueue:
         # Each study loaded and its (immutable) spec parsed once per worker; sampler renewed per trial.
         self._studies: dict[str, tuple[optuna.Study, StudySpec]] = {}
         self.lock_wait = lock_wait
+        self._said: set[str] = set()  # per-study errors already logged
+        self.listed = True  # gt_workers had this worker at the last renew()
+        # When true, a database call that the database's absence keeps failing stops being
+        # tried again (the worker is shutting down); see db.retry.
+        self.give_up: Callable[[], bool] = lambda: False
 
     def _expires(self) -> sa.TextClause:
         return sa.text(_EXPIRES).bindparams(lease=float(self.lease_seconds))
@@ -176,7 +188,7 @@ class TrialQueue:
                     busy = row.candidates
                     break
                 tried.append(row.name)
-                opened = self._open_in(conn, row)
+                opened = self._open_or_skip(conn, row)
             if opened is None and busy:
                 # The rest are being claimed from: wait for the first one's lock. In a savepoint,
                 # so that a timeout undoes the wait only, not what the loop above wrote.
@@ -190,15 +202,67 @@ class TrialQueue:
                     conn.execute(sa.text("ROLLBACK TO SAVEPOINT claim_wait"))
                     row = None
                 waited = time.perf_counter() - started
-                opened = None if row is None else self._open_in(conn, row)
+                opened = None if row is None else self._open_or_skip(conn, row)
         if opened is None:
             return None
         name, spec, study, trial_id, attempt, run_dir = opened
-        # The rest of Study.ask: what ask resets first, Optuna's cache told of the new trial
-        # (its suggestions go through it), then the Trial, which samples the relative params.
-        study._thread_local.cached_all_trials = None
-        study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
-        return Claim(name, spec, study, optuna.Trial(study, trial_id), attempt, run_dir, waited)
+
+        def ask() -> optuna.Trial:
+            # The rest of Study.ask: what ask resets first, Optuna's cache told of the new
+            # trial (its suggestions go through it), then the Trial, which samples the
+            # relative params. Reads only: tried again while the database is away (the
+            # trial is committed with its lease, which the heartbeat keeps).
+            study._thread_local.cached_all_trials = None
+            study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+            return optuna.Trial(study, trial_id)
+
+        try:
+            trial = db.retry(ask, f"claim of trial {trial_id} of {name}", give_up=self.give_up)
+        except Exception:
+            self.abandon(trial_id)
+            raise
+        return Claim(name, spec, study, trial, attempt, run_dir, waited)
+
+    def abandon(self, trial_id: int) -> None:
+        """Give up a trial this worker cannot go on with (an unexpected error): its lease is
+        dropped, so that the reaper fails and re-queues it as a trial without a lease,
+        instead of this worker's heartbeat keeping it RUNNING for good. Best effort."""
+        try:
+            with self.engine.begin() as conn:
+                conn.execute(
+                    trial_leases.delete().where(
+                        trial_leases.c.optuna_trial_id == trial_id, trial_leases.c.worker_id == self.worker_id
+                    )
+                )
+                conn.execute(
+                    workers.update().where(workers.c.id == self.worker_id).values(status="idle", current_trial_id=None)
+                )
+        except sa.exc.SQLAlchemyError as exc:  # the lease then runs out when the worker exits
+            log.warning("trial %s: lease not dropped: %s", trial_id, db.unavailable(exc))
+
+    def _open_or_skip(self, conn: Connection, row: Any) -> tuple[str, StudySpec, optuna.Study, int, int, str] | None:
+        """_open_in, where an error of this study's own (its spec, its Optuna study) skips it
+        for the next study instead of failing every claim: logged once per study and error.
+        Database errors are raised: the transaction is gone with them."""
+        try:
+            return self._open_in(conn, row)
+        except (sa.exc.SQLAlchemyError, optuna.exceptions.StorageInternalError):
+            raise
+        except Exception as exc:
+            said = f"{row.name}: {type(exc).__name__}: {exc}"
+            if said not in self._said:
+                self._said.add(said)
+                log.exception("study %s cannot be claimed from; skipped", row.name)
+            return None
+
+    def _study_gone(self, conn: Connection, row: Any) -> None:
+        """Optuna's study was deleted under our row (optuna.delete_study, the optuna CLI):
+        the study is marked failed, so no claim tries it again."""
+        conn.execute(
+            studies.update().where(studies.c.name == row.name).values(status="failed", updated_at=sa.func.now())
+        )
+        self._studies.pop(f"{row.name}#{row.optuna_study_id}", None)
+        log.warning("study %s: its Optuna study (id %s) no longer exists; marked failed", row.name, row.optuna_study_id)
 
     def _open_in(self, conn: Connection, row: Any) -> tuple[str, StudySpec, optuna.Study, int, int, str] | None:
         """Under the study's lock: a RUNNING trial with this worker's lease, if the study has
@@ -206,16 +270,21 @@ class TrialQueue:
         # After the lock, so the counts include every claim made before it (READ COMMITTED:
         # each statement sees what committed before it began).
         c = conn.execute(_COUNTS_SQL, {"sid": row.optuna_study_id, "name": row.name, "retry_of": RETRY_OF}).one()
+        if not c.present:
+            self._study_gone(conn, row)
+            return None
         finished = c.complete + c.pruned
         if finished >= row.n_trials:
             conn.execute(studies.update().where(studies.c.name == row.name).values(status="completed"))
             return None
         key = f"{row.name}#{row.optuna_study_id}"  # a study deleted and made again is another study
         if key not in self._studies:
-            self._studies[key] = (
-                optuna.load_study(study_name=row.name, storage=self.storage),
-                StudySpec.model_validate(row.spec),
-            )
+            try:
+                loaded = optuna.load_study(study_name=row.name, storage=self.storage)
+            except KeyError:  # deleted since the counts were read
+                self._study_gone(conn, row)
+                return None
+            self._studies[key] = (loaded, load_stored_spec(row.name, row.spec))
         study, spec = self._studies[key]
         # A failure that was re-queued (crash, pause, shutdown) is not a failed trial; trials
         # that all fail alike (the data is missing, say) end the study without max_failures.
@@ -271,13 +340,21 @@ class TrialQueue:
         reported[step] = fid
         return str(status)
 
+    def reload(self, claim: Claim) -> None:
+        """Read the trial back as stored. After a write whose reply was lost (the database
+        went away), what the Trial object holds may differ from what committed: a suggestion
+        tried again must find the stored value, not sample a new one."""
+        claim.trial._cached_frozen_trial = self.storage.get_trial(claim.trial_id)
+
     def status(self, study_name: str) -> str:
         with self.storage.autocommit_engine.connect() as conn:
             return str(conn.execute(sa.text(f"SELECT {_STATUS_SQL}"), {"study_name": study_name}).scalar_one())
 
     # -- heartbeat ------------------------------------------------------------------------
     def renew(self) -> set[int]:
-        """Push this worker's leases and its own heartbeat forward; the trial ids it still holds."""
+        """Push this worker's leases and its own heartbeat forward; the trial ids it still holds.
+        ``listed`` tells afterwards whether gt_workers still has this worker (a reaper takes
+        off a worker that was silent for long, e.g. while the database was away)."""
         with self.engine.begin() as conn:
             held = set(
                 conn.execute(
@@ -287,7 +364,8 @@ class TrialQueue:
                     .returning(trial_leases.c.optuna_trial_id)
                 ).scalars()
             )
-            conn.execute(workers.update().where(workers.c.id == self.worker_id).values(last_heartbeat=sa.func.now()))
+            beat = workers.update().where(workers.c.id == self.worker_id).values(last_heartbeat=sa.func.now())
+            self.listed = conn.execute(beat).rowcount > 0
             return held
 
     # -- end of a trial -------------------------------------------------------------------
@@ -313,6 +391,10 @@ class TrialQueue:
         Returns:
             False when the lease was lost (a reaper failed and re-queued the trial): the
             result is dropped, so it is never counted twice.
+
+        Idempotent, so that it can be tried again after a database error: a tell that
+        committed while the lease's transaction did not (the reply was lost) finds the
+        trial already in ``state`` under our lease, which counts as told.
         """
         with self.engine.begin() as conn:
             if self._lock_lease(conn, claim.trial_id) is None:
@@ -331,7 +413,12 @@ class TrialQueue:
                 claim.study.tell(claim.trial, values, state=state)
                 told = True
             except (RuntimeError, ValueError) as exc:  # already finished elsewhere
-                log.warning("trial %s: %s", claim.trial.number, exc)
+                # Under our lease, only our own earlier try can have finished it.
+                told = self.storage.get_trial(claim.trial_id).state == state
+                if not told:
+                    log.warning("trial %s: %s", claim.trial.number, exc)
+            except KeyError:  # the trial or its study was deleted meanwhile
+                log.warning("trial %s of %s: no longer exists; result dropped", claim.trial.number, claim.study_name)
             finally:
                 self._release(conn, claim, mark_completed=told)
         return told
@@ -339,17 +426,22 @@ class TrialQueue:
     def interrupt(self, claim: Claim, reason: str) -> None:
         """End a trial stopped before its end on purpose (pause, shutdown, lost lease): FAIL
         with the reason and re-queue its parameters to resume from its run directory. Not a
-        failed attempt: the attempt count stays."""
+        failed attempt: the attempt count stays. Idempotent (a try whose reply was lost may
+        have re-queued already: it is not re-queued twice)."""
         with self.engine.begin() as conn:
             if self._lock_lease(conn, claim.trial_id) is None:
                 return
-            requeued = self._requeue(
-                claim.study,
-                claim.trial.number,
-                claim.trial.params,
-                claim.attempt,
-                claim.spec.max_retries,
-                claim.run_dir,
+            requeued = (
+                "; re-queued"
+                if self._requeued(conn, claim.study._study_id, claim.trial.number)
+                else self._requeue(
+                    claim.study,
+                    claim.trial.number,
+                    claim.trial.params,
+                    claim.attempt,
+                    claim.spec.max_retries,
+                    claim.run_dir,
+                )
             )
             self.storage.set_trial_user_attr(claim.trial_id, FAIL_REASON, reason + requeued)
             claim.study.tell(claim.trial, state=TrialState.FAIL, skip_if_finished=True)
@@ -369,6 +461,20 @@ WHERE :mark AND s.name = :name AND s.status = 'running' AND s.n_trials <= (
 """
             ),
             {"tid": claim.trial_id, "worker": self.worker_id, "name": claim.study_name, "mark": mark_completed},
+        )
+
+    @staticmethod
+    def _requeued(conn: Connection, study_id: int, number: int) -> bool:
+        """Whether trial ``number`` of the study already has a re-queued copy."""
+        return (
+            conn.execute(
+                sa.text(
+                    "SELECT 1 FROM trial_user_attributes a JOIN trials t ON t.trial_id = a.trial_id "
+                    "WHERE t.study_id = :sid AND a.key = :key AND a.value_json = :number LIMIT 1"
+                ),
+                {"sid": study_id, "key": RETRY_OF, "number": json.dumps(number)},
+            ).first()
+            is not None
         )
 
     def _requeue(
@@ -395,13 +501,21 @@ WHERE :mark AND s.name = :name AND s.status = 'running' AND s.n_trials <= (
 
         Any worker, or the server, may run this; SKIP LOCKED and a per-trial advisory lock
         keep two reapers apart. Returns the number of trials reaped.
+
+        No lease is taken in the first lease period after the database server started: the
+        leases that ran out while it was down (a restart) belong to workers that are alive
+        and renew them as soon as it is back. Workers whose heartbeat is WORKER_PRUNE_LEASES
+        leases old are taken off gt_workers.
         """
         reaped = 0
         with self.engine.begin() as conn:
             expired = conn.execute(
                 sa.select(trial_leases, studies.c.spec)
                 .join(studies, studies.c.name == trial_leases.c.study_name)
-                .where(trial_leases.c.expires_at < sa.func.now())
+                .where(
+                    trial_leases.c.expires_at < sa.func.now(),
+                    sa.func.pg_postmaster_start_time() < sa.func.now() - self._interval(1),
+                )
                 .with_for_update(of=trial_leases, skip_locked=True)
             ).all()
             for lease in expired:
@@ -422,21 +536,25 @@ WHERE :mark AND s.name = :name AND s.status = 'running' AND s.n_trials <= (
                     reaped += self._fail_and_requeue(
                         conn, trial_id, name, spec, "no lease: its worker died while claiming it"
                     )
+            conn.execute(
+                workers.delete().where(
+                    workers.c.last_heartbeat < sa.func.now() - self._interval(WORKER_PRUNE_LEASES),
+                    workers.c.id != self.worker_id,
+                )
+            )
         return reaped
+
+    def _interval(self, leases: float) -> sa.ColumnElement[Any]:
+        """``leases`` lease periods as an SQL interval."""
+        return sa.func.make_interval(0, 0, 0, 0, 0, 0, float(leases * self.lease_seconds))
 
     def _fail_and_requeue(self, conn: Connection, trial_id: int, study_name: str, spec_json: Any, reason: str) -> int:
         trial = self.storage.get_trial(trial_id)
         if trial.state != TrialState.RUNNING:
             return 0
-        spec = StudySpec.model_validate(spec_json)
+        spec = load_stored_spec(study_name, spec_json)
         study = optuna.load_study(study_name=study_name, storage=self.storage)
-        already = conn.execute(
-            sa.text(
-                "SELECT 1 FROM trial_user_attributes a JOIN trials t ON t.trial_id = a.trial_id "
-                "WHERE t.study_id = :sid AND a.key = :key AND a.value_json = :number LIMIT 1"
-            ),
-            {"sid": study._study_id, "key": RETRY_OF, "number": json.dumps(trial.number)},
-        ).first()
+        already = self._requeued(conn, study._study_id, trial.number)
         attempt = int(trial.user_attrs.get(ATTEMPT, 0)) + 1
         resume = trial.user_attrs.get(RUN_DIR)
         requeued = (

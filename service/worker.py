@@ -4,6 +4,10 @@ supervisor (gat-tune worker)            restarts a slot that dies, forwards SIGT
   └─ slot process × (devices × per_device)
        heartbeat thread: renew leases, record the worker's liveness
        loop: reap expired leases → claim → train (report every eval, prune) → tell
+
+A database error is never a trial's fault: the slot waits for the database and tries again
+(db.retry), training goes on while it is away (the evals' reports are kept and sent when it
+is back), and a supervisor restarts a slot that died, later each time it keeps dying.
 """
 
 from __future__ import annotations
@@ -17,8 +21,9 @@ import signal
 import socket
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import optuna
 import sqlalchemy as sa
@@ -38,6 +43,7 @@ from trainer.train import Diverged, train
 __all__ = ["Interrupted", "limit_threads", "preload", "resolve_devices", "run_pool", "run_slot"]
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 class Interrupted(Exception):
@@ -80,6 +86,22 @@ class Slot:
         self.shutdown = threading.Event()
         self.lost: set[int] = set()  # trials whose lease a reaper took
         self.current: Claim | None = None
+        self._stopping_since: float | None = None
+        self.queue.give_up = self._giving_up
+        self._said: set[str] = set()  # errors of the loop already logged
+
+    def _giving_up(self) -> bool:
+        """Database calls are tried again until they succeed, except after a shutdown began:
+        then the database gets one lease period to come back. After that the lease has run
+        out, and a reaper re-queues what this slot could not tell."""
+        if not self.shutdown.is_set():
+            return False
+        if self._stopping_since is None:
+            self._stopping_since = time.monotonic()
+        return time.monotonic() - self._stopping_since > self.settings.lease_seconds
+
+    def _retry(self, fn: Callable[[], T], what: str) -> T:
+        return db.retry(fn, what, give_up=self._giving_up)
 
     # -- liveness -------------------------------------------------------------------------
     def register(self) -> None:
@@ -89,11 +111,20 @@ class Slot:
             conn.execute(stmt.on_conflict_do_update(index_elements=[workers.c.id], set_=values))
 
     def _heartbeat(self) -> None:
-        while not self.shutdown.wait(self.settings.lease_seconds / 3):
+        period, wait, away = self.settings.lease_seconds / 3, self.settings.lease_seconds / 3, False
+        while not self.shutdown.wait(wait):
             try:
                 self.beat()
-            except sa.exc.SQLAlchemyError as exc:  # the database is away: try again next beat
-                log.warning("heartbeat failed: %s", str(exc).splitlines()[0])
+            except sa.exc.SQLAlchemyError as exc:
+                # The database is away: beat again soon (backing off), so that the leases
+                # are renewed as soon as it is back, before any reaper may take them.
+                if not away:
+                    log.warning("heartbeat failed: %s", db.unavailable(exc))
+                away, wait = True, min(period, 0.2 if not away else wait * 2)
+                continue
+            if away:
+                log.warning("heartbeat: database back")
+            away, wait = False, period
 
     def beat(self) -> None:
         """Renew the leases; a running trial whose lease a reaper took is lost."""
@@ -103,13 +134,21 @@ class Slot:
         held = self.queue.renew()
         if current is not None and current.trial_id not in held:
             self.lost.add(current.trial_id)
+        if not self.queue.listed:  # taken off GET /workers while silent: listed again
+            self.register()
 
     # -- the loop -------------------------------------------------------------------------
     def run(self) -> None:
-        self.register()
+        try:
+            self._retry(self.register, "worker registration")
+        except Exception as exc:
+            if not db.is_transient(exc):
+                raise
+            return  # shut down before the database came back
         beat = threading.Thread(target=self._heartbeat, name="heartbeat", daemon=True)
         beat.start()
         idle_since, reaped_at = time.monotonic(), 0.0
+        away: float | None = None  # since when the database is away
         try:
             while not self.shutdown.is_set():
                 try:
@@ -117,38 +156,74 @@ class Slot:
                         self.queue.reap()  # a lease cannot expire faster than this
                         reaped_at = time.monotonic()
                     claim = self.queue.claim()
-                except sa.exc.OperationalError as exc:
-                    log.warning(db.unavailable(exc))
+                    if away is not None:
+                        log.warning("claim: database back after %.1f s", time.monotonic() - away)
+                        away = None
+                except Exception as exc:
+                    if db.is_transient(exc):
+                        if away is None:
+                            log.warning("claim: %s; trying again", db.unavailable(exc))
+                            away = time.monotonic()
+                    else:  # not the database's absence, nor one study's error (skipped in claim)
+                        self._log_once("claim failed", exc)
                     claim = None
                 if claim is None:
                     if self.idle_exit is not None and time.monotonic() - idle_since > self.idle_exit:
                         break
                     self.shutdown.wait(self.settings.poll_seconds)
                     continue
-                self.run_trial(claim)
+                try:
+                    self.run_trial(claim)
+                except Exception as exc:  # the slot outlives any trial and any study
+                    self._log_once(f"study {claim.study_name}", exc)
+                    self.queue.abandon(claim.trial_id)
                 idle_since = time.monotonic()
         finally:
             self.shutdown.set()
             with contextlib.suppress(sa.exc.SQLAlchemyError), self.engine.begin() as conn:
                 conn.execute(workers.delete().where(workers.c.id == self.worker_id))
 
+    def _log_once(self, what: str, exc: Exception) -> None:
+        said = f"{what}: {type(exc).__name__}: {exc}"
+        if said in self._said:
+            log.debug("%s: %s", what, _one_line(exc))
+            return
+        self._said.add(said)
+        log.exception("%s", what)
+
     def run_trial(self, claim: Claim) -> None:
         """Train one claimed trial and tell Optuna how it ended. Never raises for the trial's
-        own failures: the worker goes on with the next one."""
+        own failures: the worker goes on with the next one. The database's absence is not a
+        failure: training goes on, and the trial's end is told once it is back."""
         self.current = claim
         trial = claim.trial
         run_dir = Path(claim.run_dir)
         started = time.perf_counter()
         where = {"device": self.device, "worker": self.worker_id}
+        pending: list[tuple[int, float]] = []  # evals not yet reported (the database was away)
         try:
-            config = TrainConfig.from_dict({**suggest_config(trial, claim.spec), "device": self.device})
-            self._replay_history(claim, run_dir)
+            config = TrainConfig.from_dict({**self._suggest(claim), "device": self.device})
+            self._retry(lambda: self._replay_history(claim, run_dir), f"trial {trial.number}: replay")
             # Optuna prunes single-objective studies only; "none" has nothing to ask.
             prunes = len(claim.spec.objectives) == 1 and not isinstance(claim.study.pruner, optuna.pruners.NopPruner)
 
             def on_eval(step: int, metrics: dict[str, Any]) -> None:
-                self._check_interrupt(self.queue.report(claim, step, metrics["fid"]))
-                if prunes and trial.should_prune():
+                pending.append((step, float(metrics["fid"])))
+                try:
+                    status = self._send(claim, pending)
+                    prune = prunes and trial.should_prune()
+                except Exception as exc:
+                    if not db.is_transient(exc):
+                        raise
+                    # Train on; the reports are sent at the next eval, no pruning until then.
+                    if len(pending) == 1:  # once per outage, not at every eval
+                        log.warning(
+                            "trial %s of %s: %s; training on, its reports kept until it is back",
+                            trial.number, claim.study_name, db.unavailable(exc),
+                        )  # fmt: skip
+                    return
+                self._check_interrupt(status)
+                if prune:
                     raise optuna.TrialPruned(f"pruned at step {step} (FID {metrics['fid']:.3f})")
 
             def should_stop() -> bool:
@@ -160,6 +235,7 @@ class Slot:
             if result.stopped:
                 reason = "lease lost" if claim.trial_id in self.lost else "worker shut down"
                 raise Interrupted(f"{reason} at step {result.steps}; checkpointed", requeue=True)
+            self._retry(lambda: self._send(claim, pending), f"trial {trial.number}: reports")
             attrs = {
                 **where,
                 "train_seconds": round(result.train_seconds, 3),
@@ -168,21 +244,70 @@ class Slot:
             }
             links = self._upload_artifacts(claim, run_dir)
             values = [result.fid] + ([result.train_seconds] if len(claim.spec.objectives) > 1 else [])
-            self.queue.finish(claim, state=TrialState.COMPLETE, values=values, attrs=attrs, system_attrs=links)
+            self._end(
+                claim,
+                lambda: self.queue.finish(
+                    claim, state=TrialState.COMPLETE, values=values, attrs=attrs, system_attrs=links
+                ),
+            )
         except optuna.TrialPruned:
+            self._end(claim, lambda: self._send(claim, pending))
             links = self._upload_artifacts(claim, run_dir)
             attrs = {**where, "train_seconds": round(time.perf_counter() - started, 3)}
-            self.queue.finish(claim, state=TrialState.PRUNED, attrs=attrs, system_attrs=links)
+            self._end(claim, lambda: self.queue.finish(claim, state=TrialState.PRUNED, attrs=attrs, system_attrs=links))
         except Interrupted as exc:
+            said = str(exc)
             if exc.requeue:
-                self.queue.interrupt(claim, str(exc))
+                self._end(claim, lambda: self.queue.interrupt(claim, said))
             else:
-                self.queue.finish(claim, state=TrialState.FAIL, attrs={**where, "fail_reason": str(exc)})
+                fail = {**where, "fail_reason": said}
+                self._end(claim, lambda: self.queue.finish(claim, state=TrialState.FAIL, attrs=fail))
         except Exception as exc:  # the worker must outlive any trial
-            reason = self._fail_reason(claim, exc)
-            self.queue.finish(claim, state=TrialState.FAIL, attrs={**where, "fail_reason": reason})
+            if db.is_transient(exc):  # not the trial's fault: re-queued, to resume from its checkpoint
+                reason = f"{db.unavailable(exc)}; checkpointed"
+                self._end(claim, lambda: self.queue.interrupt(claim, reason))
+            else:
+                fail = {**where, "fail_reason": self._fail_reason(claim, exc)}
+                self._end(claim, lambda: self.queue.finish(claim, state=TrialState.FAIL, attrs=fail))
         finally:
             self.current = None
+
+    def _suggest(self, claim: Claim) -> dict[str, Any]:
+        """The trial's parameters (written as they are sampled), tried again while the
+        database is away; each try after a failed one first reads back what committed."""
+        failed = False
+
+        def attempt() -> dict[str, Any]:
+            nonlocal failed
+            if failed:
+                self.queue.reload(claim)
+            failed = True
+            return suggest_config(claim.trial, claim.spec)
+
+        return self._retry(attempt, f"trial {claim.trial.number}: parameters")
+
+    def _send(self, claim: Claim, pending: list[tuple[int, float]]) -> str:
+        """Report the kept evals in order (each removed once stored); the study's status
+        after the last, or "running" when there was none to send."""
+        status = "running"
+        while pending:
+            step, fid = pending[0]
+            status = self.queue.report(claim, step, fid)
+            pending.pop(0)
+        return status
+
+    def _end(self, claim: Claim, fn: Callable[[], Any]) -> None:
+        """A trial's ending call, tried again while the database is away. Given up only when
+        a shutdown outlasted the lease: the reaper then re-queues the trial."""
+        try:
+            self._retry(fn, f"trial {claim.trial.number} of {claim.study_name}")
+        except Exception as exc:
+            if not db.is_transient(exc):
+                raise
+            log.warning(
+                "trial %s of %s: %s; not told, a reaper will re-queue it",
+                claim.trial.number, claim.study_name, db.unavailable(exc),
+            )  # fmt: skip
 
     @staticmethod
     def _fail_reason(claim: Claim, exc: Exception) -> str:
@@ -288,15 +413,46 @@ def run_slot(device: str, settings_json: str, threads: int, idle_exit: float | N
     configure_logging(f"[worker {os.getpid()} {device}] ")
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     settings = Settings.model_validate_json(settings_json)
-    slot = Slot(settings, device, idle_exit=idle_exit)
-    signal.signal(signal.SIGTERM, lambda *_: slot.shutdown.set())
-    signal.signal(signal.SIGINT, lambda *_: slot.shutdown.set())
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    try:  # Optuna's storage reads its schema version when made: the database must answer
+        slot = db.retry(lambda: Slot(settings, device, idle_exit=idle_exit), "slot start-up", give_up=stop.is_set)
+    except Exception as exc:
+        if not db.is_transient(exc):
+            raise
+        return  # shut down before the database came back
+    slot.shutdown = stop
     slot.run()
+
+
+class RestartBackoff:
+    """When to start again a slot that died: at once the first time; after a slot that keeps
+    dying soon after its start, FIRST seconds, then twice as long each time up to CAP. A slot
+    that stayed up STABLE seconds starts the count again."""
+
+    FIRST, CAP, STABLE = 1.0, 60.0, 60.0
+
+    def __init__(self) -> None:
+        self.deaths = 0  # in a row, each within STABLE seconds of its start
+
+    def delay(self, lived: float) -> float:
+        """Seconds to wait before the next start, after a slot died having lived ``lived`` s."""
+        self.deaths = 1 if lived >= self.STABLE else self.deaths + 1
+        return 0.0 if self.deaths == 1 else min(self.CAP, self.FIRST * 2 ** (self.deaths - 2))
+
+
+UPGRADE_WAIT = 120.0  # seconds a pool waits for an unreachable database at start-up
 
 
 def run_pool(settings: Settings, devices: list[str], per_device: int, *, idle_exit: float | None = None) -> int:
     """Start and supervise the slots; returns when all have exited (SIGTERM, or idle_exit)."""
-    db.upgrade(settings)
+    waiting_since = time.monotonic()
+    db.retry(
+        lambda: db.upgrade(settings),
+        "database upgrade",
+        give_up=lambda: time.monotonic() - waiting_since > UPGRADE_WAIT,
+    )
     ctx = mp.get_context("spawn")
     slots = [d for d in devices for _ in range(per_device)]
     cpu_slots = sum(1 for d in slots if d == "cpu")
@@ -311,6 +467,9 @@ def run_pool(settings: Settings, devices: list[str], per_device: int, *, idle_ex
         return p
 
     procs = [start(d) for d in slots]
+    started = [time.monotonic() for _ in slots]
+    backoff = [RestartBackoff() for _ in slots]
+    due: list[float | None] = [None for _ in slots]  # a restart's time, while one is waiting
 
     def forward(signum: int, frame: Any) -> None:
         stopping.set()
@@ -324,8 +483,16 @@ def run_pool(settings: Settings, devices: list[str], per_device: int, *, idle_ex
         for i, p in enumerate(procs):
             if p.is_alive() or p.exitcode == 0 or stopping.is_set():
                 continue
-            log.warning("slot on %s (process %s) died with %s; starting another", slots[i], p.pid, p.exitcode)
-            procs[i] = start(slots[i])
+            now = time.monotonic()
+            if due[i] is None:
+                wait = backoff[i].delay(now - started[i])
+                later = f" in {wait:.0f} s (it keeps dying)" if wait else ""
+                log.warning(
+                    "slot on %s (process %s) died with %s; starting another%s", slots[i], p.pid, p.exitcode, later
+                )
+                due[i] = now + wait
+            if now >= (due[i] or 0.0):
+                procs[i], started[i], due[i] = start(slots[i]), time.monotonic(), None
         if all(not p.is_alive() for p in procs) and (stopping.is_set() or all(p.exitcode == 0 for p in procs)):
             break
         time.sleep(0.5)

@@ -30,9 +30,13 @@ def readyz(state: StateDep) -> JSONResponse:
 
 @router.get("/workers", dependencies=[ReadAccess], summary="Worker processes, their devices and trials")
 def list_workers(state: StateDep) -> dict[str, Any]:
+    """A worker whose heartbeat is older than a lease (GAT_TUNE_LEASE_SECONDS, as this server
+    reads it) is "lost": it died or cannot reach the database. The reaper takes it off the
+    list after WORKER_PRUNE_LEASES leases."""
     with state.engine.connect() as conn:
         now = conn.execute(sa.select(sa.func.now())).scalar_one()
         rows = conn.execute(sa.select(workers).order_by(workers.c.started_at)).all()
+    lease = state.settings.lease_seconds
     return {
         "items": [
             {
@@ -40,7 +44,7 @@ def list_workers(state: StateDep) -> dict[str, Any]:
                 "host": r.host,
                 "pid": r.pid,
                 "device": r.device,
-                "status": r.status,
+                "status": "lost" if (now - r.last_heartbeat).total_seconds() > lease else r.status,
                 "current_trial_id": r.current_trial_id,
                 "started_at": r.started_at.isoformat(),
                 "last_heartbeat": r.last_heartbeat.isoformat(),

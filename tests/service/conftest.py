@@ -196,3 +196,59 @@ def finish(proc: subprocess.Popen[str], timeout: float = 240) -> str:
 
 def load(database_url: str, name: str = "tiny") -> optuna.Study:
     return optuna.load_study(study_name=name, storage=database_url)
+
+
+# -- a PostgreSQL server the tests may restart -----------------------------------------------
+class PrivatePostgres:
+    """A PostgreSQL cluster of this test session's own, which a test may stop and restart
+    (the shared server on 5432 must never be)."""
+
+    def __init__(self, version: str, name: str, port: int) -> None:
+        self.version, self.name, self.port = version, name, port
+        self.url = f"postgresql+psycopg2://postgres@127.0.0.1:{port}/postgres"
+
+    def ctl(self, action: str, *args: str) -> None:
+        subprocess.run(
+            ["pg_ctlcluster", "--skip-systemctl-redirect", *args, self.version, self.name, action],
+            check=True, capture_output=True, timeout=120,
+        )  # fmt: skip
+
+    def restart(self) -> float:
+        """Restart the server (connections dropped); the seconds it was away."""
+        started = time.monotonic()
+        self.ctl("restart", "-m", "fast")
+        return time.monotonic() - started
+
+    def database(self) -> str:
+        """A new, migrated database on this server; its URL."""
+        name = f"gt_outage_{uuid.uuid4().hex[:12]}"
+        eng = sa.create_engine(self.url, isolation_level="AUTOCOMMIT", poolclass=sa.pool.NullPool)
+        with eng.connect() as conn:
+            conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
+        eng.dispose()
+        url = str(sa.make_url(self.url).set(database=name).render_as_string(hide_password=False))
+        db.upgrade(Settings(DATABASE_URL=url))
+        db.dispose_all()
+        return url
+
+
+@pytest.fixture(scope="session")
+def private_pg() -> Iterator[PrivatePostgres]:
+    """A private cluster made with Debian's pg_createcluster (root only), dropped at the end;
+    the tests that restart PostgreSQL skip without it."""
+    versions = sorted(Path("/usr/lib/postgresql").glob("*/bin/postgres"))
+    if shutil.which("pg_createcluster") is None or not versions or os.geteuid() != 0:
+        pytest.skip("restarting PostgreSQL needs root, pg_createcluster (postgresql-common) and a server")
+    version = versions[-1].parent.parent.name
+    port = free_port()
+    pg = PrivatePostgres(version, f"gtblink{os.getpid()}", port)
+    subprocess.run(
+        ["pg_createcluster", version, pg.name, "--port", str(port), "-o", "fsync=off",
+         "--", "--auth-local=trust", "--auth-host=trust"],
+        check=True, capture_output=True, timeout=120,
+    )  # fmt: skip
+    try:
+        pg.ctl("start")
+        yield pg
+    finally:
+        subprocess.run(["pg_dropcluster", "--stop", version, pg.name], capture_output=True, timeout=120)

@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
 import threading
 import time
+from datetime import datetime, timezone
 from typing import Any
 
 import optuna
+import pytest
 import sqlalchemy as sa
 from fastapi.testclient import TestClient
 from optuna.trial import TrialState
@@ -159,3 +165,142 @@ def test_queued_configs_are_claimed_first_in_order(client: TestClient, settings:
     assert [c.trial.number for c in claims if c is not None] == [0, 1, 2]
     states = [t.state for t in optuna.load_study(study_name="tiny", storage=db.optuna_storage(settings)).trials]
     assert states == [TrialState.RUNNING] * 3, "the third is a new trial: nothing left queued"
+
+
+def test_a_study_whose_optuna_study_was_deleted_is_skipped_and_marked(client: TestClient, settings: Settings) -> None:
+    """optuna.delete_study under our row: a claim used to raise KeyError (every slot crashed
+    and restarted, no study progressed); now it marks the ghost failed and goes on."""
+    client.post("/studies", json=spec(name="ghost"))
+    client.post("/studies", json=spec(name="alive"))
+    q = queue(settings, "w")
+    warm = q.claim()  # the ghost's Optuna study loaded and cached before it goes
+    assert warm is not None and warm.study_name == "ghost"
+    assert q.finish(warm, state=TrialState.COMPLETE, values=[1.0])
+    optuna.delete_study(study_name="ghost", storage=settings.database_url or "")
+    claim = q.claim()
+    assert claim is not None and claim.study_name == "alive"
+    with db.engine(settings).connect() as conn:
+        status = {name: state for name, state in conn.execute(sa.text("SELECT name, status FROM gt_studies"))}
+    assert status == {"ghost": "failed", "alive": "running"}
+    assert queue(settings, "fresh").claim() is not None, "a worker that never loaded it skips it too"
+
+
+def test_a_finish_tried_again_after_its_tell_committed_counts_once(client: TestClient, settings: Settings) -> None:
+    """The database went away after the tell committed but before the lease's transaction
+    did: the finish tried again must count it as told, once."""
+    client.post("/studies", json=spec(n_trials=1, max_parallel=1))
+    q = queue(settings, "w")
+    claim = q.claim()
+    assert claim is not None
+    claim.study.tell(claim.trial, [2.5], state=TrialState.COMPLETE)  # the first try's tell
+    assert q.finish(claim, state=TrialState.COMPLETE, values=[2.5]), "told, not 'already finished elsewhere'"
+    trials = optuna.load_study(study_name="tiny", storage=db.optuna_storage(settings)).trials
+    assert [(t.state, t.value) for t in trials] == [(TrialState.COMPLETE, 2.5)]
+    assert client.get("/studies/tiny").json()["status"] == "completed"
+    assert q.claim() is None
+
+
+def test_an_interrupt_tried_again_requeues_once(client: TestClient, settings: Settings) -> None:
+    client.post("/studies", json=spec(n_trials=1, max_parallel=1))
+    q = queue(settings, "w")
+    claim = q.claim()
+    assert claim is not None
+    suggest_config(claim.trial, claim.spec)
+    # The first try re-queued the trial, then lost its connection before releasing the lease.
+    claim.study.enqueue_trial(claim.trial.params, user_attrs={"gat_tune_attempt": 0, "gat_tune_retry_of": 0})
+    q.interrupt(claim, "database unavailable; checkpointed")
+    states = [t.state for t in optuna.load_study(study_name="tiny", storage=db.optuna_storage(settings)).trials]
+    assert states == [TrialState.FAIL, TrialState.WAITING], "one re-queued copy, not two"
+
+
+def test_lost_workers_are_shown_lost_then_pruned_by_the_reaper(client: TestClient, settings: Settings) -> None:
+    lease = settings.lease_seconds
+    with db.engine(settings).begin() as conn:
+        for name, age in (("alive", 0.0), ("lost", 2 * lease), ("long-gone", 11 * lease)):
+            conn.execute(
+                sa.text(
+                    "INSERT INTO gt_workers (id, host, pid, device, status, last_heartbeat) "
+                    "VALUES (:id, 'h', 1, 'cpu', 'training', now() - make_interval(secs => :age))"
+                ),
+                {"id": name, "age": age},
+            )
+    shown = {w["id"]: w["status"] for w in client.get("/workers").json()["items"]}
+    assert shown == {"alive": "training", "lost": "lost", "long-gone": "lost"}
+    queue(settings, "reaper", lease=lease).reap()
+    shown = {w["id"]: w["status"] for w in client.get("/workers").json()["items"]}
+    assert shown == {"alive": "training", "lost": "lost"}, "pruned after 10 leases, not before"
+
+
+def _in_zone(tz: str, database_url: str, code: str) -> Any:
+    """Run ``code`` in a new Python process whose local time zone is ``tz``; the JSON it
+    printed last."""
+    env = {**os.environ, "TZ": tz, "DATABASE_URL": database_url}
+    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+_CLAIM_ORPHAN = """
+import json, time
+import sqlalchemy as sa
+from optuna.trial import TrialState
+from service import db
+from service.config import Settings
+from service.queue import TrialQueue
+settings = Settings()
+q = TrialQueue(db.engine(settings), db.optuna_storage(settings), "w-{zone}", lease_seconds={lease})
+done = q.claim()
+q.finish(done, state=TrialState.COMPLETE, values=[1.0])
+q.claim()
+with db.engine(settings).begin() as conn:  # its worker died between Optuna's ask and the lease
+    conn.execute(sa.text("DELETE FROM gt_trial_leases"))
+time.sleep({wait})
+print(json.dumps({{"reaped": q.reap()}}))
+"""
+
+_READ_TRIALS = """
+import json
+from fastapi.testclient import TestClient
+from service.app import create_app
+from service.config import Settings
+with TestClient(create_app(Settings())) as client:
+    print(json.dumps(client.get("/studies/{name}/trials").json()["items"]))
+"""
+
+
+@pytest.mark.slow
+def test_workers_and_api_in_other_time_zones_agree(client: TestClient, settings: Settings) -> None:
+    """Optuna stamps trials with the writing process's local time. A worker in Tokyo (UTC+9)
+    used to write times 9 h ahead: the reaper never took its orphans and the API showed them
+    9 h off; one in Los Angeles (UTC-8) wrote them 8 h behind: the reaper took a trial at
+    once, long before its grace (two leases) was over."""
+    url = settings.database_url or ""
+    client.post("/studies", json=spec(name="tokyo", max_parallel=2))
+    client.post("/studies", json=spec(name="la", max_parallel=2))
+    tokyo = _CLAIM_ORPHAN.format(zone="tokyo", lease=0.5, wait=1.5)  # past its grace: taken
+    assert _in_zone("Asia/Tokyo", url, tokyo) == {"reaped": 1}
+    client.post("/studies/tokyo/pause")
+    la = _CLAIM_ORPHAN.format(zone="la", lease=30, wait=0)  # within its grace (60 s): left alone
+    assert _in_zone("America/Los_Angeles", url, la) == {"reaped": 0}
+
+    now = datetime.now(timezone.utc)
+    for name in ("tokyo", "la"):
+        trials = _in_zone(
+            "America/Los_Angeles" if name == "tokyo" else "Asia/Tokyo", url, _READ_TRIALS.format(name=name)
+        )
+        for key in ("datetime_start", "datetime_complete"):
+            shown = datetime.fromisoformat(trials[0][key])
+            assert abs((shown - now).total_seconds()) < 120, (name, key, shown, now)
+
+
+def test_a_study_that_cannot_be_claimed_from_is_skipped(client: TestClient, settings: Settings) -> None:
+    """Any error of one study's own (here a stored spec that no longer validates) skips that
+    study; it used to fail every claim, and so every study."""
+    client.post("/studies", json=spec(name="broken"))
+    client.post("/studies", json=spec(name="fine"))
+    with db.engine(settings).begin() as conn:
+        conn.execute(
+            sa.text("""UPDATE gt_studies SET spec = jsonb_set(spec, '{sampler}', '"gone"') WHERE name = 'broken'""")
+        )
+    claim = queue(settings, "w").claim()
+    assert claim is not None and claim.study_name == "fine"
