@@ -23,6 +23,7 @@ from optuna.trial import TrialState
 from sqlalchemy.engine import Connection, Engine
 
 from service import db
+from service import optuna_compat as compat
 from service.spec import StudySpec, load_stored_spec, make_pruner, make_sampler
 from service.storage import Storage
 from service.studies import FAIL_FAST, repeated_failure
@@ -131,7 +132,7 @@ class Claim:
 
     @property
     def trial_id(self) -> int:
-        return int(self.trial._trial_id)
+        return compat.trial_id(self.trial)
 
 
 class TrialQueue:
@@ -212,7 +213,7 @@ class TrialQueue:
             # trial (its suggestions go through it), then the Trial, which samples the
             # relative params. Reads only: tried again while the database is away (the
             # trial is committed with its lease, which the heartbeat keeps).
-            study._thread_local.cached_all_trials = None
+            compat.forget_cached_trials(study)
             study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
             return optuna.Trial(study, trial_id)
 
@@ -331,7 +332,7 @@ class TrialQueue:
         refuses (Optuna prunes single-objective studies only): no pruner reads it there, and
         the dashboard still shows the FID curve."""
         trial, fid = claim.trial, float(fid)
-        reported = trial._cached_frozen_trial.intermediate_values
+        reported = compat.reported_values(trial)
         if step in reported:
             return self.status(claim.study_name)
         status = self.storage.set_trial_intermediate_value_and_read(
@@ -344,7 +345,7 @@ class TrialQueue:
         """Read the trial back as stored. After a write whose reply was lost (the database
         went away), what the Trial object holds may differ from what committed: a suggestion
         tried again must find the stored value, not sample a new one."""
-        claim.trial._cached_frozen_trial = self.storage.get_trial(claim.trial_id)
+        compat.set_cached_trial(claim.trial, self.storage.get_trial(claim.trial_id))
 
     def status(self, study_name: str) -> str:
         with self.storage.autocommit_engine.connect() as conn:
@@ -433,7 +434,7 @@ class TrialQueue:
                 return
             requeued = (
                 "; re-queued"
-                if self._requeued(conn, claim.study._study_id, claim.trial.number)
+                if self._requeued(conn, compat.study_id(claim.study), claim.trial.number)
                 else self._requeue(
                     claim.study,
                     claim.trial.number,
@@ -554,7 +555,7 @@ WHERE :mark AND s.name = :name AND s.status = 'running' AND s.n_trials <= (
             return 0
         spec = load_stored_spec(study_name, spec_json)
         study = optuna.load_study(study_name=study_name, storage=self.storage)
-        already = self._requeued(conn, study._study_id, trial.number)
+        already = self._requeued(conn, compat.study_id(study), trial.number)
         attempt = int(trial.user_attrs.get(ATTEMPT, 0)) + 1
         resume = trial.user_attrs.get(RUN_DIR)
         requeued = (

@@ -9,6 +9,8 @@ two statements on Optuna's own tables, with Optuna's rules: the same stored
 representations (inf/NaN), trial numbering under the study's row lock, "finished trials
 cannot be updated" (the same exceptions), the same integrity handling, and
 StorageInternalError for other database errors. Everything else is Optuna's code.
+The private RDBStorage hooks overridden here are listed, and checked against the installed
+Optuna, in service/optuna_compat.py.
 tests/service/test_storage.py runs both storages side by side and compares what they
 store and read, field by field.
 """
@@ -26,15 +28,15 @@ from optuna import distributions
 from optuna.distributions import BaseDistribution, json_to_distribution
 from optuna.exceptions import StorageInternalError
 from optuna.storages import RDBStorage
-from optuna.storages._rdb import models
 from optuna.trial import FrozenTrial, TrialState
 
+from service.optuna_compat import NOT_FOUND_MSG, IntermediateValueModel, ValueModel
 from service.pool import ping_when_idle
 
 __all__ = ["Storage"]
 
-_Value = models.TrialValueModel
-_Intermediate = models.TrialIntermediateValueModel
+_Value = ValueModel
+_Intermediate = IntermediateValueModel
 
 # A trial row with its children as JSON arrays, ordered as they were written (their ids),
 # as a lazy load from the heap returns them; followed by a FROM clause that names trials t.
@@ -160,7 +162,7 @@ class Storage(RDBStorage):
 
     def _check_updatable(self, trial_id: int, state: str | None) -> None:
         if state is None:
-            raise KeyError(models.NOT_FOUND_MSG)
+            raise KeyError(NOT_FOUND_MSG)
         self.check_trial_is_updatable(trial_id, TrialState[state])
 
     # -- reads ----------------------------------------------------------------------------
@@ -170,7 +172,7 @@ class Storage(RDBStorage):
                 sa.text(_TRIAL_COLUMNS + "FROM trials t WHERE t.trial_id = :tid"), {"tid": trial_id}
             ).first()
         if row is None:
-            raise KeyError(models.NOT_FOUND_MSG)
+            raise KeyError(NOT_FOUND_MSG)
         return _frozen_trial(row)
 
     def _get_trials(
@@ -201,7 +203,7 @@ class Storage(RDBStorage):
         with self._transaction(single=True) as conn:
             rows = conn.execute(sa.text(sql), args).all()
         if not rows:
-            raise KeyError(models.NOT_FOUND_MSG)
+            raise KeyError(NOT_FOUND_MSG)
         return [_frozen_trial(row) for row in rows if row.trial_id is not None]
 
     # -- writes ---------------------------------------------------------------------------
@@ -238,7 +240,7 @@ class Storage(RDBStorage):
         """
         args = {"sid": study_id}
         if conn.execute(sa.text("SELECT 1 FROM studies WHERE study_id = :sid FOR UPDATE"), args).first() is None:
-            raise KeyError(models.NOT_FOUND_MSG)
+            raise KeyError(NOT_FOUND_MSG)
         for table in _TRIAL_CHILDREN:
             conn.execute(
                 sa.text(f"DELETE FROM {table} WHERE trial_id IN (SELECT trial_id FROM trials WHERE study_id = :sid)"),
@@ -258,7 +260,7 @@ class Storage(RDBStorage):
             conn.execute(sa.text("SELECT 1 FROM studies WHERE study_id = :sid FOR UPDATE"), {"sid": study_id}).first()
             is None
         ):
-            raise KeyError(models.NOT_FOUND_MSG)
+            raise KeyError(NOT_FOUND_MSG)
         trial_id, number = conn.execute(
             sa.text(
                 "INSERT INTO trials (number, study_id, state, datetime_start) "
@@ -280,7 +282,7 @@ class Storage(RDBStorage):
             conn.execute(sa.text("SELECT 1 FROM studies WHERE study_id = :sid FOR UPDATE"), {"sid": study_id}).first()
             is None
         ):
-            raise KeyError(models.NOT_FOUND_MSG)
+            raise KeyError(NOT_FOUND_MSG)
         # Under the study's row lock, as create_trial_in: numbers follow the study's count,
         # and trial ids rise with them (rows are inserted in ordinality order).
         rows = conn.execute(
@@ -362,7 +364,7 @@ FROM popped p
                 {"tid": trial_id, "name": param_name, "look": previous_distribution is None},
             ).first()
             if row is None:
-                raise KeyError(models.NOT_FOUND_MSG)
+                raise KeyError(NOT_FOUND_MSG)
             self._check_updatable(trial_id, row.state)
             if previous_distribution is None and row.previous is not None:
                 previous_distribution = json_to_distribution(row.previous)

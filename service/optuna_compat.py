@@ -1,0 +1,103 @@
+"""Every use of Optuna's private API, in one place, checked when gat-tune starts.
+
+gat-tune overrides RDBStorage's private trial hooks (service/storage.py) and reads a few
+private attributes of Study and Trial (service/queue.py). Those change between Optuna
+releases (their signatures differ in 4.0), so an Optuna outside the tested range, or one
+whose private hooks no longer look as expected, fails here with one line that says so,
+instead of misbehaving somewhere in a worker.
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any
+
+import optuna
+from optuna.storages import RDBStorage
+from optuna.storages._rdb import models
+
+__all__ = [
+    "NOT_FOUND_MSG",
+    "TESTED",
+    "IntermediateValueModel",
+    "OptunaMismatch",
+    "ValueModel",
+    "check",
+    "forget_cached_trials",
+    "reported_values",
+    "set_cached_trial",
+    "study_id",
+    "trial_id",
+]
+
+TESTED = (5, 0)  # the major.minor of Optuna the code is tested with (pyproject.toml: optuna>=5.0,<5.1)
+
+# The private RDBStorage hooks service.storage.Storage overrides, with their parameters.
+OVERRIDDEN: dict[str, tuple[str, ...]] = {
+    "_get_trials": ("self", "study_id", "states", "included_trial_ids", "trial_id_greater_than"),
+    "_create_new_trial": ("self", "study_id", "template_trial"),
+    "_set_trial_param": (
+        "self",
+        "trial_id",
+        "param_name",
+        "param_value_internal",
+        "distribution",
+        "previous_distribution",
+    ),
+}
+
+# Optuna's ORM models: the stored representation of values (inf and NaN) and its error text.
+ValueModel = models.TrialValueModel
+IntermediateValueModel = models.TrialIntermediateValueModel
+NOT_FOUND_MSG = models.NOT_FOUND_MSG
+
+
+class OptunaMismatch(ImportError):
+    """The installed Optuna is not the one gat-tune's private-API uses were written for."""
+
+
+def check(version: str = optuna.__version__) -> None:
+    """Raise OptunaMismatch unless ``version`` is in the tested range and every overridden
+    hook still has the parameters it is overridden with."""
+    found = tuple(int(part) for part in version.split(".")[:2])
+    if found != TESTED:
+        raise OptunaMismatch(
+            f"gat-tune is tested with optuna {TESTED[0]}.{TESTED[1]}.x, found {version}: "
+            f"pip install 'optuna>={TESTED[0]}.{TESTED[1]},<{TESTED[0]}.{TESTED[1] + 1}'"
+        )
+    for name, expected in OVERRIDDEN.items():
+        hook = getattr(RDBStorage, name, None)
+        params = tuple(inspect.signature(hook).parameters) if hook is not None else None
+        if params != expected:
+            raise OptunaMismatch(
+                f"optuna {version}: RDBStorage.{name} is {params}, gat-tune overrides it as {expected}"
+            )
+
+
+def trial_id(trial: optuna.Trial) -> int:
+    """The storage's id of a trial (Optuna keeps it private; numbers are per study)."""
+    return int(trial._trial_id)
+
+
+def study_id(study: optuna.Study) -> int:
+    return int(study._study_id)
+
+
+def forget_cached_trials(study: optuna.Study) -> None:
+    """What Study.ask resets before it creates a trial: the thread's cached trial list."""
+    study._thread_local.cached_all_trials = None
+
+
+def reported_values(trial: optuna.Trial) -> dict[int, Any]:
+    """The trial's intermediate values as its own cache holds them (Trial.report reads and
+    writes this copy, so a report made around it must keep it in step)."""
+    values: dict[int, Any] = trial._cached_frozen_trial.intermediate_values
+    return values
+
+
+def set_cached_trial(trial: optuna.Trial, frozen: optuna.trial.FrozenTrial) -> None:
+    """Replace the trial's own cached copy (after a write whose reply was lost)."""
+    trial._cached_frozen_trial = frozen
+
+
+check()
