@@ -69,7 +69,10 @@ def authorize(engine: Engine, admin_token: str | None, header: str | None, scope
         Unauthorized: no bearer token, or an unknown one. Forbidden: the token lacks the scope.
     """
     if not header or not header.lower().startswith("bearer "):
-        raise Unauthorized("this route needs a bearer token: Authorization: Bearer <token>")
+        raise Unauthorized(
+            "this route needs a bearer token: Authorization: Bearer <token>, with the server's "
+            "GAT_TUNE_TOKEN or a token from `gat-tune token create`"
+        )
     _, scopes = _scopes_of(engine, admin_token, header[7:].strip())
     if not has_scope(scopes, scope):
         raise Forbidden(f"this token lacks the '{scope}' scope")
@@ -106,7 +109,7 @@ class Sessions:
     def scopes(self, cookie: str | None) -> frozenset[str] | None:
         """The scopes a cookie value grants now; None for a missing, forged, expired or
         revoked session."""
-        if not cookie or cookie.count(".") != 1:
+        if not cookie or cookie.count(".") != 1 or not cookie.isascii():  # compare_digest refuses non-ASCII str
             return None
         body, signature = cookie.split(".")
         if not hmac.compare_digest(signature, self._sign(body)):

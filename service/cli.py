@@ -27,15 +27,24 @@ def _fail(message: str, code: int = 1) -> int:
     return code
 
 
+def _public_without_token(settings: Any) -> str | None:
+    """Why a server (the API or the dashboard) may not listen where it was asked: off
+    loopback, every read and write would be open without a token."""
+    from service.config import is_loopback
+
+    if is_loopback(settings.host) or settings.token:
+        return None
+    return f"refusing to listen on {settings.host} with no token: set GAT_TUNE_TOKEN, or serve on 127.0.0.1"
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
-    from service.config import Settings, is_loopback
+    from service.config import Settings
 
     overrides = {k: v for k, v in (("host", args.host), ("port", args.port)) if v is not None}
     settings = Settings().model_copy(update=overrides)
-    if not is_loopback(settings.host) and not settings.token:
-        return _fail(
-            f"refusing to listen on {settings.host} with no token: set GAT_TUNE_TOKEN, or serve on 127.0.0.1", 2
-        )
+    refused = _public_without_token(settings)
+    if refused:
+        return _fail(refused, 2)
     busy = _port_problem(settings.host, settings.port)
     if busy:  # before the database is started or migrated, and before the slow imports
         return _fail(busy, 2)
@@ -95,14 +104,13 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
     from wsgiref.simple_server import make_server
 
     from service import db
-    from service.config import Settings, is_loopback
+    from service.config import Settings
     from service.dashboard import dashboard_wsgi
 
     settings = Settings().model_copy(update={"host": args.host, "port": args.port})
-    if not is_loopback(settings.host) and not settings.token:
-        return _fail(
-            f"refusing to listen on {settings.host} with no token: set GAT_TUNE_TOKEN, or serve on 127.0.0.1", 2
-        )
+    refused = _public_without_token(settings)
+    if refused:
+        return _fail(refused, 2)
     db.upgrade(settings)
     app = dashboard_wsgi(settings)  # the same guard as the one `serve` mounts
     print(f"optuna-dashboard on http://{args.host}:{args.port}/dashboard", flush=True)

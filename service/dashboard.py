@@ -37,8 +37,8 @@ WSGIApp = Callable[[dict[str, Any], StartResponse], Iterable[bytes]]
 SESSION_COOKIE = "gat_tune_session"
 LOGIN, LOGOUT = "/dashboard/login", "/dashboard/logout"
 _OPEN = re.compile(r"/static/.*|/favicon\.ico")  # the front end's own files: no study data
-_DELETE_STUDY = re.compile(r"/api/studies/(\d+)")
-_RENAME_STUDY = re.compile(r"/api/studies/(\d+)/rename")
+_DELETE_STUDY = re.compile(r"/api/studies/(-?\d+)")  # bottle's <id:int> takes a sign too
+_RENAME_STUDY = re.compile(r"/api/studies/(-?\d+)/rename")
 _MAX_FORM_BYTES = 8192
 
 
@@ -151,7 +151,11 @@ def _same_origin(environ: dict[str, Any]) -> bool:
 
 def _next(target: str) -> str:
     """Where to go after logging in: a dashboard page of this server, never elsewhere."""
-    return target if re.fullmatch(r"/dashboard(/[^\\]*)?", target) and not target.startswith(LOGIN) else "/dashboard"
+    return (
+        target
+        if re.fullmatch(r"/dashboard(/[^\\\x00-\x1f\x7f]*)?", target) and not target.startswith(LOGIN)
+        else "/dashboard"
+    )
 
 
 def _form(environ: dict[str, Any]) -> dict[str, list[str]]:

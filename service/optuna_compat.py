@@ -10,18 +10,22 @@ instead of misbehaving somewhere in a worker.
 from __future__ import annotations
 
 import inspect
+import json
 from typing import Any
 
 import optuna
+from optuna.artifacts._list_artifact_meta import ARTIFACTS_ATTR_PREFIX
 from optuna.storages import RDBStorage
 from optuna.storages._rdb import models
 
 __all__ = [
+    "ARTIFACT_ATTR_PREFIX",
     "NOT_FOUND_MSG",
     "TESTED",
     "IntermediateValueModel",
     "OptunaMismatch",
     "ValueModel",
+    "artifact_id",
     "check",
     "forget_cached_trials",
     "reported_values",
@@ -98,6 +102,19 @@ def reported_values(trial: optuna.Trial) -> dict[int, Any]:
 def set_cached_trial(trial: optuna.Trial, frozen: optuna.trial.FrozenTrial) -> None:
     """Replace the trial's own cached copy (after a write whose reply was lost)."""
     trial._cached_frozen_trial = frozen
+
+
+# How optuna.artifacts.upload_artifact links an artifact to its study or trial: a system
+# attribute "artifacts:<id>" whose value is a JSON string of the metadata's JSON.
+ARTIFACT_ATTR_PREFIX = ARTIFACTS_ATTR_PREFIX
+
+
+def artifact_id(value_json: str) -> str | None:
+    """The artifact id in such an attribute's stored value (None: not one of Optuna's)."""
+    try:
+        return str(json.loads(json.loads(value_json))["artifact_id"])
+    except (ValueError, TypeError, KeyError):
+        return None
 
 
 check()

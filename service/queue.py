@@ -24,6 +24,7 @@ from sqlalchemy.engine import Connection, Engine
 
 from service import db
 from service import optuna_compat as compat
+from service.errors import IncompatibleSpec
 from service.spec import StudySpec, load_stored_spec, make_pruner, make_sampler
 from service.storage import Storage
 from service.studies import FAIL_FAST, repeated_failure
@@ -522,7 +523,7 @@ WHERE :mark AND s.name = :name AND s.status = 'running' AND s.n_trials <= (
             for lease in expired:
                 conn.execute(trial_leases.delete().where(trial_leases.c.optuna_trial_id == lease.optuna_trial_id))
                 reason = f"lease expired: worker {lease.worker_id} stopped heartbeating"
-                reaped += self._fail_and_requeue(conn, lease.optuna_trial_id, lease.study_name, lease.spec, reason)
+                reaped += self._reap_one(conn, lease.optuna_trial_id, lease.study_name, lease.spec, reason)
             orphans = conn.execute(
                 sa.text(
                     "SELECT t.trial_id, s.name, s.spec FROM trials t "
@@ -534,9 +535,7 @@ WHERE :mark AND s.name = :name AND s.status = 'running' AND s.n_trials <= (
             ).all()
             for trial_id, name, spec in orphans:
                 if conn.execute(sa.text("SELECT pg_try_advisory_xact_lock(:k)"), {"k": 7_000_000 + trial_id}).scalar():
-                    reaped += self._fail_and_requeue(
-                        conn, trial_id, name, spec, "no lease: its worker died while claiming it"
-                    )
+                    reaped += self._reap_one(conn, trial_id, name, spec, "no lease: its worker died while claiming it")
             conn.execute(
                 workers.delete().where(
                     workers.c.last_heartbeat < sa.func.now() - self._interval(WORKER_PRUNE_LEASES),
@@ -549,11 +548,26 @@ WHERE :mark AND s.name = :name AND s.status = 'running' AND s.n_trials <= (
         """``leases`` lease periods as an SQL interval."""
         return sa.func.make_interval(0, 0, 0, 0, 0, 0, float(leases * self.lease_seconds))
 
+    def _reap_one(self, conn: Connection, trial_id: int, study_name: str, spec_json: Any, reason: str) -> int:
+        """_fail_and_requeue, kept to its trial: an error of one study's own (its Optuna study
+        deleted behind our back) is logged and the pass goes on, so one broken study never
+        keeps every worker from reaping and claiming. The database's absence is raised."""
+        try:
+            with conn.begin_nested():
+                return self._fail_and_requeue(conn, trial_id, study_name, spec_json, reason)
+        except KeyError:  # the trial or its Optuna study is gone: nothing is left to re-queue
+            return 0
+        except Exception as exc:
+            if db.is_transient(exc):
+                raise
+            log.warning("reaping trial %s of %s: %s: %s", trial_id, study_name, type(exc).__name__, exc)
+            return 0
+
     def _fail_and_requeue(self, conn: Connection, trial_id: int, study_name: str, spec_json: Any, reason: str) -> int:
         trial = self.storage.get_trial(trial_id)
         if trial.state != TrialState.RUNNING:
             return 0
-        spec = load_stored_spec(study_name, spec_json)
+        max_retries = _stored_max_retries(study_name, spec_json)
         study = optuna.load_study(study_name=study_name, storage=self.storage)
         already = self._requeued(conn, compat.study_id(study), trial.number)
         attempt = int(trial.user_attrs.get(ATTEMPT, 0)) + 1
@@ -561,7 +575,7 @@ WHERE :mark AND s.name = :name AND s.status = 'running' AND s.n_trials <= (
         requeued = (
             "; already re-queued"
             if already
-            else self._requeue(study, trial.number, trial.params, attempt, spec.max_retries, resume)
+            else self._requeue(study, trial.number, trial.params, attempt, max_retries, resume)
         )
         self.storage.set_trial_user_attr(trial_id, FAIL_REASON, reason + requeued)
         try:
@@ -570,3 +584,15 @@ WHERE :mark AND s.name = :name AND s.status = 'running' AND s.n_trials <= (
             return 0
         log.warning("trial %s of %s: %s", trial.number, study_name, reason + requeued)
         return 1
+
+
+def _stored_max_retries(study_name: str, spec_json: Any) -> int:
+    """The study's max_retries; from a spec this version no longer reads, its raw value (a
+    dead worker's trial is re-queued all the same), else none."""
+    try:
+        return load_stored_spec(study_name, spec_json).max_retries
+    except IncompatibleSpec:
+        try:
+            return max(0, int(spec_json["max_retries"]))
+        except (KeyError, TypeError, ValueError):
+            return 0

@@ -38,6 +38,7 @@ __all__ = [
     "config_from_params",
     "enqueue_params",
     "enqueue_schema",
+    "folder_refused",
     "load_stored_spec",
     "make_pruner",
     "make_sampler",
@@ -50,6 +51,7 @@ NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$"
 MAX_COMBINATIONS = 4096  # categorical combinations checked one by one before creating a study
 MAX_ENQUEUE = 1000  # entries of a spec's enqueue list
 MAX_VALUES = 1_000_000  # values in one body, YAML aliases expanded (a 1 MB body holds fewer)
+MAX_DEPTH = 32  # nesting a spec may have; a spec needs 5
 
 Scalar = str | int | float | bool
 
@@ -186,6 +188,8 @@ def check_values(data: Any, loc: tuple[str | int, ...] = ()) -> None:
         seen += 1
         if seen > MAX_VALUES:
             raise SpecIssue(loc, f"the body holds more than {MAX_VALUES} values (YAML aliases expanded)")
+        if len(where) - len(loc) > MAX_DEPTH:  # also ends a YAML alias that contains itself, fast
+            raise SpecIssue(where[: len(loc) + 3], f"the body nests deeper than {MAX_DEPTH} levels")
         if isinstance(value, dict):
             for key, item in value.items():
                 if isinstance(key, str) and "\x00" in key:
@@ -378,15 +382,29 @@ def check_folders(spec: StudySpec, roots: DataRoots, values: dict[str, Any] | No
         param = spec.search_space.get("dataset")
         if isinstance(param, CategoricalParam):
             places += [(("search_space", "dataset", "choices", i), c) for i, c in enumerate(param.choices)]
+        elif isinstance(param, ConditionalParam):
+            for case, dist in param.cases.items():
+                if isinstance(dist, CategoricalParam):
+                    loc: tuple[str | int, ...] = ("search_space", "dataset", "cases", case, "choices")
+                    places += [((*loc, i), c) for i, c in enumerate(dist.choices)]
         places += [(("enqueue", i, "dataset"), e.get("dataset")) for i, e in enumerate(spec.enqueue)]
     for loc, value in places:
-        if isinstance(value, str) and value.startswith("folder:") and not roots.admits(value[len("folder:") :]):
-            listed = ", ".join(str(r) for r in roots.allowed)
-            raise SpecIssue(
-                loc,
-                f"dataset: '{value}' is not under an allowed data root ({listed}); put the images in a "
-                "folder under one of them, or add a root to GAT_TUNE_DATA_ROOTS on the server",
-            )
+        refused = folder_refused(value, roots)
+        if refused:
+            raise SpecIssue(loc, refused)
+
+
+def folder_refused(dataset: Any, roots: DataRoots) -> str | None:
+    """Why a ``folder:PATH`` dataset outside the roots may not be read (None: it may, or it
+    is no folder). The API checks at submit time; a worker checks again before it reads, as
+    its working directory and the links under a root may differ from the API's."""
+    if not (isinstance(dataset, str) and dataset.startswith("folder:")) or roots.admits(dataset[len("folder:") :]):
+        return None
+    listed = ", ".join(str(r) for r in roots.allowed)
+    return (
+        f"dataset: '{dataset}' is not under an allowed data root ({listed}); put the images in a "
+        "folder under one of them, or add a root to GAT_TUNE_DATA_ROOTS"
+    )
 
 
 def _check_corners(spec: StudySpec) -> None:

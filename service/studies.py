@@ -15,9 +15,11 @@ from typing import Any
 import numpy as np
 import optuna
 import orjson
+import psycopg2.errors
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
+from service import optuna_compat as compat
 from service.config import DataRoots
 from service.errors import Conflict, IncompatibleSpec, Invalid, NotFound
 from service.readcache import SNAPSHOT, SnapshotCache
@@ -31,7 +33,7 @@ from service.spec import (
     make_sampler,
 )
 from service.storage import Storage
-from service.tables import idempotency_keys, studies
+from service.tables import idempotency_keys, studies, trial_leases
 from trainer.config import ConfigError
 
 __all__ = ["FAIL_FAST", "StudyService", "load_spec", "repeated_failure"]
@@ -272,7 +274,7 @@ class StudyService:
                     # Requests with one key wait here for each other: the first creates,
                     # the others find its key once it has committed.
                     conn.execute(
-                        sa.text("SELECT pg_advisory_xact_lock(hashtext(:k))"), {"k": "idem:" + idempotency_key}
+                        sa.text("SELECT pg_advisory_xact_lock(1, hashtext(:k))"), {"k": "idem:" + idempotency_key}
                     )
                     existing = self._by_idempotency_key(conn, idempotency_key, body_hash)
                     if existing is not None:
@@ -299,7 +301,7 @@ class StudyService:
         self, conn: Connection, spec: StudySpec, spec_text: str, enqueued: list[dict[str, Any]], made: list[int]
     ) -> None:
         # Serialise creations of one name across processes, so the check below holds.
-        conn.execute(sa.text("SELECT pg_advisory_xact_lock(hashtext(:n))"), {"n": "study:" + spec.name})
+        conn.execute(sa.text("SELECT pg_advisory_xact_lock(2, hashtext(:n))"), {"n": "study:" + spec.name})
         if conn.execute(sa.select(studies.c.name).where(studies.c.name == spec.name)).first() is not None:
             raise Conflict(f"a study named '{spec.name}' exists; choose another name")
         try:
@@ -332,14 +334,18 @@ class StudyService:
         """An Optuna study of this name with no gt_studies row, found under the name's lock:
         left by a creation that died half way (its cleanup never ran) when it has no trials,
         so it is deleted and the name is free again. One with trials is someone's data."""
-        study_id = self.storage.get_study_id_from_name(name)
+        try:
+            study_id = self.storage.get_study_id_from_name(name)
+        except KeyError:  # another request's cleanup took it meanwhile
+            return
         n = conn.execute(sa.text("SELECT count(*) FROM trials WHERE study_id = :sid"), {"sid": study_id}).scalar()
         if n:
             raise Conflict(
                 f"an Optuna study named '{name}' with {n} trials exists in this database outside gat-tune; "
                 "choose another name (or delete it: optuna delete-study)"
             )
-        self.storage.delete_study(study_id)
+        with contextlib.suppress(KeyError):
+            self.storage.delete_study(study_id)
 
     def _by_idempotency_key(self, conn: Connection, key: str, body_hash: str) -> str | None:
         row = conn.execute(sa.select(idempotency_keys).where(idempotency_keys.c.key == key)).first()
@@ -477,41 +483,54 @@ class StudyService:
             NotFound: no Optuna study with this id.
         """
         artifact_ids = self._artifact_ids(study_id)
-        with self.engine.begin() as conn:
-            ours = conn.execute(
-                sa.select(studies.c.name).where(studies.c.optuna_study_id == study_id).with_for_update()
-            ).first()
-            try:
-                self.storage.delete_study_in(conn, study_id)
-            except KeyError:
-                if ours is None:
-                    raise NotFound(f"no study with id {study_id}") from None
-                # Optuna's study went another way (an older dashboard delete): drop our ghost row.
-            if ours is not None:
-                conn.execute(studies.delete().where(studies.c.name == ours.name))
+        try:
+            with self.engine.begin() as conn:
+                # A worker ending a trial holds its lease while it writes Optuna's rows on other
+                # connections (which PostgreSQL cannot see waiting on this one): take the leases
+                # first, as finish and reap do, so the delete waits for those trials to end
+                # instead of deadlocking with them; and never wait forever.
+                conn.execute(sa.text("SET LOCAL lock_timeout = '10s'"))
+                conn.execute(
+                    sa.select(trial_leases.c.optuna_trial_id)
+                    .join(studies, studies.c.name == trial_leases.c.study_name)
+                    .where(studies.c.optuna_study_id == study_id)
+                    .with_for_update(of=trial_leases)
+                ).all()
+                ours = conn.execute(
+                    sa.select(studies.c.name).where(studies.c.optuna_study_id == study_id).with_for_update()
+                ).first()
+                if ours is not None:
+                    conn.execute(trial_leases.delete().where(trial_leases.c.study_name == ours.name))
+                try:
+                    self.storage.delete_study_in(conn, study_id)
+                except KeyError:
+                    if ours is None:
+                        raise NotFound(f"no study with id {study_id}") from None
+                    # Optuna's study went another way (an older dashboard delete): drop our ghost row.
+                if ours is not None:
+                    conn.execute(studies.delete().where(studies.c.name == ours.name))
+        except sa.exc.OperationalError as exc:
+            if not isinstance(exc.orig, psycopg2.errors.LockNotAvailable):
+                raise
+            raise Conflict("the study is busy (a worker is ending one of its trials); try the delete again") from None
         if self.artifact_store is not None:
             for artifact_id in artifact_ids:
                 with contextlib.suppress(Exception):  # already gone, or the store is away: left behind
                     self.artifact_store.remove(artifact_id)
 
     def _artifact_ids(self, study_id: int) -> list[str]:
-        """The ids of the artifacts uploaded to a study and its trials (Optuna keeps each
-        artifact's metadata as a JSON system attribute 'artifacts:<id>')."""
+        """The ids of the artifacts uploaded to a study and its trials, in one statement
+        (optuna.artifacts.get_all_artifact_meta reads them a trial at a time)."""
         with self._reader() as conn:
             values = conn.execute(
                 sa.text(
-                    "SELECT value_json FROM study_system_attributes WHERE study_id = :sid AND key LIKE 'artifacts:%' "
+                    "SELECT value_json FROM study_system_attributes WHERE study_id = :sid AND starts_with(key, :p) "
                     "UNION ALL SELECT a.value_json FROM trial_system_attributes a JOIN trials t USING (trial_id) "
-                    "WHERE t.study_id = :sid AND a.key LIKE 'artifacts:%'"
+                    "WHERE t.study_id = :sid AND starts_with(a.key, :p)"
                 ),
-                {"sid": study_id},
+                {"sid": study_id, "p": compat.ARTIFACT_ATTR_PREFIX},
             ).scalars()
-            ids = []
-            for value in values:
-                with contextlib.suppress(ValueError, TypeError, KeyError):
-                    meta = json.loads(json.loads(value))  # a JSON string of the metadata's JSON
-                    ids.append(str(meta["artifact_id"]))
-        return ids
+            return [i for i in map(compat.artifact_id, values) if i is not None]
 
     def enqueue(self, name: str, values: dict[str, Any]) -> dict[str, Any]:
         """Queue a (partial) config to be tried next; returns its trial number."""

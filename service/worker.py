@@ -33,7 +33,7 @@ from service import db
 from service.artifacts import artifact_store
 from service.config import Settings
 from service.queue import Claim, TrialQueue
-from service.spec import suggest_config
+from service.spec import folder_refused, suggest_config
 from service.tables import workers
 from trainer.config import ConfigError, TrainConfig
 from trainer.data import DataError
@@ -153,8 +153,8 @@ class Slot:
             while not self.shutdown.is_set():
                 try:
                     if time.monotonic() - reaped_at > self.settings.lease_seconds / 3:
-                        self.queue.reap()  # a lease cannot expire faster than this
-                        reaped_at = time.monotonic()
+                        reaped_at = time.monotonic()  # a lease cannot expire faster than this
+                        self._reap()
                     claim = self.queue.claim()
                     if away is not None:
                         log.warning("claim: database back after %.1f s", time.monotonic() - away)
@@ -183,6 +183,16 @@ class Slot:
             with contextlib.suppress(sa.exc.SQLAlchemyError), self.engine.begin() as conn:
                 conn.execute(workers.delete().where(workers.c.id == self.worker_id))
 
+    def _reap(self) -> None:
+        """Reap expired leases; an error other than the database's absence is logged and
+        never keeps this slot from claiming."""
+        try:
+            self.queue.reap()
+        except Exception as exc:
+            if db.is_transient(exc):
+                raise
+            self._log_once("reap failed", exc)
+
     def _log_once(self, what: str, exc: Exception) -> None:
         said = f"{what}: {type(exc).__name__}: {exc}"
         if said in self._said:
@@ -203,6 +213,9 @@ class Slot:
         pending: list[tuple[int, float]] = []  # evals not yet reported (the database was away)
         try:
             config = TrainConfig.from_dict({**self._suggest(claim), "device": self.device})
+            refused = folder_refused(config.dataset, self.settings.folder_roots)
+            if refused:
+                raise DataError(refused)
             self._retry(lambda: self._replay_history(claim, run_dir), f"trial {trial.number}: replay")
             # Optuna prunes single-objective studies only; "none" has nothing to ask.
             prunes = len(claim.spec.objectives) == 1 and not isinstance(claim.study.pruner, optuna.pruners.NopPruner)

@@ -60,9 +60,10 @@ def test_reads_need_a_token_off_loopback(public: TestClient, settings: Settings)
     assert public.get("/healthz").status_code == 200
 
 
-def test_serve_refuses_a_public_address_without_a_token(database_url: str) -> None:
+@pytest.mark.parametrize("command", ["serve", "dashboard"])
+def test_servers_refuse_a_public_address_without_a_token(database_url: str, command: str) -> None:
     proc = subprocess.run(
-        [sys.executable, "-m", "service.cli", "serve", "--host", "0.0.0.0", "--port", "8765"],
+        [sys.executable, "-m", "service.cli", command, "--host", "0.0.0.0", "--port", "8765"],
         capture_output=True,
         text=True,
         timeout=60,

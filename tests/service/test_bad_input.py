@@ -242,3 +242,18 @@ def test_nul_in_a_yaml_body_is_422_with_its_place(client: TestClient) -> None:
     assert _one_line(r) == (
         "the body is not valid YAML: special characters are not allowed (character #x0000) at character 8"
     )
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"name: a\nbase: &x [*x]\n",
+        b"name: a\nenqueue: &x {a: *x}\n",
+        b"name: a\nbase: " + b"[" * 40 + b"]" * 40 + b"\n",
+    ],
+    ids=["a list holding itself", "a mapping holding itself", "deep nesting"],
+)
+def test_a_body_that_holds_itself_or_nests_deep_is_a_fast_422(client: TestClient, body: bytes) -> None:
+    # The depth limit ends the walk (not the million-value limit, which took half an hour here).
+    r = client.post("/studies", content=body, headers={"Content-Type": "application/yaml"})
+    assert r.status_code == 422 and "nests deeper than 32 levels" in _one_line(r), r.text

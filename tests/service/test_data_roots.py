@@ -97,3 +97,30 @@ def test_gat_tune_data_roots_lists_the_roots(
     for path in ("runs/s0/trial-00000", "artifacts"):
         detail = _refusal(rooted, _spec(f"folder:{settings.data_dir}/{path}", name="t"))
         assert "is not under an allowed data root" in detail["msg"], path
+
+
+def test_a_folder_in_a_conditional_case_is_checked(client: TestClient) -> None:
+    spec = _spec("digits")
+    spec["search_space"]["dataset"] = {
+        "type": "conditional",
+        "on": "aux_loss",
+        "cases": {"r1": {"type": "categorical", "choices": ["digits", "folder:/etc"]}},
+    }
+    assert _refusal(client, spec)["loc"] == ["body", "search_space", "dataset", "cases", "r1", "choices", 1]
+
+
+def test_a_worker_checks_the_folder_again_before_it_reads(client: TestClient, settings: Settings) -> None:
+    """Accepted by the API (under its roots), refused by a worker whose roots differ: the
+    trial fails with the refusal, and nothing is read from the folder."""
+    from service.worker import Slot
+    from tests.service.conftest import load
+
+    images = settings.data_dir / "datasets" / "faces"
+    images.mkdir(parents=True)
+    spec = _spec(f"folder:{images}", enqueue=[], n_trials=1, max_parallel=1, max_failures=1)
+    assert client.post("/studies", json=spec).status_code == 201
+    worker_settings = settings.model_copy(update={"data_roots": str(settings.data_dir / "elsewhere")})
+    Slot(worker_settings.model_copy(update={"poll_seconds": 0.1}), "cpu", idle_exit=0.3).run()
+    (trial,) = load(str(settings.database_url), spec["name"]).trials
+    assert trial.state.name == "FAIL"
+    assert trial.user_attrs["fail_reason"].startswith(f"DataError: dataset: 'folder:{images}' is not under")

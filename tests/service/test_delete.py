@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import copy
+import threading
+import time
 from pathlib import Path
+from typing import Any
 
 import optuna
 import sqlalchemy as sa
@@ -100,3 +103,39 @@ def test_delete_takes_every_row_of_the_study_and_only_those(client: TestClient, 
         assert after[table] * 2 == count, table
     assert optuna.get_all_study_names(storage) == [NAME]
     assert len(optuna.load_study(study_name=NAME, storage=storage).trials) == 3  # the kept study is whole
+
+
+def test_a_delete_while_a_worker_ends_a_trial_waits_for_it(client: TestClient, settings: Settings) -> None:
+    """The worker holds the trial's lease while it tells Optuna on another connection; the
+    delete must wait for that trial to end, not deadlock with it (which nothing would see:
+    one of the waits is in Python). Before the fix both hung for good."""
+    from optuna.trial import TrialState
+
+    from tests.service.conftest import make_queue, tiny
+
+    assert client.post("/studies", json=tiny(n_trials=2)).status_code == 201
+    queue = make_queue(settings, "w")
+    claim = queue.claim()
+    assert claim is not None
+    telling, tell = threading.Event(), claim.study.tell
+
+    def slow_tell(*args: Any, **kwargs: Any) -> Any:
+        telling.set()
+        time.sleep(1.0)  # the delete arrives while the lease is held and the tell is under way
+        return tell(*args, **kwargs)
+
+    claim.study.tell = slow_tell  # type: ignore[method-assign]
+    ended: list[bool] = []
+    finisher = threading.Thread(
+        target=lambda: ended.append(queue.finish(claim, state=TrialState.COMPLETE, values=[3.0]))
+    )
+    finisher.start()
+    assert telling.wait(10)
+    r = client.delete("/studies/tiny")
+    finisher.join(30)
+    assert not finisher.is_alive(), "the worker's finish hung"
+    assert r.status_code == 204, r.text
+    assert ended == [True], "the trial ended before the study went"
+    assert client.get("/studies/tiny").status_code == 404
+    with db.engine(settings).connect() as conn:
+        assert conn.exec_driver_sql("SELECT count(*) FROM gt_trial_leases").scalar_one() == 0

@@ -304,3 +304,35 @@ def test_a_study_that_cannot_be_claimed_from_is_skipped(client: TestClient, sett
         )
     claim = queue(settings, "w").claim()
     assert claim is not None and claim.study_name == "fine"
+
+
+@pytest.mark.parametrize("breakage", ["spec from another version", "optuna study deleted"])
+def test_an_expired_lease_of_a_broken_study_keeps_no_worker_from_claiming(
+    client: TestClient, settings: Settings, breakage: str
+) -> None:
+    """The reaper runs before every claim: one study's error there used to fail the whole
+    pass, every time, so no worker claimed anything from any study."""
+    client.post("/studies", json=spec(name="broken", max_retries=3))
+    dead = queue(settings, "dead", lease=0.2)
+    lost = dead.claim()
+    assert lost is not None and lost.study_name == "broken"
+    client.post("/studies", json=spec(name="fine"))
+    with db.engine(settings).begin() as conn:
+        conn.execute(
+            sa.text("""UPDATE gt_studies SET spec = jsonb_set(spec, '{sampler}', '"gone"') WHERE name = 'broken'""")
+        )
+    if breakage == "optuna study deleted":
+        optuna.delete_study(study_name="broken", storage=db.optuna_storage(settings))
+    time.sleep(0.5)
+    alive = queue(settings, "alive")
+    reaped = alive.reap()
+    claim = alive.claim()
+    assert claim is not None and claim.study_name == "fine"
+    if breakage == "spec from another version":
+        assert reaped == 1
+        trials = optuna.load_study(study_name="broken", storage=db.optuna_storage(settings)).trials
+        assert [t.state for t in trials] == [TrialState.FAIL, TrialState.WAITING], "re-queued, its max_retries read raw"
+    else:
+        assert reaped == 0
+    with db.engine(settings).connect() as conn:
+        assert conn.exec_driver_sql("SELECT count(*) FROM gt_trial_leases WHERE worker_id = 'dead'").scalar() == 0
