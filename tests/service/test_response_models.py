@@ -62,7 +62,8 @@ def _models(model: type[BaseModel]) -> list[type[BaseModel]]:
 
 
 def validated(response: httpx.Response, method: str, path: str) -> Any:
-    """The body, validated (strict) against the model /openapi.json names for the route."""
+    """The body, validated (strict) against the route's model in DOCUMENTED, which /openapi.json names
+    (test_openapi_references_the_models)."""
     assert response.status_code < 300, response.text
     key = (method, path, str(response.status_code))
     model = DOCUMENTED[key]
