@@ -12,6 +12,7 @@ from fastapi.concurrency import run_in_threadpool
 from pydantic import BaseModel
 
 from service.api.deps import AdminAccess, ReadAccess, StateDep, WriteAccess
+from service.api.schemas import BestConfig, EnqueuedTrial, StudyList, StudyPublic, TrialPage, TrialStateName
 from service.errors import Invalid, NotFound
 from service.spec import EXAMPLE_SPEC, NAME_PATTERN, SpecIssue, StudySpec, check_top_level, check_values
 from trainer.config import load_yaml, yaml_error
@@ -46,6 +47,13 @@ def _answers(**described: str) -> dict[int | str, dict[str, Any]]:
 
 _NO_STUDY = "no study of that name"
 _STORED = "the study's stored spec is from an incompatible version of gat-tune"
+
+
+def _shows(model: type[BaseModel], text: str) -> dict[str, Any]:
+    """The OpenAPI of a success body: its model, for the docs only. No route runs it on the way
+    out (response_model=None, or a Response returned as it is): the hot reads pass on JSON
+    that PostgreSQL rendered; tests/service/test_response_models.py checks the two agree."""
+    return {"model": model, "description": text}
 
 
 def _name(name: str) -> str:
@@ -104,8 +112,10 @@ def parse_spec(body: bytes, content_type: str) -> StudySpec:
     openapi_extra=_SPEC_BODY,
     dependencies=[WriteAccess],
     summary="Create a study",
+    response_model=None,
     responses={
-        200: {"description": "a retry with the same Idempotency-Key and spec: the study the first request made"},
+        201: _shows(StudyPublic, "the study, as GET /studies/{name} shows it"),
+        200: _shows(StudyPublic, "a retry with the same Idempotency-Key and spec: the study the first request made"),
         **_answers(_409="the name is taken, or the Idempotency-Key was used with a different spec"),
     },
 )
@@ -130,7 +140,9 @@ async def create_study(
     return study
 
 
-@router.get("", dependencies=[ReadAccess], summary="List studies")
+@router.get(
+    "", dependencies=[ReadAccess], summary="List studies", responses={200: _shows(StudyList, "a page of studies")}
+)
 def list_studies(state: StateDep, offset: Offset = 0, limit: Limit = 50) -> Response:
     return _json(state.studies.studies_json(offset=offset, limit=limit))
 
@@ -139,7 +151,7 @@ def list_studies(state: StateDep, offset: Offset = 0, limit: Limit = 50) -> Resp
     "/{name}",
     dependencies=[ReadAccess],
     summary="A study: state, trial counts, best so far",
-    responses=_answers(_404=_NO_STUDY),
+    responses={200: _shows(StudyPublic, "the study"), **_answers(_404=_NO_STUDY)},
 )
 def get_study(name: StudyName, state: StateDep) -> Response:
     return _json(state.studies.study_json(_name(name)))
@@ -149,16 +161,14 @@ def get_study(name: StudyName, state: StateDep) -> Response:
     "/{name}/trials",
     dependencies=[ReadAccess],
     summary="A page of a study's trials",
-    responses=_answers(_404=_NO_STUDY),
+    responses={200: _shows(TrialPage, "a page of trials"), **_answers(_404=_NO_STUDY)},
 )
 def list_trials(
     name: StudyName,
     state: StateDep,
     offset: Offset = 0,
     limit: Limit = 50,
-    trial_state: Annotated[
-        Literal["RUNNING", "WAITING", "COMPLETE", "PRUNED", "FAIL"] | None, Query(alias="state")
-    ] = None,
+    trial_state: Annotated[TrialStateName | None, Query(alias="state")] = None,
 ) -> Response:
     return _json(state.studies.trials_json(_name(name), offset=offset, limit=limit, state=trial_state))
 
@@ -167,8 +177,12 @@ def list_trials(
     "/{name}/best",
     dependencies=[ReadAccess],
     summary="The best trial's complete trainer config",
+    response_model=None,
     responses={
-        200: {"content": {"application/json": {}, "application/yaml": {}}},
+        200: {
+            **_shows(BestConfig, "the config; with ?format=yaml, the same as YAML"),
+            "content": {"application/yaml": {"schema": {"type": "string"}}},
+        },
         **_answers(_404=_NO_STUDY, _409=f"no trial has completed yet, or {_STORED}"),
     },
 )
@@ -219,7 +233,11 @@ for _action, _summary in (
         methods=["POST"],
         dependencies=[WriteAccess],
         summary=_summary,
-        responses=_answers(_404=_NO_STUDY, _409="the study is stopped: a stopped study cannot pause or resume"),
+        response_model=None,
+        responses={
+            200: _shows(StudyPublic, "the study, with its new status"),
+            **_answers(_404=_NO_STUDY, _409="the study is stopped: a stopped study cannot pause or resume"),
+        },
     )
 
 
@@ -228,7 +246,8 @@ for _action, _summary in (
     dependencies=[WriteAccess],
     status_code=201,
     summary="Queue a config to try next",
-    responses=_answers(_404=_NO_STUDY, _409=_STORED),
+    response_model=None,
+    responses={201: _shows(EnqueuedTrial, "the queued trial"), **_answers(_404=_NO_STUDY, _409=_STORED)},
     openapi_extra={
         "requestBody": {
             "required": True,

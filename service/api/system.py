@@ -10,6 +10,7 @@ from fastapi.responses import JSONResponse
 
 from service import db
 from service.api.deps import ReadAccess, StateDep
+from service.api.schemas import WorkerList
 from service.tables import workers
 
 router = APIRouter(tags=["system"])
@@ -28,7 +29,13 @@ def readyz(state: StateDep) -> JSONResponse:
     return JSONResponse({"status": "ready"})
 
 
-@router.get("/workers", dependencies=[ReadAccess], summary="Worker processes, their devices and trials")
+@router.get(
+    "/workers",
+    dependencies=[ReadAccess],
+    summary="Worker processes, their devices and trials",
+    response_model=None,  # the dict goes out as it is, isoformat times included
+    responses={200: {"model": WorkerList, "description": "every registered worker, oldest first"}},
+)
 def list_workers(state: StateDep) -> dict[str, Any]:
     """A worker whose heartbeat is older than a lease (GAT_TUNE_LEASE_SECONDS, as this server
     reads it) is "lost": it died or cannot reach the database. The reaper takes it off the
