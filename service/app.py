@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import difflib
 import gc
 import logging
 from collections.abc import AsyncIterator
@@ -81,6 +82,20 @@ def _error_body(loc: tuple[Any, ...], message: str) -> dict[str, Any]:
     return {"detail": [{"loc": ["body", *loc], "msg": message, "type": "value_error"}]}
 
 
+def _shape_error(e: Any) -> dict[str, Any]:
+    """One of pydantic's errors as the API's: a misspelt tag (a search-space ``type``) gets
+    "did you mean", as misspelt keys do."""
+    loc, msg = ["body", *e["loc"]], e["msg"]
+    if e["type"] == "union_tag_invalid":
+        tags = [t.strip(" '") for t in str(e["ctx"]["expected_tags"]).split(",")]
+        field = str(e["ctx"]["discriminator"]).strip("'")
+        tag = str(e["ctx"]["tag"])
+        close = difflib.get_close_matches(tag, tags, n=1)
+        hint = f" (did you mean '{close[0]}'?)" if close else ""
+        loc, msg = [*loc, field], f"{field}: '{tag}' is not one of {', '.join(tags)}{hint}"
+    return {"loc": loc, "msg": msg, "type": e["type"]}
+
+
 def create_app(settings: Settings | None = None, *, mount_dashboard: bool = True) -> FastAPI:
     """Build the app over the settings' database (migrated on start by `gat-tune serve`)."""
     settings = settings or get_settings()
@@ -142,10 +157,7 @@ def create_app(settings: Settings | None = None, *, mount_dashboard: bool = True
 
     @app.exception_handler(ValidationError)
     async def _shape(request: Request, exc: ValidationError) -> JSONResponse:
-        errors = [
-            {"loc": ["body", *e["loc"]], "msg": e["msg"], "type": e["type"]}
-            for e in exc.errors(include_url=False, include_input=False, include_context=False)
-        ]
+        errors = [_shape_error(e) for e in exc.errors(include_url=False, include_input=False)]
         return JSONResponse({"detail": errors}, status_code=422)
 
     @app.exception_handler(RequestValidationError)

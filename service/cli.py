@@ -37,6 +37,16 @@ def _public_without_token(settings: Any) -> str | None:
     return f"refusing to listen on {settings.host} with no token: set GAT_TUNE_TOKEN, or serve on 127.0.0.1"
 
 
+def _default_url() -> str:
+    """Where the client commands find the API: GAT_TUNE_URL, else where `gat-tune serve`
+    listens with the same environment (GAT_TUNE_HOST, GAT_TUNE_PORT)."""
+    if os.environ.get("GAT_TUNE_URL"):
+        return os.environ["GAT_TUNE_URL"]
+    host = os.environ.get("GAT_TUNE_HOST", "127.0.0.1")
+    host = "127.0.0.1" if host in ("0.0.0.0", "::") else host
+    return f"http://{host}:{os.environ.get('GAT_TUNE_PORT', '8000')}"
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     from service.config import Settings
 
@@ -275,7 +285,11 @@ def build_parser() -> argparse.ArgumentParser:
             if writes
             else f"{help[0].upper()}{help[1:]} over the HTTP API (sends GAT_TUNE_TOKEN when set).",
         )
-        cp.add_argument("--url", default="http://127.0.0.1:8000", help="the API (default %(default)s)")
+        cp.add_argument(
+            "--url",
+            default=_default_url(),
+            help="the API (default GAT_TUNE_URL, else http://GAT_TUNE_HOST:GAT_TUNE_PORT: %(default)s)",
+        )
         cp.set_defaults(client=True)
         return cp
 

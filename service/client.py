@@ -26,8 +26,14 @@ def _reason(response: httpx.Response) -> str:
     except ValueError:
         return response.text.strip()[:200] or response.reason_phrase
     if isinstance(detail, list):
-        return "; ".join(f"{'.'.join(str(p) for p in d.get('loc', [])[1:])}: {d.get('msg')}" for d in detail)
+        return "; ".join(_located(d.get("loc", [])[1:], str(d.get("msg"))) for d in detail)
     return str(detail)
+
+
+def _located(loc: list[Any], msg: str) -> str:
+    """A 422's message with its place in the body (none for the body as a whole)."""
+    where = ".".join(str(p) for p in loc)
+    return f"{where}: {msg}" if where and not msg.startswith(f"{where}:") else msg
 
 
 class Client:
@@ -37,6 +43,8 @@ class Client:
         token = token or os.environ.get("GAT_TUNE_TOKEN")
         self.has_token = bool(token)
         headers = {"Authorization": f"Bearer {token}"} if token else {}
+        if "://" not in url:  # "127.0.0.1:8000" as people type it
+            url = "http://" + url
         self.http = httpx.Client(base_url=url.rstrip("/"), headers=headers, timeout=timeout)
 
     def _call(self, method: str, path: str, **kwargs: Any) -> httpx.Response:

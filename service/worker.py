@@ -224,7 +224,8 @@ class Slot:
                 pending.append((step, float(metrics["fid"])))
                 try:
                     status = self._send(claim, pending)
-                    prune = prunes and trial.should_prune()
+                    # A trial that trained to its end is complete: its last FID is its result.
+                    prune = prunes and step < config.steps and trial.should_prune()
                 except Exception as exc:
                     if not db.is_transient(exc):
                         raise

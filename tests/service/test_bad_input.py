@@ -257,3 +257,10 @@ def test_a_body_that_holds_itself_or_nests_deep_is_a_fast_422(client: TestClient
     # The depth limit ends the walk (not the million-value limit, which took half an hour here).
     r = client.post("/studies", content=body, headers={"Content-Type": "application/yaml"})
     assert r.status_code == 422 and "nests deeper than 32 levels" in _one_line(r), r.text
+
+
+def test_a_misspelt_search_space_type_gets_did_you_mean(client: TestClient) -> None:
+    body = spec(search_space={"lr_d": {"type": "flot", "low": 1e-4, "high": 1e-3}})
+    (detail,) = client.post("/studies", json=body).json()["detail"]
+    assert detail["loc"] == ["body", "search_space", "lr_d", "type"]
+    assert detail["msg"] == "type: 'flot' is not one of float, int, categorical, conditional (did you mean 'float'?)"

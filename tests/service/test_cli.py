@@ -193,3 +193,20 @@ def test_processes_start_without_repeated_warnings() -> None:
     out = subprocess.run([sys.executable, "-c", WARNINGS], capture_output=True, text=True, env=env, timeout=120)
     assert out.returncode == 0, out.stderr
     assert "Warning" not in out.stderr, out.stderr
+
+
+def test_client_commands_find_the_server_serve_would_listen_on(
+    server: tuple[str, dict[str, str]], tmp_path: Path
+) -> None:
+    """No --url: GAT_TUNE_URL, else GAT_TUNE_HOST/GAT_TUNE_PORT as `serve` reads them (the
+    client went to port 8000 whatever the server's port); a URL without its scheme works."""
+    url, env = server
+    port = url.rsplit(":", 1)[1]
+    spec_file = tmp_path / "spec.yaml"
+    spec_file.write_text(yaml.safe_dump(copy.deepcopy(EXAMPLE_SPEC)))
+    env = {k: v for k, v in env.items() if k not in ("GAT_TUNE_URL", "GAT_TUNE_HOST", "GAT_TUNE_PORT")}
+    assert gat_tune("submit", str(spec_file), env={**env, "GAT_TUNE_PORT": port}).returncode == 0
+    by_url = gat_tune("status", "digits-gat", env={**env, "GAT_TUNE_URL": url})
+    assert by_url.returncode == 0 and by_url.stdout.startswith("digits-gat: running"), by_url.stderr
+    bare = gat_tune("status", "digits-gat", "--url", f"127.0.0.1:{port}", env=env)
+    assert bare.returncode == 0, bare.stderr

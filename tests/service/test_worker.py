@@ -398,3 +398,23 @@ def test_the_pool_restarts_a_slot_that_keeps_dying_later_each_time(
         "starting another in 1 s (it keeps dying)",
         "starting another in 2 s (it keeps dying)",
     ], out
+
+
+def test_a_trial_that_trained_to_its_end_is_complete_not_pruned(
+    client: TestClient, settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A pruner that would prune at the last eval: the run is over and its FID known, so the
+    trial is COMPLETE (it was recorded PRUNED, its result lost to the study)."""
+    reported_at: list[int] = []
+
+    def prune_at_the_end(trial: optuna.Trial) -> bool:
+        step = max(trial._cached_frozen_trial.intermediate_values)
+        reported_at.append(step)
+        return step >= 60
+
+    monkeypatch.setattr(optuna.Trial, "should_prune", prune_at_the_end)
+    client.post("/studies", json=tiny(base={"dataset": "ring8"}, pruner="median", n_trials=1, max_parallel=1))
+    Slot(settings.model_copy(update={"data_dir": tmp_path, "poll_seconds": 0.1}), "cpu", idle_exit=0.5).run()
+    (trial,) = optuna.load_study(study_name="tiny", storage=settings.database_url).trials
+    assert trial.state == optuna.trial.TrialState.COMPLETE and trial.value == trial.intermediate_values[60]
+    assert reported_at == [20, 40], "asked at every eval but the last"
