@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 from torch import nn
 from torch.func import functional_call, grad
 
 from trainer.losses import (
+    REGULARISERS,
     GATLoss,
     consensus_penalty,
     d_gan_loss,
@@ -135,3 +137,23 @@ def test_lambda_zero_builds_no_regulariser() -> None:
         assert reg.item() == 0.0
         assert torch.equal(rng.get_state(), torch.Generator().manual_seed(1).get_state()), "drew random numbers"
         assert torch.equal(gat.generator(real, z)[0], plain.generator(real, z)[0])
+
+
+def test_an_unknown_regulariser_is_an_error_not_the_plain_gan() -> None:
+    # Before the registry, a name GATLoss did not know trained the plain GAN without a word.
+    g, d = small_pair()
+    with pytest.raises(ValueError, match=r"aux_loss: 'r3' is not one of r1, r2, wgan-gp, consensus"):
+        GATLoss(g, d, "r3", 1.0)
+
+
+def test_each_entry_adds_terms_to_the_players_it_names() -> None:
+    g, d = small_pair()
+    real, z = torch.randn(8, 2), torch.randn(8, 3)
+    plain = GATLoss(g, d, "none", 1.0)
+    assert not plain.active and not plain.generator_needs_real
+    for name, entry in REGULARISERS.items():
+        gat = GATLoss(g, d, name, 1.0)
+        assert gat.active == (entry.discriminator is not None or entry.generator is not None), name
+        assert gat.generator_needs_real == entry.generator_needs_real, name
+        total_g, _ = gat.generator(real, z)
+        assert torch.equal(total_g, plain.generator(real, z)[0]) == (entry.generator is None), name
