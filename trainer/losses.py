@@ -37,6 +37,7 @@ else:
     F = LazyModule("torch.nn.functional")
 
 __all__ = [
+    "R1_LAZY_INTERVAL",
     "REGULARISERS",
     "GATLoss",
     "Regulariser",
@@ -125,6 +126,25 @@ def _r1_d(
     return d_gan_loss(real_logits, d(fake)), reg
 
 
+R1_LAZY_INTERVAL = 16  # StyleGAN2's R1 interval (Karras et al. 2020, §3.1)
+
+
+def _r1_lazy_d(
+    g: nn.Module, d: nn.Module, real: torch.Tensor, z: torch.Tensor, rng: torch.Generator | None, index: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """R1 with lazy regularisation (StyleGAN2): on the discriminator's step t,
+
+        L_A = k · ½·E_real ||∇_x D(x)||²   when t mod k = 0,   else 0,   k = 16,
+
+    so the penalty costs a double backward one step in k and weighs, on average over steps,
+    what R1 weighs. (StyleGAN2 also scales Adam's rate and betas by k/(k+1); not done here.)
+    """
+    if index % R1_LAZY_INTERVAL:
+        return _plain_d(g, d, real, z, rng, index)
+    loss_d, reg = _r1_d(g, d, real, z, rng, index)
+    return loss_d, R1_LAZY_INTERVAL * reg
+
+
 def _r2_d(
     g: nn.Module, d: nn.Module, real: torch.Tensor, z: torch.Tensor, rng: torch.Generator | None, index: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -185,6 +205,7 @@ REGULARISERS: dict[str, Regulariser] = {
         _consensus_d, _consensus_g, generator_needs_real=True, help="λ/2·||v||² on both players (Mescheder 2017)"
     ),
     "none": Regulariser(None, help="the plain GAN; λ is ignored"),
+    "r1-lazy": Regulariser(_r1_lazy_d, help="R1 on every 16th D step, times 16 (StyleGAN2's lazy regularisation)"),
 }
 
 

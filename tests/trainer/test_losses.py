@@ -157,3 +157,30 @@ def test_each_entry_adds_terms_to_the_players_it_names() -> None:
         assert gat.generator_needs_real == entry.generator_needs_real, name
         total_g, _ = gat.generator(real, z)
         assert torch.equal(total_g, plain.generator(real, z)[0]) == (entry.generator is None), name
+
+
+def test_r1_lazy_is_16_times_r1_on_every_16th_d_step_and_nothing_between() -> None:
+    w = [3.0, -4.0]  # ½·||w||² = 12.5, so L_A = 16 · 12.5 = 200 on a regularised step
+    d = Squeeze(linear_d(w))
+    g = nn.Linear(3, 2)
+    real, z, lam = torch.randn(5, 2), torch.randn(5, 3), 0.1
+    lazy, plain = GATLoss(g, d, "r1-lazy", lam), GATLoss(g, d, "none", lam)
+    plain_loss = plain.discriminator(real, z)[0]
+    regs = []
+    for index in range(33):
+        total, loss_d, reg = lazy.discriminator(real, z, index=index)
+        expected = 200.0 if index in (0, 16, 32) else 0.0
+        assert torch.allclose(reg, torch.tensor(expected)), index
+        assert torch.allclose(loss_d, plain_loss) and torch.allclose(total, plain_loss + lam * expected), index
+        regs.append(reg.item())
+    assert sum(regs[:16]) / 16 == 12.5  # on average over k steps, R1 itself
+
+    plain_loss.backward()
+    assert d.inner.weight.grad is not None
+    plain_grad = d.inner.weight.grad.clone()
+    d.zero_grad()
+    lazy.discriminator(real, z, index=16)[0].backward()
+    assert torch.allclose(d.inner.weight.grad, plain_grad + lam * 16 * torch.tensor([w]))  # ∂(16·½||w||²)/∂w
+    d.zero_grad()
+    lazy.discriminator(real, z, index=17)[0].backward()
+    assert torch.allclose(d.inner.weight.grad, plain_grad)
