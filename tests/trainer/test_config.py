@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -132,3 +133,14 @@ def test_json_schema_lists_every_key_with_its_rule() -> None:
     assert props["aux_loss"]["enum"] == list(FIELDS["aux_loss"].choices or ())
     assert "folder:PATH" in props["dataset"]["description"]
     json.dumps(schema)  # JSON-able as it is
+
+
+def test_the_readme_table_lists_the_registries() -> None:
+    from trainer.data import DATASETS
+    from trainer.losses import REGULARISERS
+
+    readme = (Path(__file__).parents[2] / "README.md").read_text()
+    rows = {m.group(1): m.group(2) for m in re.finditer(r"^\| `(\w+)` \| [^|]* \| (.*) \|$", readme, re.M)}
+    assert re.findall(r"`([^`]+)`", rows["aux_loss"]) == list(REGULARISERS)
+    shown = [source.shown(key) for key, source in DATASETS.items()]
+    assert [name for name in re.findall(r"`([^`]+)`", rows["dataset"]) if name != "vision"] == shown
