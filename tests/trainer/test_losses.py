@@ -129,7 +129,7 @@ def test_lambda_zero_builds_no_regulariser() -> None:
     g, d = small_pair()
     real, z = torch.randn(8, 2), torch.randn(8, 3)
     plain = GATLoss(g, d, "none", 5.0)
-    for aux in ("r1", "r2", "wgan-gp", "consensus"):
+    for aux in REGULARISERS:  # every entry, the ones added later too
         gat = GATLoss(g, d, aux, 0.0)
         rng = torch.Generator().manual_seed(1)
         total, _, reg = gat.discriminator(real, z, rng)
