@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from service.config import DataRoots
 from service.errors import IncompatibleSpec
-from trainer.config import FIELDS, ConfigError, TrainConfig, unknown_key
+from trainer.config import FIELDS, ConfigError, TrainConfig, json_schema, unknown_key
 
 __all__ = [
     "EXAMPLE_SPEC",
@@ -100,7 +100,11 @@ class StudySpec(_Strict):
     """A study: fixed trainer settings, the space searched, and how it is searched."""
 
     name: str = Field(pattern=NAME_PATTERN, description="unique; letters, digits, _ . -")
-    base: dict[str, Any] = Field(default_factory=dict, description="fixed trainer settings (a partial config)")
+    base: dict[str, Any] = Field(
+        default_factory=dict,
+        description="fixed trainer settings (a partial config)",
+        json_schema_extra={k: v for k, v in json_schema().items() if k in ("properties", "additionalProperties")},
+    )
     search_space: dict[str, Param] = Field(default_factory=dict)
     objective: Literal["fid"] | list[Literal["fid", "train_seconds"]] = Field(
         default="fid", description='"fid" (minimised), or ["fid", "train_seconds"] for a Pareto front'

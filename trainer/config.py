@@ -2,6 +2,12 @@
 
 The key names are an interface (DESIGN.md): studies search over them and `GET /best` returns
 them. ``lambda`` is a Python keyword, so the field is ``lam`` and the key stays ``lambda``.
+
+Each key is declared once, as a field of :class:`TrainConfig` with its range or choices and a
+line of help; :data:`FIELDS` (the rules validation, error messages and the service's
+search-space checks read) and :func:`json_schema` are derived from it. The allowed
+``aux_loss`` and ``dataset`` names are the keys of the registries in trainer.losses and
+trainer.data.
 """
 
 from __future__ import annotations
@@ -10,11 +16,16 @@ import dataclasses
 import difflib
 import json
 import math
+import typing
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
 import yaml
+
+from trainer.data import DATASETS as DATA_SOURCES
+from trainer.data import dataset_source
+from trainer.losses import REGULARISERS
 
 __all__ = [
     "AUX_LOSSES",
@@ -23,15 +34,17 @@ __all__ = [
     "MODELS",
     "ConfigError",
     "TrainConfig",
+    "json_schema",
     "load_yaml",
     "unknown_key",
     "yaml_error",
 ]
 
-DATASETS = ("digits", "ring8", "grid25", "mnist", "fashion-mnist", "cifar10")
+DATASETS = tuple(k for k, source in DATA_SOURCES.items() if not source.prefix)  # and "folder:PATH"
 MODELS = ("mlp", "dcgan")
-AUX_LOSSES = ("r1", "r2", "wgan-gp", "consensus", "none")
+AUX_LOSSES = tuple(REGULARISERS)
 FEATURE_EXTRACTORS = ("auto", "classifier", "inception", "raw")
+DEVICES = ("cpu", "cuda", "cuda:N", "mps", "auto")
 
 
 class ConfigError(ValueError):
@@ -47,6 +60,7 @@ class Field:
     high: float | None = None
     choices: tuple[str, ...] | None = None
     low_open: bool = False  # True: the value must be strictly greater than `low`
+    help: str = ""
 
     def describe(self) -> str:
         if self.choices is not None:
@@ -57,31 +71,19 @@ class Field:
         return f"{kind} {lo}{' and ' if lo and hi else ''}{hi}".strip()
 
 
-# One table, so validation, error messages and the search-space checks in the service
-# all read the same ranges.
-FIELDS: dict[str, Field] = {
-    "dataset": Field(str, choices=DATASETS),  # or "folder:PATH"
-    "model": Field(str, choices=MODELS),
-    "z_dim": Field(int, 1, 4096),
-    "g_width": Field(int, 1, 8192),
-    "d_width": Field(int, 1, 8192),
-    "depth": Field(int, 1, 16),
-    "aux_loss": Field(str, choices=AUX_LOSSES),
-    "lambda": Field(float, 0, 1e6),
-    "lr_g": Field(float, 0, 1.0e3, low_open=True),
-    "lr_d": Field(float, 0, 1.0e3, low_open=True),
-    "beta1": Field(float, 0, 0.9999),
-    "beta2": Field(float, 0, 0.99999),
-    "batch_size": Field(int, 1, 65536),
-    "d_steps": Field(int, 1, 100),
-    "steps": Field(int, 1, 100_000_000),
-    "eval_every": Field(int, 1, 100_000_000),
-    "eval_samples": Field(int, 2, 1_000_000),
-    "feature_extractor": Field(str, choices=FEATURE_EXTRACTORS),
-    "seed": Field(int, 0, 2**31 - 1),
-    "device": Field(str),  # "cpu", "cuda", "cuda:N", "mps", "auto"
-    "image_size": Field(int, 0, 1024),  # 0: the data set's own size
-}
+def _key(
+    default: Any,
+    help: str,
+    low: float | None = None,
+    high: float | None = None,
+    *,
+    choices: tuple[str, ...] | None = None,
+    low_open: bool = False,
+    key: str | None = None,
+) -> Any:
+    """A TrainConfig field: its default, and the rule its key obeys (its type is the field's)."""
+    rule = {"low": low, "high": high, "choices": choices, "low_open": low_open, "help": help}
+    return dataclasses.field(default=default, metadata={"rule": rule, "key": key})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -91,27 +93,28 @@ class TrainConfig:
     Defaults are the digits/MLP/R1 run that DESIGN.md measures.
     """
 
-    dataset: str = "digits"
-    model: str = "mlp"
-    z_dim: int = 32
-    g_width: int = 256
-    d_width: int = 256
-    depth: int = 2
-    aux_loss: str = "r1"
-    lam: float = 10.0
-    lr_g: float = 2e-4
-    lr_d: float = 2e-4
-    beta1: float = 0.5
-    beta2: float = 0.999
-    batch_size: int = 64
-    d_steps: int = 1
-    steps: int = 3000
-    eval_every: int = 500
-    eval_samples: int = 2000
-    feature_extractor: str = "auto"
-    seed: int = 0
-    device: str = "cpu"
-    image_size: int = 0
+    # "dataset" and "device" are checked by validate(): a prefix entry, cuda:N.
+    dataset: str = _key("digits", "a data set of trainer.data's registry, or folder:PATH", choices=DATASETS)
+    model: str = _key("mlp", "mlp (z → width → … → out), dcgan (convolutional, images)", choices=MODELS)
+    z_dim: int = _key(32, "noise dimensions", 1, 4096)
+    g_width: int = _key(256, "generator width", 1, 8192)
+    d_width: int = _key(256, "discriminator width", 1, 8192)
+    depth: int = _key(2, "hidden layers in the MLPs", 1, 16)
+    aux_loss: str = _key("r1", "the regulariser L_A (trainer.losses' registry)", choices=AUX_LOSSES)
+    lam: float = _key(10.0, "λ, the regulariser's weight; 0 is the plain GAN, bit for bit", 0, 1e6, key="lambda")
+    lr_g: float = _key(2e-4, "generator's Adam learning rate", 0, 1.0e3, low_open=True)
+    lr_d: float = _key(2e-4, "discriminator's Adam learning rate", 0, 1.0e3, low_open=True)
+    beta1: float = _key(0.5, "Adam's beta1", 0, 0.9999)
+    beta2: float = _key(0.999, "Adam's beta2", 0, 0.99999)
+    batch_size: int = _key(64, "samples per batch", 1, 65536)
+    d_steps: int = _key(1, "discriminator steps per generator step", 1, 100)
+    steps: int = _key(3000, "generator steps", 1, 100_000_000)
+    eval_every: int = _key(500, "FID every this many steps (and at the end)", 1, 100_000_000)
+    eval_samples: int = _key(2000, "samples per FID", 2, 1_000_000)
+    feature_extractor: str = _key("auto", "FID features", choices=FEATURE_EXTRACTORS)
+    seed: int = _key(0, "the run's seed", 0, 2**31 - 1)
+    device: str = _key("cpu", "one of " + ", ".join(DEVICES))
+    image_size: int = _key(0, "resize images to this size (0: native; 32 for a folder)", 0, 1024)
 
     def __post_init__(self) -> None:
         validate(self.to_dict())
@@ -119,10 +122,7 @@ class TrainConfig:
     # -- dict / file round trip -------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
         """The config as key → value, with the interface's key names, in a fixed order."""
-        out: dict[str, Any] = {}
-        for f in dataclasses.fields(self):
-            out["lambda" if f.name == "lam" else f.name] = getattr(self, f.name)
-        return out
+        return {_KEYS[f.name]: getattr(self, f.name) for f in dataclasses.fields(self)}
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> TrainConfig:
@@ -139,7 +139,7 @@ class TrainConfig:
                 raise ConfigError(_unknown_key(str(key)))
             merged[key] = _coerce(key, value)
         validate(merged)
-        kwargs = {("lam" if k == "lambda" else k): v for k, v in merged.items()}
+        kwargs = {_NAMES[k]: v for k, v in merged.items()}
         return cls(**kwargs)
 
     def replace(self, **changes: Any) -> TrainConfig:
@@ -174,6 +174,41 @@ class TrainConfig:
         """Write as JSON for a .json path, YAML otherwise."""
         path = Path(path)
         path.write_text(self.to_json() if path.suffix == ".json" else self.to_yaml())
+
+
+_KEYS = {f.name: f.metadata["key"] or f.name for f in dataclasses.fields(TrainConfig)}  # field → key
+_NAMES = {key: name for name, key in _KEYS.items()}  # key → field
+_TYPES = typing.get_type_hints(TrainConfig)
+
+# One table, so validation, error messages and the search-space checks in the service
+# all read the same ranges.
+FIELDS: dict[str, Field] = {
+    _KEYS[f.name]: Field(_TYPES[f.name], **f.metadata["rule"]) for f in dataclasses.fields(TrainConfig)
+}
+
+
+def json_schema() -> dict[str, Any]:
+    """JSON Schema of a (partial) trainer config: every key, its type, default and range."""
+    defaults = TrainConfig().to_dict()
+    properties: dict[str, Any] = {}
+    for key, rule in FIELDS.items():
+        kind = {int: "integer", float: "number", str: "string"}[rule.type]
+        prop: dict[str, Any] = {"type": kind, "default": defaults[key], "description": rule.help}
+        if key == "dataset":
+            shown = [source.shown(k) for k, source in DATA_SOURCES.items()]
+            prop["description"] = f"one of {', '.join(shown)}"
+            prop["anyOf"] = [{"enum": list(DATASETS)}, {"pattern": "^folder:.+"}]
+        elif rule.choices is not None:
+            prop["enum"] = list(rule.choices)
+        if key == "aux_loss":
+            prop["description"] = "; ".join(f"{name}: {entry.help}" for name, entry in REGULARISERS.items())
+        if rule.low is not None:
+            low = int(rule.low) if rule.type is int else rule.low
+            prop["exclusiveMinimum" if rule.low_open else "minimum"] = low
+        if rule.high is not None:
+            prop["maximum"] = int(rule.high) if rule.type is int else rule.high
+        properties[key] = prop
+    return {"title": "TrainConfig", "type": "object", "properties": properties, "additionalProperties": False}
 
 
 def unknown_key(key: str, allowed: Iterable[str]) -> str:
@@ -274,12 +309,13 @@ def validate(data: Mapping[str, Any]) -> None:
         rule = FIELDS[key]
         value = _coerce(key, value)
         if key == "dataset":
-            if not (value in DATASETS or (value.startswith("folder:") and len(value) > 7)):
-                raise ConfigError(f"dataset: '{value}' is not one of {', '.join(DATASETS)}, folder:PATH")
+            if dataset_source(value) is None:
+                shown = ", ".join(source.shown(k) for k, source in DATA_SOURCES.items())
+                raise ConfigError(f"dataset: '{value}' is not one of {shown}")
             continue
         if key == "device":
             if not (value in ("cpu", "auto", "mps") or value == "cuda" or value.startswith("cuda:")):
-                raise ConfigError(f"device: '{value}' is not one of cpu, cuda, cuda:N, mps, auto")
+                raise ConfigError(f"device: '{value}' is not one of {', '.join(DEVICES)}")
             continue
         if rule.choices is not None:
             if value not in rule.choices:
@@ -291,7 +327,8 @@ def validate(data: Mapping[str, Any]) -> None:
         too_high = rule.high is not None and value > rule.high
         if too_low or too_high:
             raise ConfigError(f"{key}: {value!r} is out of range; expected {rule.describe()}")
-    points = data.get("dataset") in ("ring8", "grid25")
+    source = dataset_source(data["dataset"]) if isinstance(data.get("dataset"), str) else None
+    points = source is not None and source.points
     if points and data.get("model") == "dcgan":
         raise ConfigError(f"model: 'dcgan' needs images; dataset '{data['dataset']}' is 2-D points, use 'mlp'")
     if points and data.get("feature_extractor") in ("classifier", "inception"):

@@ -1,23 +1,46 @@
 """The GAT loss: L = L_GAN + λ·L_A, with L_A one of the published gradient regularisers.
 
-Pure functions compute each term (tested alone against hand-computed cases); :class:`GATLoss`
-puts them together into the two phases of one training step, in the manner of
-stylegan2-ada's ``Loss``: the trainer calls a phase, backpropagates, and steps.
+Pure functions compute each term (tested alone against hand-computed cases); the registry
+:data:`REGULARISERS` maps each ``aux_loss`` name to its terms, and :class:`GATLoss` puts them
+together into the two phases of one training step, in the manner of stylegan2-ada's
+``Loss``: the trainer calls a phase, backpropagates, and steps. Adding a regulariser is one
+entry; a name without one is an error.
 
 With λ = 0 or ``aux_loss: none`` the regulariser is never built and no random numbers are
 drawn for it, so the run is the plain GAN bit for bit.
+
+PyTorch is imported on first use (trainer.lazy), so the config can read the names alone.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import torch
-import torch.nn.functional as F
-from torch import nn
+from trainer.lazy import LazyModule
+
+if TYPE_CHECKING:
+    import torch
+    import torch.nn.functional as F
+    from torch import nn
+
+    # (g, d, real, z, rng, index of this D step in the run) -> (L_GAN of D, L_A)
+    DTerm = Callable[
+        [nn.Module, nn.Module, torch.Tensor, torch.Tensor, torch.Generator | None, int],
+        tuple[torch.Tensor, torch.Tensor],
+    ]
+    # (g, d, real, fake logits, L_GAN of G) -> L_A
+    GTerm = Callable[[nn.Module, nn.Module, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+else:
+    torch = LazyModule("torch")
+    F = LazyModule("torch.nn.functional")
 
 __all__ = [
+    "R1_LAZY_INTERVAL",
+    "REGULARISERS",
     "GATLoss",
+    "Regulariser",
     "consensus_penalty",
     "d_gan_loss",
     "g_gan_loss",
@@ -82,55 +105,151 @@ def consensus_penalty(
     return 0.5 * torch.stack([v.square().sum() for v in (*v_g, *v_d)]).sum()
 
 
+# -- the terms each registry entry is made of -----------------------------------------------
+def _fake(g: nn.Module, z: torch.Tensor) -> torch.Tensor:
+    with torch.no_grad():
+        return g(z)
+
+
+def _plain_d(
+    g: nn.Module, d: nn.Module, real: torch.Tensor, z: torch.Tensor, rng: torch.Generator | None, index: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    loss_d = d_gan_loss(d(real), d(_fake(g, z)))
+    return loss_d, torch.zeros((), device=real.device)
+
+
+def _r1_d(
+    g: nn.Module, d: nn.Module, real: torch.Tensor, z: torch.Tensor, rng: torch.Generator | None, index: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    fake = _fake(g, z)
+    reg, real_logits = r1_penalty(d, real)
+    return d_gan_loss(real_logits, d(fake)), reg
+
+
+R1_LAZY_INTERVAL = 16  # StyleGAN2's R1 interval (Karras et al. 2020, §3.1)
+
+
+def _r1_lazy_d(
+    g: nn.Module, d: nn.Module, real: torch.Tensor, z: torch.Tensor, rng: torch.Generator | None, index: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """R1 with lazy regularisation (StyleGAN2): on the discriminator's step t,
+
+        L_A = k · ½·E_real ||∇_x D(x)||²   when t mod k = 0,   else 0,   k = 16,
+
+    so the penalty costs a double backward one step in k and weighs, on average over steps,
+    what R1 weighs. (StyleGAN2 also scales Adam's rate and betas by k/(k+1); not done here.)
+    """
+    if index % R1_LAZY_INTERVAL:
+        return _plain_d(g, d, real, z, rng, index)
+    loss_d, reg = _r1_d(g, d, real, z, rng, index)
+    return loss_d, R1_LAZY_INTERVAL * reg
+
+
+def _r2_d(
+    g: nn.Module, d: nn.Module, real: torch.Tensor, z: torch.Tensor, rng: torch.Generator | None, index: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    reg, fake_logits = r2_penalty(d, _fake(g, z))
+    return d_gan_loss(d(real), fake_logits), reg
+
+
+def _wgan_gp_d(
+    g: nn.Module, d: nn.Module, real: torch.Tensor, z: torch.Tensor, rng: torch.Generator | None, index: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    fake = _fake(g, z)
+    loss_d = d_gan_loss(d(real), d(fake))
+    alpha = torch.rand(real.shape[0], device=real.device, generator=rng)
+    return loss_d, wgan_gp_penalty(d, real, fake, alpha)
+
+
+def _consensus(g: nn.Module, d: nn.Module, loss_d: torch.Tensor, loss_g: torch.Tensor) -> torch.Tensor:
+    return consensus_penalty(loss_g, loss_d, list(g.parameters()), list(d.parameters()))
+
+
+def _consensus_d(
+    g: nn.Module, d: nn.Module, real: torch.Tensor, z: torch.Tensor, rng: torch.Generator | None, index: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    fake_logits = d(g(z))  # the generator's graph is kept: the penalty differentiates through it
+    loss_d = d_gan_loss(d(real), fake_logits)
+    return loss_d, _consensus(g, d, loss_d, g_gan_loss(fake_logits))
+
+
+def _consensus_g(
+    g: nn.Module, d: nn.Module, real: torch.Tensor, fake_logits: torch.Tensor, loss_g: torch.Tensor
+) -> torch.Tensor:
+    return _consensus(g, d, d_gan_loss(d(real), fake_logits), loss_g)
+
+
+@dataclass(frozen=True)
+class Regulariser:
+    """One ``aux_loss``: what it adds to each player's loss.
+
+    Attributes:
+        discriminator: (L_GAN of D, L_A) for the discriminator's step; None: D's plain loss.
+        generator: L_A for the generator's step; None: G's plain loss.
+        generator_needs_real: the generator term reads a real batch (drawn for it).
+        help: one line for the docs.
+    """
+
+    discriminator: DTerm | None
+    generator: GTerm | None = None
+    generator_needs_real: bool = False
+    help: str = ""
+
+
+# The allowed aux_loss names are this table's keys (trainer.config reads them).
+REGULARISERS: dict[str, Regulariser] = {
+    "r1": Regulariser(_r1_d, help="λ/2·E_real ||∇_x D(x)||² on D (Mescheder et al. 2018)"),
+    "r2": Regulariser(_r2_d, help="the same on generated samples"),
+    "wgan-gp": Regulariser(_wgan_gp_d, help="λ·E_x̂ (||∇D(x̂)||₂ − 1)², x̂ between real and fake (Gulrajani 2017)"),
+    "consensus": Regulariser(
+        _consensus_d, _consensus_g, generator_needs_real=True, help="λ/2·||v||² on both players (Mescheder 2017)"
+    ),
+    "none": Regulariser(None, help="the plain GAN; λ is ignored"),
+    "r1-lazy": Regulariser(_r1_lazy_d, help="R1 on every 16th D step, times 16 (StyleGAN2's lazy regularisation)"),
+}
+
+
 class GATLoss:
     """The two phases of a GAT step: discriminator (L_D + λ·L_A) and generator (L_G + λ·L_A).
 
-    R1, R2 and WGAN-GP regularise the discriminator only; consensus adds the same penalty to
-    both players. Each phase returns the loss to backpropagate into its own player and the
-    detached statistics to log.
+    The regulariser's entry in :data:`REGULARISERS` says which players it adds a term to
+    (R1, R2 and WGAN-GP the discriminator only; consensus both). Each phase returns the loss
+    to backpropagate into its own player and the detached statistics to log.
+
+    Raises:
+        ValueError: ``aux_loss`` names no regulariser.
     """
 
     def __init__(self, g: nn.Module, d: nn.Module, aux_loss: str, lam: float) -> None:
+        entry = REGULARISERS.get(aux_loss)
+        if entry is None:
+            raise ValueError(f"aux_loss: '{aux_loss}' is not one of {', '.join(REGULARISERS)}")
         self.g, self.d = g, d
         self.aux_loss, self.lam = aux_loss, lam
-        self.active = aux_loss != "none" and lam != 0.0
+        self._d_term = entry.discriminator if lam != 0.0 else None
+        self._g_term = entry.generator if lam != 0.0 else None
+        self.active = self._d_term is not None or self._g_term is not None
+        self.generator_needs_real = self._g_term is not None and entry.generator_needs_real
 
     def discriminator(
-        self, real: torch.Tensor, z: torch.Tensor, rng: torch.Generator | None = None
+        self, real: torch.Tensor, z: torch.Tensor, rng: torch.Generator | None = None, index: int = 0
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Returns (total loss, L_GAN of D, L_A) for the discriminator's update."""
-        aux = self.aux_loss if self.active else "none"
-        if aux == "consensus":
-            fake = self.g(z)
-            fake_logits = self.d(fake)
-            loss_d = d_gan_loss(self.d(real), fake_logits)
-            reg = self._consensus(loss_d, g_gan_loss(fake_logits))
-            return loss_d + self.lam * reg, loss_d.detach(), reg.detach()
-        with torch.no_grad():
-            fake = self.g(z)
-        if aux == "r1":
-            reg, real_logits = r1_penalty(self.d, real)
-            loss_d = d_gan_loss(real_logits, self.d(fake))
-        elif aux == "r2":
-            reg, fake_logits = r2_penalty(self.d, fake)
-            loss_d = d_gan_loss(self.d(real), fake_logits)
-        else:
-            loss_d = d_gan_loss(self.d(real), self.d(fake))
-            if aux == "wgan-gp":
-                alpha = torch.rand(real.shape[0], device=real.device, generator=rng)
-                reg = wgan_gp_penalty(self.d, real, fake, alpha)
-            else:
-                return loss_d, loss_d.detach(), torch.zeros((), device=real.device)
+        """Returns (total loss, L_GAN of D, L_A) for the discriminator's update.
+
+        Args:
+            index: this discriminator step's number in the run (0, 1, …), for a
+                regulariser applied on some steps only.
+        """
+        if self._d_term is None:
+            loss_d, zero = _plain_d(self.g, self.d, real, z, rng, index)
+            return loss_d, loss_d.detach(), zero
+        loss_d, reg = self._d_term(self.g, self.d, real, z, rng, index)
         return loss_d + self.lam * reg, loss_d.detach(), reg.detach()
 
     def generator(self, real: torch.Tensor, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Returns (total loss, L_GAN of G) for the generator's update."""
         fake_logits = self.d(self.g(z))
         loss_g = g_gan_loss(fake_logits)
-        if self.active and self.aux_loss == "consensus":
-            loss_d = d_gan_loss(self.d(real), fake_logits)
-            return loss_g + self.lam * self._consensus(loss_d, loss_g), loss_g.detach()
+        if self._g_term is not None:
+            return loss_g + self.lam * self._g_term(self.g, self.d, real, fake_logits, loss_g), loss_g.detach()
         return loss_g, loss_g.detach()
-
-    def _consensus(self, loss_d: torch.Tensor, loss_g: torch.Tensor) -> torch.Tensor:
-        return consensus_penalty(loss_g, loss_d, list(self.g.parameters()), list(self.d.parameters()))

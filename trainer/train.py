@@ -178,7 +178,6 @@ def train(
         (run_dir / "config.json").write_text(config.to_json())
 
     n, batch = len(data.x), config.batch_size
-    needs_real_for_g = loss.active and config.aux_loss == "consensus"
     losses = torch.zeros(FINITE_CHECK_EVERY, 3, device=device)  # (L_D, L_G, L_A) per step
     last: dict[str, Any] = history[-1] if history else {}
     stopped = False
@@ -188,14 +187,14 @@ def train(
         if should_stop is not None and should_stop():
             stopped = True
             break
-        for _ in range(config.d_steps):
+        for i in range(config.d_steps):
             real = data.x[torch.randint(n, (batch,), device=device, generator=rng)]
             z = torch.randn(batch, config.z_dim, device=device, generator=rng)
-            total_d, loss_d, reg = loss.discriminator(real, z, rng)
+            total_d, loss_d, reg = loss.discriminator(real, z, rng, index=step * config.d_steps + i)
             opt_d.zero_grad(set_to_none=True)
             total_d.backward(inputs=d_params)
             opt_d.step()
-        if needs_real_for_g:
+        if loss.generator_needs_real:
             real = data.x[torch.randint(n, (batch,), device=device, generator=rng)]
         z = torch.randn(batch, config.z_dim, device=device, generator=rng)
         total_g, loss_g = loss.generator(real, z)

@@ -9,6 +9,8 @@ from fastapi.testclient import TestClient
 
 from service.config import Settings
 from service.spec import EXAMPLE_SPEC
+from trainer.config import TrainConfig, json_schema
+from trainer.losses import REGULARISERS
 
 NAME = "/studies/{name}"
 REFUSALS = {
@@ -58,3 +60,12 @@ def test_schema_limits_are_the_servers(client: TestClient, settings: Settings) -
     assert client.post("/studies/at-the-limit/enqueue", json=enqueue["example"]).status_code == 201
     assert client.post("/studies/at-the-limit/enqueue", json={}).status_code == 422  # minProperties
     assert client.post("/studies/at-the-limit/enqueue", json={"seed": 3}).status_code == 422  # propertyNames
+
+
+def test_the_spec_schema_lists_every_trainer_key_in_base(client: TestClient) -> None:
+    base = client.get("/openapi.json").json()["components"]["schemas"]["StudySpec"]["properties"]["base"]
+    assert base["type"] == "object" and base["additionalProperties"] is False
+    assert list(base["properties"]) == list(TrainConfig().to_dict())
+    assert base["properties"] == json_schema()["properties"]
+    assert base["properties"]["aux_loss"]["enum"] == list(REGULARISERS)
+    assert base["properties"]["lambda"]["minimum"] == 0 and base["properties"]["steps"]["type"] == "integer"

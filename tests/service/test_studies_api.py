@@ -241,3 +241,17 @@ def test_objectives_are_named_for_the_dashboard(client: TestClient, settings: Se
     url = str(settings.database_url)
     assert optuna.load_study(study_name="digits-gat", storage=url).metric_names == ["FID"]
     assert optuna.load_study(study_name="pareto", storage=url).metric_names == ["FID", "train_seconds"]
+
+
+def test_a_new_regulariser_is_a_study_choice_with_no_service_change(client: TestClient) -> None:
+    # r1-lazy is one entry in trainer.losses.REGULARISERS; the service learns of it from there.
+    body = spec(name="lazy", base={**EXAMPLE_SPEC["base"], "aux_loss": "r1-lazy"})
+    body["search_space"]["aux_loss"]["choices"] = ["r1", "wgan-gp", "r1-lazy"]
+    body["search_space"]["lambda"]["cases"]["r1-lazy"] = {"type": "float", "low": 0.01, "high": 100, "log": True}
+    body["enqueue"] = [{"aux_loss": "r1-lazy", "lambda": 10.0}]
+    r = client.post("/studies", json=body)
+    assert r.status_code == 201, r.text
+    typo = client.post("/studies", json=spec(name="typo", base={"aux_loss": "r1-lazzy"}))
+    assert typo.status_code == 422 and "'r1-lazzy' is not one of" in typo.text and "r1-lazy" in typo.text
+    schema = client.get("/openapi.json").json()["components"]["schemas"]["StudySpec"]
+    assert "r1-lazy" in schema["properties"]["base"]["properties"]["aux_loss"]["enum"]

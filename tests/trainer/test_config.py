@@ -1,13 +1,14 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from trainer.config import FIELDS, ConfigError, TrainConfig
+from trainer.config import FIELDS, ConfigError, TrainConfig, json_schema
 
 
 def test_defaults_cover_every_interface_key() -> None:
@@ -96,3 +97,50 @@ def test_a_yaml_syntax_error_gives_line_and_column() -> None:
     assert str(info.value) == (
         "c.yaml: not valid YAML or JSON: expected the node content, but found '<stream end>' at line 3, column 1"
     )
+
+
+def test_the_allowed_names_are_the_registries_keys() -> None:
+    from trainer.data import DATASETS
+    from trainer.losses import REGULARISERS
+
+    assert FIELDS["aux_loss"].choices == tuple(REGULARISERS)
+    assert set(FIELDS["dataset"].choices or ()) == {k for k, s in DATASETS.items() if not s.prefix}
+    for name in REGULARISERS:
+        assert TrainConfig.from_dict({"aux_loss": name}).aux_loss == name
+
+
+def test_the_config_and_its_registries_load_without_torch() -> None:
+    # `gat-tune train --help` and the service's API process read the names, not PyTorch.
+    code = "import sys, trainer.config; print('torch' in sys.modules, 'numpy' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["False", "False"]
+
+
+def test_json_schema_lists_every_key_with_its_rule() -> None:
+    schema = json_schema()
+    assert list(schema["properties"]) == list(FIELDS) == list(TrainConfig().to_dict())
+    assert schema["additionalProperties"] is False
+    props = schema["properties"]
+    assert props["lambda"] == {
+        "type": "number",
+        "default": 10.0,
+        "description": "λ, the regulariser's weight; 0 is the plain GAN, bit for bit",
+        "minimum": 0,
+        "maximum": 1e6,
+    }
+    assert props["lr_g"]["exclusiveMinimum"] == 0
+    assert props["steps"]["type"] == "integer" and props["steps"]["minimum"] == 1
+    assert props["aux_loss"]["enum"] == list(FIELDS["aux_loss"].choices or ())
+    assert "folder:PATH" in props["dataset"]["description"]
+    json.dumps(schema)  # JSON-able as it is
+
+
+def test_the_readme_table_lists_the_registries() -> None:
+    from trainer.data import DATASETS
+    from trainer.losses import REGULARISERS
+
+    readme = (Path(__file__).parents[2] / "README.md").read_text()
+    rows = {m.group(1): m.group(2) for m in re.finditer(r"^\| `(\w+)` \| [^|]* \| (.*) \|$", readme, re.M)}
+    assert re.findall(r"`([^`]+)`", rows["aux_loss"]) == list(REGULARISERS)
+    shown = [source.shown(key) for key, source in DATASETS.items()]
+    assert [name for name in re.findall(r"`([^`]+)`", rows["dataset"]) if name != "vision"] == shown

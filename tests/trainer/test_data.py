@@ -9,7 +9,7 @@ import torch
 from PIL import Image
 
 from trainer.config import TrainConfig
-from trainer.data import MIXTURES, DataError, load_dataset
+from trainer.data import DATASETS, POINT_SETS, DataError, load_dataset
 from trainer.metrics import FeatureError, InceptionFeatures
 from trainer.train import train
 
@@ -24,7 +24,7 @@ def test_digits_scaled_to_unit_range() -> None:
 @pytest.mark.parametrize("name", ["ring8", "grid25"])
 def test_mixtures_match_pacgan(name: str) -> None:
     data = load_dataset(name)
-    centres, std = MIXTURES[name]
+    centres, std = np.array(POINT_SETS[name].centres), POINT_SETS[name].std
     assert len(centres) == (8 if name == "ring8" else 25)
     assert data.modes is not None
     nearest = torch.cdist(data.x, data.modes).min(1).values
@@ -34,6 +34,20 @@ def test_mixtures_match_pacgan(name: str) -> None:
         assert np.allclose(np.linalg.norm(centres, axis=1), 1.0)
     else:
         assert sorted(set(centres[:, 0])) == [-4, -2, 0, 2, 4]
+
+
+def test_point_sets_are_the_registry_entries_without_images() -> None:
+    assert [k for k, source in DATASETS.items() if source.points] == list(POINT_SETS) == ["ring8", "grid25"]
+
+
+def test_an_unknown_data_set_is_an_error_naming_the_registry() -> None:
+    with pytest.raises(DataError, match="unknown data set 'imagenet'"):
+        load_dataset("imagenet")
+    with pytest.raises(DataError, match="unknown data set 'folder:'"):
+        load_dataset("folder:")  # the prefix entry needs a path
+    shown = "digits, ring8, grid25, mnist, fashion-mnist, cifar10, folder:PATH"
+    with pytest.raises(ValueError, match=f"dataset: 'folder:' is not one of {shown}"):
+        TrainConfig.from_dict({"dataset": "folder:"})
 
 
 def write_images(root: Path, mode: str, classes: list[str], per_class: int = 4, size: int = 20) -> None:

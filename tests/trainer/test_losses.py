@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 from torch import nn
 from torch.func import functional_call, grad
 
 from trainer.losses import (
+    REGULARISERS,
     GATLoss,
     consensus_penalty,
     d_gan_loss,
@@ -127,7 +129,7 @@ def test_lambda_zero_builds_no_regulariser() -> None:
     g, d = small_pair()
     real, z = torch.randn(8, 2), torch.randn(8, 3)
     plain = GATLoss(g, d, "none", 5.0)
-    for aux in ("r1", "r2", "wgan-gp", "consensus"):
+    for aux in REGULARISERS:  # every entry, the ones added later too
         gat = GATLoss(g, d, aux, 0.0)
         rng = torch.Generator().manual_seed(1)
         total, _, reg = gat.discriminator(real, z, rng)
@@ -135,3 +137,50 @@ def test_lambda_zero_builds_no_regulariser() -> None:
         assert reg.item() == 0.0
         assert torch.equal(rng.get_state(), torch.Generator().manual_seed(1).get_state()), "drew random numbers"
         assert torch.equal(gat.generator(real, z)[0], plain.generator(real, z)[0])
+
+
+def test_an_unknown_regulariser_is_an_error_not_the_plain_gan() -> None:
+    # Before the registry, a name GATLoss did not know trained the plain GAN without a word.
+    g, d = small_pair()
+    with pytest.raises(ValueError, match=r"aux_loss: 'r3' is not one of r1, r2, wgan-gp, consensus"):
+        GATLoss(g, d, "r3", 1.0)
+
+
+def test_each_entry_adds_terms_to_the_players_it_names() -> None:
+    g, d = small_pair()
+    real, z = torch.randn(8, 2), torch.randn(8, 3)
+    plain = GATLoss(g, d, "none", 1.0)
+    assert not plain.active and not plain.generator_needs_real
+    for name, entry in REGULARISERS.items():
+        gat = GATLoss(g, d, name, 1.0)
+        assert gat.active == (entry.discriminator is not None or entry.generator is not None), name
+        assert gat.generator_needs_real == entry.generator_needs_real, name
+        total_g, _ = gat.generator(real, z)
+        assert torch.equal(total_g, plain.generator(real, z)[0]) == (entry.generator is None), name
+
+
+def test_r1_lazy_is_16_times_r1_on_every_16th_d_step_and_nothing_between() -> None:
+    w = [3.0, -4.0]  # ½·||w||² = 12.5, so L_A = 16 · 12.5 = 200 on a regularised step
+    d = Squeeze(linear_d(w))
+    g = nn.Linear(3, 2)
+    real, z, lam = torch.randn(5, 2), torch.randn(5, 3), 0.1
+    lazy, plain = GATLoss(g, d, "r1-lazy", lam), GATLoss(g, d, "none", lam)
+    plain_loss = plain.discriminator(real, z)[0]
+    regs = []
+    for index in range(33):
+        total, loss_d, reg = lazy.discriminator(real, z, index=index)
+        expected = 200.0 if index in (0, 16, 32) else 0.0
+        assert torch.allclose(reg, torch.tensor(expected)), index
+        assert torch.allclose(loss_d, plain_loss) and torch.allclose(total, plain_loss + lam * expected), index
+        regs.append(reg.item())
+    assert sum(regs[:16]) / 16 == 12.5  # on average over k steps, R1 itself
+
+    plain_loss.backward()
+    assert d.inner.weight.grad is not None
+    plain_grad = d.inner.weight.grad.clone()
+    d.zero_grad()
+    lazy.discriminator(real, z, index=16)[0].backward()
+    assert torch.allclose(d.inner.weight.grad, plain_grad + lam * 16 * torch.tensor([w]))  # ∂(16·½||w||²)/∂w
+    d.zero_grad()
+    lazy.discriminator(real, z, index=17)[0].backward()
+    assert torch.allclose(d.inner.weight.grad, plain_grad)
