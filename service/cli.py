@@ -12,6 +12,7 @@ import json
 import os
 import signal
 import sys
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -124,7 +125,11 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
     db.upgrade(settings)
     app = dashboard_wsgi(settings)  # the same guard as the one `serve` mounts
     print(f"optuna-dashboard on http://{args.host}:{args.port}/dashboard", flush=True)
-    make_server(args.host, args.port, app).serve_forever()
+    server = make_server(args.host, args.port, app)
+    # Not SystemExit from the handler (main's): wsgiref's request handler catches every
+    # exception, so a SIGTERM that lands while a request is served would be lost.
+    signal.signal(signal.SIGTERM, lambda *_: threading.Thread(target=server.shutdown, daemon=True).start())
+    server.serve_forever()
     return 0
 
 
