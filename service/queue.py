@@ -25,6 +25,7 @@ from sqlalchemy.engine import Connection, Engine
 from service import db
 from service import optuna_compat as compat
 from service.errors import IncompatibleSpec
+from service.optuna_tables import finished_trials, study_completed
 from service.spec import StudySpec, load_stored_spec, make_pruner, make_sampler
 from service.storage import Storage
 from service.studies import FAIL_FAST, repeated_failure
@@ -48,15 +49,14 @@ WORKER_PRUNE_LEASES = 10
 
 # What a claim needs to know about a study, in one statement.
 _COUNTS_SQL = sa.text(
-    """
+    f"""
 SELECT EXISTS (SELECT 1 FROM studies WHERE study_id = :sid) AS present,
-  count(*) AS total, count(*) FILTER (WHERE state = 'COMPLETE') AS complete,
-  count(*) FILTER (WHERE state = 'WAITING') AS waiting,
-  count(*) FILTER (WHERE state = 'PRUNED') AS pruned, count(*) FILTER (WHERE state = 'FAIL') AS fail,
+  count(*) AS total, {finished_trials()} AS finished, {study_completed(":n_trials")} AS completed,
+  count(*) FILTER (WHERE state = 'WAITING') AS waiting, count(*) FILTER (WHERE state = 'FAIL') AS fail,
   (SELECT count(*) FROM gt_trial_leases WHERE study_name = :name) AS active,
-  (SELECT count(*) FROM trial_user_attributes a JOIN trials t ON t.trial_id = a.trial_id
-   WHERE t.study_id = :sid AND a.key = :retry_of) AS retries
-FROM trials WHERE study_id = :sid
+  (SELECT count(*) FROM trial_user_attributes a JOIN trials r ON r.trial_id = a.trial_id
+   WHERE r.study_id = :sid AND a.key = :retry_of) AS retries
+FROM trials t WHERE study_id = :sid
 """
 )
 
@@ -115,6 +115,18 @@ WITH lease AS (
   VALUES (:tid, :name, :worker, :attempt, {_EXPIRES})),
 attr AS ({_upsert_attrs("trial_user_attributes")})
 UPDATE gt_workers SET status = 'training', current_trial_id = :tid, last_heartbeat = now() WHERE id = :worker
+"""
+)
+
+
+# Drop a lease, mark its worker idle, and (:mark, after a finished trial) the study completed.
+_RELEASE_SQL = sa.text(
+    f"""
+WITH lease AS (DELETE FROM gt_trial_leases WHERE optuna_trial_id = :tid),
+worker AS (UPDATE gt_workers SET status = 'idle', current_trial_id = NULL WHERE id = :worker)
+UPDATE gt_studies s SET status = 'completed', updated_at = now()
+WHERE :mark AND s.name = :name AND s.status = 'running' AND (
+  SELECT {study_completed("s.n_trials")} FROM trials t WHERE t.study_id = s.optuna_study_id)
 """
 )
 
@@ -271,12 +283,15 @@ class TrialQueue:
         room; (study name, spec, study, trial id, attempt, run dir)."""
         # After the lock, so the counts include every claim made before it (READ COMMITTED:
         # each statement sees what committed before it began).
-        c = conn.execute(_COUNTS_SQL, {"sid": row.optuna_study_id, "name": row.name, "retry_of": RETRY_OF}).one()
+        c = conn.execute(
+            _COUNTS_SQL,
+            {"sid": row.optuna_study_id, "name": row.name, "n_trials": row.n_trials, "retry_of": RETRY_OF},
+        ).one()
         if not c.present:
             self._study_gone(conn, row)
             return None
-        finished = c.complete + c.pruned
-        if finished >= row.n_trials:
+        finished = c.finished
+        if c.completed:
             conn.execute(studies.update().where(studies.c.name == row.name).values(status="completed"))
             return None
         key = f"{row.name}#{row.optuna_study_id}"  # a study deleted and made again is another study
@@ -453,15 +468,7 @@ class TrialQueue:
         """In one statement: drop the lease, mark this worker idle, and (after a finished
         trial) mark the study completed once n_trials trials have finished."""
         conn.execute(
-            sa.text(
-                """
-WITH lease AS (DELETE FROM gt_trial_leases WHERE optuna_trial_id = :tid),
-worker AS (UPDATE gt_workers SET status = 'idle', current_trial_id = NULL WHERE id = :worker)
-UPDATE gt_studies s SET status = 'completed', updated_at = now()
-WHERE :mark AND s.name = :name AND s.status = 'running' AND s.n_trials <= (
-  SELECT count(*) FROM trials t WHERE t.study_id = s.optuna_study_id AND t.state IN ('COMPLETE', 'PRUNED'))
-"""
-            ),
+            _RELEASE_SQL,
             {"tid": claim.trial_id, "worker": self.worker_id, "name": claim.study_name, "mark": mark_completed},
         )
 

@@ -22,6 +22,7 @@ from sqlalchemy.engine import Connection, Engine
 from service import optuna_compat as compat
 from service.config import DataRoots
 from service.errors import Conflict, IncompatibleSpec, Invalid, NotFound
+from service.optuna_tables import finished_trials, study_completed
 from service.readcache import SNAPSHOT, SnapshotCache
 from service.spec import (
     StudySpec,
@@ -123,7 +124,7 @@ def _summary_sql(*, with_spec: bool) -> str:
     return f"""
 SELECT {SNAPSHOT} AS snapshot, json_build_object(
   'id', s.name, 'name', s.name,
-  'status', CASE WHEN s.status = 'running' AND c.finished >= s.n_trials THEN 'completed' ELSE s.status END,
+  'status', CASE WHEN s.status = 'running' AND c.completed THEN 'completed' ELSE s.status END,
   'n_trials', s.n_trials, 'max_parallel', s.max_parallel,
   'objectives', CASE jsonb_typeof(s.spec->'objective') WHEN 'array' THEN s.spec->'objective'
                   ELSE jsonb_build_array(s.spec->'objective') END,
@@ -140,7 +141,7 @@ SELECT {SNAPSHOT} AS snapshot, json_build_object(
 FROM gt_studies s CROSS JOIN LATERAL (
   SELECT {", ".join(f"count(*) FILTER (WHERE state = '{st}') AS {st.lower()}" for st in TRIAL_STATES)},
          count(*) FILTER (WHERE t.state = 'FAIL' AND NOT ({_failed("t", "s.optuna_study_id")})) AS interrupted,
-         count(*) FILTER (WHERE state IN ('COMPLETE', 'PRUNED')) AS finished
+         {finished_trials()} AS finished, {study_completed("s.n_trials")} AS completed
   FROM trials t WHERE study_id = s.optuna_study_id) c
 """
 
