@@ -79,8 +79,6 @@ LEFT JOIN LATERAL ({_NEXT_STUDY} SKIP LOCKED) s ON true
 )
 
 
-_STATUS_SQL = "(SELECT status FROM gt_studies WHERE name = :study_name)"  # a study's status, as a scalar
-
 AttrTable = Literal["trial_user_attributes", "trial_system_attributes"]
 
 
@@ -129,6 +127,19 @@ WHERE :mark AND s.name = :name AND s.status = 'running' AND (
   SELECT {study_completed("s.n_trials")} FROM trials t WHERE t.study_id = s.optuna_study_id)
 """
 )
+
+
+@dataclass(frozen=True)
+class Opened:
+    """A trial a claim made RUNNING under this worker's lease, in the claim's transaction;
+    the Trial object is made after the commit (see TrialQueue.claim)."""
+
+    study_name: str
+    spec: StudySpec
+    study: optuna.Study
+    trial_id: int
+    attempt: int
+    run_dir: str
 
 
 @dataclass
@@ -219,7 +230,7 @@ class TrialQueue:
                 opened = None if row is None else self._open_or_skip(conn, row)
         if opened is None:
             return None
-        name, spec, study, trial_id, attempt, run_dir = opened
+        study, trial_id = opened.study, opened.trial_id
 
         def ask() -> optuna.Trial:
             # The rest of Study.ask: what ask resets first, Optuna's cache told of the new
@@ -231,11 +242,11 @@ class TrialQueue:
             return optuna.Trial(study, trial_id)
 
         try:
-            trial = db.retry(ask, f"claim of trial {trial_id} of {name}", give_up=self.give_up)
+            trial = db.retry(ask, f"claim of trial {trial_id} of {opened.study_name}", give_up=self.give_up)
         except Exception:
             self.abandon(trial_id)
             raise
-        return Claim(name, spec, study, trial, attempt, run_dir, waited)
+        return Claim(opened.study_name, opened.spec, study, trial, opened.attempt, opened.run_dir, waited)
 
     def abandon(self, trial_id: int) -> None:
         """Give up a trial this worker cannot go on with (an unexpected error): its lease is
@@ -254,7 +265,7 @@ class TrialQueue:
         except sa.exc.SQLAlchemyError as exc:  # the lease then runs out when the worker exits
             log.warning("trial %s: lease not dropped: %s", trial_id, db.unavailable(exc))
 
-    def _open_or_skip(self, conn: Connection, row: Any) -> tuple[str, StudySpec, optuna.Study, int, int, str] | None:
+    def _open_or_skip(self, conn: Connection, row: Any) -> Opened | None:
         """_open_in, where an error of this study's own (its spec, its Optuna study) skips it
         for the next study instead of failing every claim: logged once per study and error.
         Database errors are raised: the transaction is gone with them."""
@@ -278,9 +289,9 @@ class TrialQueue:
         self._studies.pop(f"{row.name}#{row.optuna_study_id}", None)
         log.warning("study %s: its Optuna study (id %s) no longer exists; marked failed", row.name, row.optuna_study_id)
 
-    def _open_in(self, conn: Connection, row: Any) -> tuple[str, StudySpec, optuna.Study, int, int, str] | None:
+    def _open_in(self, conn: Connection, row: Any) -> Opened | None:
         """Under the study's lock: a RUNNING trial with this worker's lease, if the study has
-        room; (study name, spec, study, trial id, attempt, run dir)."""
+        room."""
         # After the lock, so the counts include every claim made before it (READ COMMITTED:
         # each statement sees what committed before it began).
         c = conn.execute(
@@ -338,7 +349,7 @@ class TrialQueue:
                 **_attr_args({RUN_DIR: run_dir}),
             },
         )
-        return row.name, spec, study, trial_id, attempt, run_dir
+        return Opened(row.name, spec, study, trial_id, attempt, run_dir)
 
     # -- during a trial -------------------------------------------------------------------
     def report(self, claim: Claim, step: int, fid: float) -> str:
@@ -351,9 +362,7 @@ class TrialQueue:
         reported = compat.reported_values(trial)
         if step in reported:
             return self.status(claim.study_name)
-        status = self.storage.set_trial_intermediate_value_and_read(
-            claim.trial_id, step, fid, _STATUS_SQL, {"study_name": claim.study_name}
-        )
+        status = self.storage.report_and_read_status(claim.trial_id, step, fid, claim.study_name)
         reported[step] = fid
         return str(status)
 
@@ -364,8 +373,7 @@ class TrialQueue:
         compat.set_cached_trial(claim.trial, self.storage.get_trial(claim.trial_id))
 
     def status(self, study_name: str) -> str:
-        with self.storage.autocommit_engine.connect() as conn:
-            return str(conn.execute(sa.text(f"SELECT {_STATUS_SQL}"), {"study_name": study_name}).scalar_one())
+        return str(self.storage.study_status(study_name))
 
     # -- heartbeat ------------------------------------------------------------------------
     def renew(self) -> set[int]:

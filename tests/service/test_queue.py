@@ -74,6 +74,18 @@ def test_completed_at_complete_plus_pruned_in_each_place(client: TestClient, set
         assert conn.execute(sa.text("SELECT status FROM gt_studies WHERE name = 'other'")).scalar_one() == "completed"
 
 
+def test_a_report_writes_the_value_once_and_reads_the_study_status(client: TestClient, settings: Settings) -> None:
+    client.post("/studies", json=spec(n_trials=1))
+    q = queue(settings, "w")
+    claim = q.claim()
+    assert claim is not None
+    assert q.report(claim, 1, 3.0) == "running"
+    client.post("/studies/tiny/pause")
+    assert q.report(claim, 2, 2.0) == "paused"
+    assert q.report(claim, 2, 9.0) == "paused", "a step already reported: the status only"
+    assert db.optuna_storage(settings).get_trial(claim.trial_id).intermediate_values == {1: 3.0, 2: 2.0}
+
+
 def test_a_result_after_the_lease_was_reaped_is_dropped(client: TestClient, settings: Settings) -> None:
     client.post("/studies", json=spec(n_trials=1, max_parallel=1))
     slow = queue(settings, "slow", lease=0.2)
