@@ -1,53 +1,40 @@
-"""What the queue's parts share: the user attributes it puts on trials, the statement
-that writes them, a lease's end, and a worker's queue state (QueueBase)."""
+"""What the queue's parts share: a lease's end, re-queueing, and a worker's queue state
+(QueueBase)."""
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import optuna
 import sqlalchemy as sa
-from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.engine import Engine
 
 from service import db
+from service.optuna_tables import ATTEMPT, FAIL_REASON, RESUME_FROM, RETRY_OF, RUN_DIR
 from service.spec import StudySpec
 from service.storage import Storage
 from service.tables import trial_leases, workers
 
 log = logging.getLogger("service.queue")
 
-# user attributes the queue puts on trials
-ATTEMPT = "gat_tune_attempt"
-RESUME_FROM = "gat_tune_resume_from"
-RETRY_OF = "gat_tune_retry_of"
-RUN_DIR = "run_dir"
-FAIL_REASON = "fail_reason"
+__all__ = [
+    "ATTEMPT",
+    "EXPIRES",
+    "FAIL_REASON",
+    "RESUME_FROM",
+    "RETRY_OF",
+    "RUN_DIR",
+    "WORKER_PRUNE_LEASES",
+    "QueueBase",
+    "log",
+]
 
 # A worker whose heartbeat is this many leases old is taken off gt_workers by the reaper
 # (GET /workers shows it as lost from one lease on).
 WORKER_PRUNE_LEASES = 10
-
-
-AttrTable = Literal["trial_user_attributes", "trial_system_attributes"]
-
-
-def upsert_attrs(table: AttrTable, prefix: str = "") -> str:
-    """Trial attributes :{prefix}keys → :{prefix}values (JSON texts) of trial :tid in one
-    statement, with Optuna's table, encoding and (trial_id, key) uniqueness; Optuna's own
-    setter is a transaction per key."""
-    return (
-        f"INSERT INTO {table} (trial_id, key, value_json) "
-        f"SELECT :tid, k, v FROM unnest(CAST(:{prefix}keys AS text[]), CAST(:{prefix}values AS text[])) AS u(k, v) "
-        "ON CONFLICT (trial_id, key) DO UPDATE SET value_json = EXCLUDED.value_json"
-    )
-
-
-def attr_args(attrs: dict[str, Any], prefix: str = "") -> dict[str, list[str]]:
-    return {f"{prefix}keys": list(attrs), f"{prefix}values": [json.dumps(v) for v in attrs.values()]}
 
 
 EXPIRES = "now() + make_interval(secs => :lease)"  # a lease's end, :lease seconds on
@@ -98,20 +85,6 @@ class QueueBase:
                 )
         except sa.exc.SQLAlchemyError as exc:  # the lease then runs out when the worker exits
             log.warning("trial %s: lease not dropped: %s", trial_id, db.unavailable(exc))
-
-    @staticmethod
-    def _requeued(conn: Connection, study_id: int, number: int) -> bool:
-        """Whether trial ``number`` of the study already has a re-queued copy."""
-        return (
-            conn.execute(
-                sa.text(
-                    "SELECT 1 FROM trial_user_attributes a JOIN trials t ON t.trial_id = a.trial_id "
-                    "WHERE t.study_id = :sid AND a.key = :key AND a.value_json = :number LIMIT 1"
-                ),
-                {"sid": study_id, "key": RETRY_OF, "number": json.dumps(number)},
-            ).first()
-            is not None
-        )
 
     def _requeue(
         self,

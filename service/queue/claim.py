@@ -15,20 +15,20 @@ from sqlalchemy.engine import Connection
 
 from service import db
 from service import optuna_compat as compat
-from service.optuna_tables import finished_trials, study_completed
-from service.queue.base import (
+from service.optuna_tables import (
     ATTEMPT,
-    EXPIRES,
+    FAIL_FAST,
     RESUME_FROM,
     RETRY_OF,
     RUN_DIR,
-    QueueBase,
     attr_args,
-    log,
+    finished_trials,
+    repeated_failure,
+    study_completed,
     upsert_attrs,
 )
+from service.queue.base import EXPIRES, QueueBase, log
 from service.spec import StudySpec, load_stored_spec, make_pruner, make_sampler
-from service.studies import FAIL_FAST, repeated_failure
 from service.tables import studies
 
 # What a claim needs to know about a study, in one statement.

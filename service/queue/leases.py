@@ -10,17 +10,10 @@ from optuna.trial import TrialState
 from sqlalchemy.engine import Connection
 
 from service import optuna_compat as compat
-from service.optuna_tables import study_completed
-from service.queue.base import FAIL_REASON, QueueBase, attr_args, log, upsert_attrs
+from service.optuna_tables import FAIL_REASON, has_requeued_copy, set_trial_attrs, study_completed
+from service.queue.base import QueueBase, log
 from service.queue.claim import Claim
 from service.tables import trial_leases, workers
-
-# A trial's closing user attributes and system attributes (artifact links), in one statement.
-_END_ATTRS_SQL = sa.text(
-    f"WITH u AS ({upsert_attrs('trial_user_attributes')}), "
-    f"s AS ({upsert_attrs('trial_system_attributes', 'system_')}) SELECT 1"
-)
-
 
 # Drop a lease, mark its worker idle, and (:mark, after a finished trial) the study completed.
 _RELEASE_SQL = sa.text(
@@ -115,10 +108,7 @@ class Leases(QueueBase):
                 # A statement of its own (autocommit), not in the lease's transaction: an
                 # insert there would hold a key-share lock on the trial's row until the end,
                 # which Optuna's tell (SELECT ... FOR UPDATE) would wait on.
-                attrs_conn.execute(
-                    _END_ATTRS_SQL,
-                    {"tid": claim.trial_id, **attr_args(attrs or {}), **attr_args(system_attrs or {}, "system_")},
-                )
+                set_trial_attrs(attrs_conn, claim.trial_id, attrs or {}, system_attrs or {})
             told = False
             try:
                 claim.study.tell(claim.trial, values, state=state)
@@ -144,7 +134,7 @@ class Leases(QueueBase):
                 return
             requeued = (
                 "; re-queued"
-                if self._requeued(conn, compat.study_id(claim.study), claim.trial.number)
+                if has_requeued_copy(conn, compat.study_id(claim.study), claim.trial.number)
                 else self._requeue(
                     claim.study,
                     claim.trial.number,

@@ -13,7 +13,8 @@ from sqlalchemy.engine import Connection
 from service import db
 from service import optuna_compat as compat
 from service.errors import IncompatibleSpec
-from service.queue.base import ATTEMPT, FAIL_REASON, RUN_DIR, WORKER_PRUNE_LEASES, QueueBase, log
+from service.optuna_tables import ATTEMPT, FAIL_REASON, RUN_DIR, has_requeued_copy
+from service.queue.base import WORKER_PRUNE_LEASES, QueueBase, log
 from service.spec import load_stored_spec
 from service.tables import studies, trial_leases, workers
 
@@ -93,7 +94,7 @@ class Reaping(QueueBase):
             return 0
         max_retries = _stored_max_retries(study_name, spec_json)
         study = optuna.load_study(study_name=study_name, storage=self.storage)
-        already = self._requeued(conn, compat.study_id(study), trial.number)
+        already = has_requeued_copy(conn, compat.study_id(study), trial.number)
         attempt = int(trial.user_attrs.get(ATTEMPT, 0)) + 1
         resume = trial.user_attrs.get(RUN_DIR)
         requeued = (
