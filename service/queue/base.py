@@ -13,24 +13,14 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from service import db
-from service.optuna_tables import ATTEMPT, FAIL_REASON, RESUME_FROM, RETRY_OF, RUN_DIR
+from service.optuna_tables import ATTEMPT, RESUME_FROM, RETRY_OF
 from service.spec import StudySpec
 from service.storage import Storage
 from service.tables import trial_leases, workers
 
 log = logging.getLogger("service.queue")
 
-__all__ = [
-    "ATTEMPT",
-    "EXPIRES",
-    "FAIL_REASON",
-    "RESUME_FROM",
-    "RETRY_OF",
-    "RUN_DIR",
-    "WORKER_PRUNE_LEASES",
-    "QueueBase",
-    "log",
-]
+__all__ = ["EXPIRES", "WORKER_PRUNE_LEASES", "QueueBase", "log"]
 
 # A worker whose heartbeat is this many leases old is taken off gt_workers by the reaper
 # (GET /workers shows it as lost from one lease on).
