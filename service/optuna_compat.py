@@ -1,7 +1,7 @@
 """Every use of Optuna's private API, in one place, checked when gat-tune starts.
 
 gat-tune overrides RDBStorage's private trial hooks (service/storage.py) and reads a few
-private attributes of Study and Trial (service/queue.py). Those change between Optuna
+private attributes of Study and Trial (service/queue/). Those change between Optuna
 releases (their signatures differ in 4.0), so an Optuna outside the tested range, or one
 whose private hooks no longer look as expected, fails here with one line that says so,
 instead of misbehaving somewhere in a worker.

@@ -102,6 +102,7 @@ def _frozen_trial(row: Any) -> FrozenTrial:
 
 
 _UPDATABLE = ("RUNNING", "WAITING")  # TrialState.is_finished() is False
+_STUDY_STATUS = "(SELECT status FROM gt_studies WHERE name = :study_name)"  # our study's status, a scalar
 # Optuna's tables that hang off a trial and off a study (foreign keys without ON DELETE).
 _TRIAL_CHILDREN = (
     "trial_params",
@@ -379,14 +380,23 @@ FROM popped p
             )
 
     def set_trial_intermediate_value(self, trial_id: int, step: int, intermediate_value: float) -> None:
-        self.set_trial_intermediate_value_and_read(trial_id, step, intermediate_value, "NULL", {})
+        self._set_intermediate_value(trial_id, step, intermediate_value)
 
-    def set_trial_intermediate_value_and_read(
-        self, trial_id: int, step: int, intermediate_value: float, read: str, args: dict[str, Any]
+    def report_and_read_status(self, trial_id: int, step: int, intermediate_value: float, study_name: str) -> Any:
+        """set_trial_intermediate_value, and in the same statement the status of our study
+        ``study_name`` (gt_studies; None if there is none): a worker sees a pause or a stop
+        with each report at no extra round trip."""
+        return self._set_intermediate_value(trial_id, step, intermediate_value, _STUDY_STATUS, study_name)
+
+    def study_status(self, study_name: str) -> Any:
+        """The status of our study ``study_name`` (gt_studies; None if there is none), in
+        one autocommit statement."""
+        with self.autocommit_engine.connect() as conn:
+            return conn.execute(sa.text(f"SELECT {_STUDY_STATUS}"), {"study_name": study_name}).scalar_one()
+
+    def _set_intermediate_value(
+        self, trial_id: int, step: int, intermediate_value: float, read: str = "NULL", study_name: str | None = None
     ) -> Any:
-        """set_trial_intermediate_value, and in the same statement ``read``: one more scalar
-        SQL expression (with its own ``args``), whose value is returned. A worker reads its
-        study's status with each report this way."""
         value, kind = _Intermediate.intermediate_value_to_stored_repr(intermediate_value)
         return self._insert_if_updatable(
             trial_id,
@@ -394,7 +404,7 @@ FROM popped p
             ":tid, :step, :value, CAST(:kind AS trialintermediatevaluetype)",
             "(trial_id, step) DO UPDATE SET intermediate_value = EXCLUDED.intermediate_value, "
             "intermediate_value_type = EXCLUDED.intermediate_value_type",
-            {"step": step, "value": value, "kind": kind.name, **args},
+            {"step": step, "value": value, "kind": kind.name, "study_name": study_name},
             read,
         )
 

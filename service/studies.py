@@ -19,9 +19,20 @@ import psycopg2.errors
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
-from service import optuna_compat as compat
 from service.config import DataRoots
 from service.errors import Conflict, IncompatibleSpec, Invalid, NotFound
+from service.optuna_tables import (
+    BEST_TRIAL,
+    FAIL_FAST,
+    LAST_FAILURE,
+    best_trial,
+    failed,
+    finished_trials,
+    params_json,
+    study_artifact_ids,
+    study_completed,
+    trial_count,
+)
 from service.readcache import SNAPSHOT, SnapshotCache
 from service.spec import (
     StudySpec,
@@ -36,7 +47,7 @@ from service.storage import Storage
 from service.tables import idempotency_keys, studies, trial_leases
 from trainer.config import ConfigError
 
-__all__ = ["FAIL_FAST", "StudyService", "load_spec", "repeated_failure"]
+__all__ = ["FAIL_FAST", "StudyService", "load_spec"]
 
 TRIAL_STATES = ("RUNNING", "WAITING", "COMPLETE", "PRUNED", "FAIL")
 METRIC_NAMES = {"fid": "FID", "train_seconds": "train_seconds"}  # Optuna's names for the objectives
@@ -58,63 +69,6 @@ def _json(column: str) -> str:
     return f"CASE WHEN {suspect} THEN gt_json({column}) ELSE {column}::json END"
 
 
-def _params_json(trial_id: str) -> str:
-    """A trial's params as Optuna's external representation: the choice for a categorical
-    (stored as its index), an integer for an int distribution, else the float. The kind is
-    read off the distribution's JSON text ('{"name": "...", ...}') without parsing it."""
-    return f"""(SELECT coalesce(json_object_agg(tp.param_name,
-       CASE WHEN tp.distribution_json LIKE '{{"name": "CategoricalDistribution"%'
-              THEN tp.distribution_json::jsonb->'attributes'->'choices'->(tp.param_value::int)
-            WHEN tp.distribution_json LIKE '{{"name": "Int%' THEN to_jsonb(tp.param_value::bigint)
-            ELSE to_jsonb(tp.param_value) END ORDER BY tp.param_id), '{{}}')
-     FROM trial_params tp WHERE tp.trial_id = {trial_id})"""
-
-
-# The best finished trial by FID (for two objectives: the lowest FID on the front).
-_BEST_TRIAL = """SELECT t.trial_id, t.number, v.value FROM trials t
-  JOIN trial_values v ON v.trial_id = t.trial_id AND v.objective = 0 AND v.value_type = 'FINITE'
-  WHERE t.study_id = {study_id} AND t.state = 'COMPLETE' ORDER BY v.value ASC, t.number ASC LIMIT 1"""
-
-
-# An interrupted trial is not a failed one: paused or a worker gone (FAIL in Optuna, with a
-# fail_reason and a re-queued copy that names it in RETRY_OF), or ended by a stop.
-_REQUEUED = """(SELECT (a.value_json)::int FROM trial_user_attributes a JOIN trials r ON r.trial_id = a.trial_id
-  WHERE r.study_id = {sid} AND a.key = 'gat_tune_retry_of')"""
-_STOPPED = """EXISTS (SELECT 1 FROM trial_user_attributes f WHERE f.trial_id = {t}.trial_id AND f.key = 'fail_reason'
-  AND f.value_json LIKE '"study stopped%')"""
-
-
-def _failed(t: str, sid: str) -> str:
-    """A trial that failed on its own (not interrupted)."""
-    return f"{t}.state = 'FAIL' AND {t}.number NOT IN {_REQUEUED.format(sid=sid)} AND NOT {_STOPPED.format(t=t)}"
-
-
-# The latest failed trial and its reason.
-_LAST_FAILURE = f"""SELECT t.number AS trial,
-  (SELECT f.value_json::json #>> '{{{{}}}}' FROM trial_user_attributes f
-   WHERE f.trial_id = t.trial_id AND f.key = 'fail_reason') AS reason
-  FROM trials t WHERE t.study_id = {{sid}} AND {_failed("t", "{sid}")} ORDER BY t.number DESC LIMIT 1"""
-
-FAIL_FAST = 3  # failed trials, all with one reason and none finished: the study cannot succeed
-
-
-def repeated_failure(conn: Connection, optuna_study_id: int) -> str | None:
-    """The reason every failed trial of a study failed with, when at least FAIL_FAST failed
-    alike (missing data, say) and none failed otherwise; else None. The caller checks that
-    no trial finished."""
-    row = conn.execute(
-        sa.text(
-            f"""SELECT count(*) AS n, count(DISTINCT r.reason) AS kinds, min(r.reason) AS reason FROM (
-  SELECT (SELECT f.value_json FROM trial_user_attributes f WHERE f.trial_id = t.trial_id AND f.key = 'fail_reason')
-    AS reason FROM trials t WHERE t.study_id = :sid AND {_failed("t", ":sid")}) r"""
-        ),
-        {"sid": optuna_study_id},
-    ).one()
-    if row.n < FAIL_FAST or row.kinds != 1 or row.reason is None:
-        return None
-    return str(json.loads(row.reason))
-
-
 def _summary_sql(*, with_spec: bool) -> str:
     """One study's summary per row of gt_studies s: state, trial counts by state (interrupted
     apart from failed), the last failure, best so far."""
@@ -123,24 +77,24 @@ def _summary_sql(*, with_spec: bool) -> str:
     return f"""
 SELECT {SNAPSHOT} AS snapshot, json_build_object(
   'id', s.name, 'name', s.name,
-  'status', CASE WHEN s.status = 'running' AND c.finished >= s.n_trials THEN 'completed' ELSE s.status END,
+  'status', CASE WHEN s.status = 'running' AND c.completed THEN 'completed' ELSE s.status END,
   'n_trials', s.n_trials, 'max_parallel', s.max_parallel,
   'objectives', CASE jsonb_typeof(s.spec->'objective') WHEN 'array' THEN s.spec->'objective'
                   ELSE jsonb_build_array(s.spec->'objective') END,
   'sampler', s.spec->'sampler', 'pruner', s.spec->'pruner',
   'trial_counts', json_build_object({counts}, 'FAIL', c.fail - c.interrupted, 'INTERRUPTED', c.interrupted),
   'finished', c.finished,
-  'last_failure', (SELECT row_to_json(lf) FROM ({_LAST_FAILURE.format(sid="s.optuna_study_id")}) lf),
-  'best', (SELECT json_build_object('trial', b.number, 'fid', b.value, 'params', {_params_json("b.trial_id")})
-           FROM ({_BEST_TRIAL.format(study_id="s.optuna_study_id")}) b),
+  'last_failure', (SELECT row_to_json(lf) FROM ({LAST_FAILURE.format(sid="s.optuna_study_id")}) lf),
+  'best', (SELECT json_build_object('trial', b.number, 'fid', b.value, 'params', {params_json("b.trial_id")})
+           FROM ({BEST_TRIAL.format(study_id="s.optuna_study_id")}) b),
   'optuna_study_id', s.optuna_study_id,
   'dashboard_url', CAST(:base_url AS text) || '/dashboard/studies/' || s.optuna_study_id,
   'created_at', {_utc("s.created_at AT TIME ZONE 'UTC'")}{spec}
 )::text AS body
 FROM gt_studies s CROSS JOIN LATERAL (
   SELECT {", ".join(f"count(*) FILTER (WHERE state = '{st}') AS {st.lower()}" for st in TRIAL_STATES)},
-         count(*) FILTER (WHERE t.state = 'FAIL' AND NOT ({_failed("t", "s.optuna_study_id")})) AS interrupted,
-         count(*) FILTER (WHERE state IN ('COMPLETE', 'PRUNED')) AS finished
+         count(*) FILTER (WHERE t.state = 'FAIL' AND NOT ({failed("t", "s.optuna_study_id")})) AS interrupted,
+         {finished_trials()} AS finished, {study_completed("s.n_trials")} AS completed
   FROM trials t WHERE study_id = s.optuna_study_id) c
 """
 
@@ -160,7 +114,7 @@ SELECT {SNAPSHOT} AS snapshot, (SELECT sid FROM s) AS sid, json_build_object(
   'items', (SELECT coalesce(json_agg(json_build_object(
       'number', p.number,
       'state', p.state::text,
-      'params', {_params_json("p.trial_id")},
+      'params', {params_json("p.trial_id")},
       'values', (SELECT json_agg(CASE WHEN value_type = 'FINITE' THEN value END ORDER BY objective)
                  FROM trial_values WHERE trial_id = p.trial_id),
       'intermediate_values', (SELECT coalesce(json_agg(json_build_object('step', step, 'fid',
@@ -338,7 +292,7 @@ class StudyService:
             study_id = self.storage.get_study_id_from_name(name)
         except KeyError:  # another request's cleanup took it meanwhile
             return
-        n = conn.execute(sa.text("SELECT count(*) FROM trials WHERE study_id = :sid"), {"sid": study_id}).scalar()
+        n = trial_count(conn, study_id)
         if n:
             raise Conflict(
                 f"an Optuna study named '{name}' with {n} trials exists in this database outside gat-tune; "
@@ -412,21 +366,6 @@ class StudyService:
             raise NotFound(f"no study named '{name}'")
         return body
 
-    def _best(self, conn: Connection, row: Any) -> dict[str, Any] | None:
-        best = conn.execute(sa.text(_BEST_TRIAL.format(study_id=":sid")), {"sid": row.optuna_study_id}).first()
-        if best is None:
-            return None
-        params = conn.execute(
-            sa.text(
-                "SELECT param_name, param_value, distribution_json FROM trial_params "
-                "WHERE trial_id = :tid ORDER BY param_id"
-            ),
-            {"tid": best.trial_id},
-        )
-        to_dist = optuna.distributions.json_to_distribution
-        values = {p.param_name: to_dist(p.distribution_json).to_external_repr(p.param_value) for p in params}
-        return {"trial": best.number, "fid": best.value, "params": values}
-
     def best_config(self, name: str) -> dict[str, Any]:
         """The best trial's complete trainer config.
 
@@ -435,7 +374,7 @@ class StudyService:
         """
         with self.engine.connect() as conn:
             row = self._row(conn, name)
-            best = self._best(conn, row)
+            best = best_trial(conn, row.optuna_study_id)
         if best is None:
             raise Conflict(f"study '{name}' has no completed trial yet; try again when one has finished")
         try:
@@ -522,15 +461,7 @@ class StudyService:
         """The ids of the artifacts uploaded to a study and its trials, in one statement
         (optuna.artifacts.get_all_artifact_meta reads them a trial at a time)."""
         with self._reader() as conn:
-            values = conn.execute(
-                sa.text(
-                    "SELECT value_json FROM study_system_attributes WHERE study_id = :sid AND starts_with(key, :p) "
-                    "UNION ALL SELECT a.value_json FROM trial_system_attributes a JOIN trials t USING (trial_id) "
-                    "WHERE t.study_id = :sid AND starts_with(a.key, :p)"
-                ),
-                {"sid": study_id, "p": compat.ARTIFACT_ATTR_PREFIX},
-            ).scalars()
-            return [i for i in map(compat.artifact_id, values) if i is not None]
+            return study_artifact_ids(conn, study_id)
 
     def enqueue(self, name: str, values: dict[str, Any]) -> dict[str, Any]:
         """Queue a (partial) config to be tried next; returns its trial number."""

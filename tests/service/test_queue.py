@@ -41,6 +41,51 @@ def test_max_parallel_and_n_trials_hold(client: TestClient, settings: Settings) 
     assert a.claim() is None
 
 
+def test_completed_at_complete_plus_pruned_in_each_place(client: TestClient, settings: Settings) -> None:
+    """The rule "completed when COMPLETE + PRUNED >= n_trials" (service/optuna_tables.py) holds
+    where it is read: the study's summary, the claim, and the release of a finished trial."""
+
+    def stored() -> str:
+        with db.engine(settings).connect() as conn:
+            return str(conn.execute(sa.text("SELECT status FROM gt_studies WHERE name = 'tiny'")).scalar_one())
+
+    client.post("/studies", json=spec(n_trials=3, max_parallel=3))
+    study = optuna.load_study(study_name="tiny", storage=db.optuna_storage(settings))
+    study.tell(study.ask(), 1.0)
+    study.tell(study.ask(), state=TrialState.PRUNED)
+    study.tell(study.ask(), state=TrialState.FAIL)  # a failed trial does not count
+    assert client.get("/studies/tiny").json()["status"] == "running"
+    assert queue(settings, "a").claim() is not None, "2 finished of 3: room for one more"
+    study.tell(study.ask(), state=TrialState.PRUNED)  # finished behind the queue's back
+    assert stored() == "running"
+    assert client.get("/studies/tiny").json()["status"] == "completed", "the summary"
+    assert queue(settings, "b").claim() is None
+    assert stored() == "completed", "the claim"
+
+    client.post("/studies", json=spec(name="other", n_trials=2, max_parallel=2))
+    q = queue(settings, "c")
+    first, second = q.claim(), q.claim()
+    assert first is not None and second is not None
+    assert q.finish(first, state=TrialState.PRUNED)
+    with db.engine(settings).connect() as conn:
+        assert conn.execute(sa.text("SELECT status FROM gt_studies WHERE name = 'other'")).scalar_one() == "running"
+    assert q.finish(second, state=TrialState.COMPLETE, values=[2.0])
+    with db.engine(settings).connect() as conn:
+        assert conn.execute(sa.text("SELECT status FROM gt_studies WHERE name = 'other'")).scalar_one() == "completed"
+
+
+def test_a_report_writes_the_value_once_and_reads_the_study_status(client: TestClient, settings: Settings) -> None:
+    client.post("/studies", json=spec(n_trials=1))
+    q = queue(settings, "w")
+    claim = q.claim()
+    assert claim is not None
+    assert q.report(claim, 1, 3.0) == "running"
+    client.post("/studies/tiny/pause")
+    assert q.report(claim, 2, 2.0) == "paused"
+    assert q.report(claim, 2, 9.0) == "paused", "a step already reported: the status only"
+    assert db.optuna_storage(settings).get_trial(claim.trial_id).intermediate_values == {1: 3.0, 2: 2.0}
+
+
 def test_a_result_after_the_lease_was_reaped_is_dropped(client: TestClient, settings: Settings) -> None:
     client.post("/studies", json=spec(n_trials=1, max_parallel=1))
     slow = queue(settings, "slow", lease=0.2)
