@@ -36,7 +36,7 @@ import httpx
 import optuna
 import sqlalchemy as sa
 
-from bench.scratch import ADMIN_URL, scratch_database
+from bench.scratch_database import ADMIN_URL, scratch_database
 from service import db
 from service.config import Settings
 from service.spec import EXAMPLE_SPEC, StudySpec, suggest_config

@@ -15,7 +15,7 @@ import time
 import optuna
 from fastapi.testclient import TestClient
 
-from bench.scratch import ADMIN_URL, scratch_database
+from bench.scratch_database import ADMIN_URL, scratch_database
 from service import db
 from service.app import create_app
 from service.config import Settings

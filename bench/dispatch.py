@@ -28,7 +28,7 @@ from typing import Any
 import optuna
 import sqlalchemy as sa
 
-from bench.scratch import ADMIN_URL, scratch_database
+from bench.scratch_database import ADMIN_URL, scratch_database
 from service import db, worker
 from service.config import Settings
 from service.spec import StudySpec

@@ -17,7 +17,7 @@ import time
 
 import optuna
 
-from bench.scratch import ADMIN_URL, scratch_database
+from bench.scratch_database import ADMIN_URL, scratch_database
 from service import db
 from service.config import Settings
 from service.spec import EXAMPLE_SPEC, StudySpec, suggest_config

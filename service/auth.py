@@ -15,7 +15,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from service.errors import Conflict, Forbidden, Invalid, Unauthorized
-from service.tables import api_tokens
+from service.tables import gt_api_tokens
 
 __all__ = ["SCOPES", "SESSION_SECONDS", "Sessions", "authorize", "create_token", "digest", "has_scope"]
 
@@ -35,7 +35,7 @@ def create_token(engine: Engine, name: str, scopes: list[str]) -> str:
     token = "gtt_" + secrets.token_urlsafe(32)
     try:
         with engine.begin() as conn:
-            conn.execute(api_tokens.insert().values(name=name, token_sha256=digest(token), scopes=" ".join(scopes)))
+            conn.execute(gt_api_tokens.insert().values(name=name, token_sha256=digest(token), scopes=" ".join(scopes)))
     except sa.exc.IntegrityError:
         raise Conflict(f"a token named '{name}' exists") from None
     return token
@@ -51,7 +51,7 @@ def _scopes_of(engine: Engine, admin_token: str | None, token: str) -> tuple[int
         return 0, frozenset(SCOPES)
     with engine.connect() as conn:
         row = conn.execute(
-            sa.select(api_tokens.c.id, api_tokens.c.scopes).where(api_tokens.c.token_sha256 == digest(token))
+            sa.select(gt_api_tokens.c.id, gt_api_tokens.c.scopes).where(gt_api_tokens.c.token_sha256 == digest(token))
         ).first()
     if row is None:
         raise Unauthorized("unknown token")
@@ -124,7 +124,7 @@ class Sessions:
         if token_id == 0:
             return scopes
         with self.engine.connect() as conn:
-            row = conn.execute(sa.select(api_tokens.c.scopes).where(api_tokens.c.id == token_id)).first()
+            row = conn.execute(sa.select(gt_api_tokens.c.scopes).where(gt_api_tokens.c.id == token_id)).first()
         return None if row is None else scopes & frozenset(row.scopes.split())
 
     def _sign(self, body: str) -> str:

@@ -47,7 +47,7 @@ class DashboardGuard:
     through the service."""
 
     def __init__(self, app: WSGIApp, studies: StudyService, sessions: Sessions, *, open_reads: bool) -> None:
-        self.app, self.studies, self.sessions, self.open_reads = app, studies, sessions, open_reads
+        self.app, self.study_service, self.sessions, self.open_reads = app, studies, sessions, open_reads
 
     def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
         path = environ.get("PATH_INFO", "").rstrip("/") or "/"
@@ -70,7 +70,7 @@ class DashboardGuard:
                 return _json(start_response, 401 if isinstance(exc, Unauthorized) else 403, _denied(reading, exc))
         if delete:
             try:
-                self.studies.delete_optuna_study(int(delete.group(1)))
+                self.study_service.delete_optuna_study(int(delete.group(1)))
             except NotFound as exc:
                 return _json(start_response, 404, {"reason": str(exc)})
             start_response("204 No Content", [("Content-Length", "0")])

@@ -22,7 +22,7 @@ from sqlalchemy.engine import Engine
 from service.config import Settings
 from service.errors import Conflict
 from service.pool import ping_when_idle
-from service.storage import Storage
+from service.storage import OptunaStorage
 from service.tables import VERSION_TABLE
 
 __all__ = [
@@ -167,7 +167,7 @@ def _engine_kwargs(pool_size: int) -> dict[str, Any]:
 
 
 _ENGINES: dict[tuple[str, int], Engine] = {}
-_STORAGES: dict[tuple[str, int], Storage] = {}
+_STORAGES: dict[tuple[str, int], OptunaStorage] = {}
 
 
 def _engine(url: str, pool_size: int) -> Engine:
@@ -181,10 +181,10 @@ def engine(settings: Settings) -> Engine:
     return _engine(database_url(settings), settings.pool_size)
 
 
-def _storage(url: str, pool_size: int) -> Storage:
+def _storage(url: str, pool_size: int) -> OptunaStorage:
     key = (url, pool_size)
     if key not in _STORAGES:
-        _STORAGES[key] = Storage(
+        _STORAGES[key] = OptunaStorage(
             url,
             engine_kwargs=_engine_kwargs(pool_size),
             skip_table_creation=True,  # `gat-tune db upgrade` creates the tables
@@ -192,7 +192,7 @@ def _storage(url: str, pool_size: int) -> Storage:
     return _STORAGES[key]
 
 
-def optuna_storage(settings: Settings) -> Storage:
+def optuna_storage(settings: Settings) -> OptunaStorage:
     """Optuna's RDBStorage on the same database (one per process and URL)."""
     return _storage(database_url(settings), settings.pool_size)
 

@@ -36,7 +36,7 @@ __all__ = [
 
 TESTED = (5, 0)  # the major.minor of Optuna the code is tested with (pyproject.toml: optuna>=5.0,<5.1)
 
-# The private RDBStorage hooks service.storage.Storage overrides, with their parameters.
+# The private RDBStorage hooks service.storage.OptunaStorage overrides, with their parameters.
 OVERRIDDEN: dict[str, tuple[str, ...]] = {
     "_get_trials": ("self", "study_id", "states", "included_trial_ids", "trial_id_greater_than"),
     "_create_new_trial": ("self", "study_id", "template_trial"),

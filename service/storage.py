@@ -33,7 +33,7 @@ from optuna.trial import FrozenTrial, TrialState
 from service.optuna_compat import NOT_FOUND_MSG, IntermediateValueModel, ValueModel
 from service.pool import ping_when_idle
 
-__all__ = ["Storage"]
+__all__ = ["OptunaStorage"]
 
 _Value = ValueModel
 _Intermediate = IntermediateValueModel
@@ -115,7 +115,7 @@ _TRIAL_CHILDREN = (
 _STUDY_CHILDREN = ("study_directions", "study_user_attributes", "study_system_attributes")
 
 
-class Storage(RDBStorage):
+class OptunaStorage(RDBStorage):
     """RDBStorage with one-statement trial reads and writes (see the module's docstring)."""
 
     def __init__(self, url: str, *args: Any, **kwargs: Any) -> None:

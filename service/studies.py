@@ -43,8 +43,8 @@ from service.spec import (
     load_stored_spec,
     make_sampler,
 )
-from service.storage import Storage
-from service.tables import idempotency_keys, studies, trial_leases
+from service.storage import OptunaStorage
+from service.tables import gt_idempotency_keys, gt_studies, gt_trial_leases
 from trainer.config import ConfigError
 
 __all__ = ["FAIL_FAST", "StudyService", "load_spec"]
@@ -194,7 +194,7 @@ class StudyService:
     def __init__(
         self,
         engine: Engine,
-        storage: Storage,
+        storage: OptunaStorage,
         *,
         max_trials: int,
         base_url: str,
@@ -236,7 +236,7 @@ class StudyService:
                 self._create_in(conn, spec, spec_text, enqueued, made)
                 if idempotency_key is not None:
                     conn.execute(
-                        idempotency_keys.insert().values(
+                        gt_idempotency_keys.insert().values(
                             key=idempotency_key, request_sha256=body_hash, study_name=spec.name
                         )
                     )
@@ -256,7 +256,7 @@ class StudyService:
     ) -> None:
         # Serialise creations of one name across processes, so the check below holds.
         conn.execute(sa.text("SELECT pg_advisory_xact_lock(2, hashtext(:n))"), {"n": "study:" + spec.name})
-        if conn.execute(sa.select(studies.c.name).where(studies.c.name == spec.name)).first() is not None:
+        if conn.execute(sa.select(gt_studies.c.name).where(gt_studies.c.name == spec.name)).first() is not None:
             raise Conflict(f"a study named '{spec.name}' exists; choose another name")
         try:
             study = optuna.create_study(
@@ -275,7 +275,7 @@ class StudyService:
         # In our transaction: the queued trials exist exactly when our row does.
         self.storage.enqueue_trials_in(conn, study_id, enqueued)
         conn.execute(
-            studies.insert().values(
+            gt_studies.insert().values(
                 name=spec.name,
                 optuna_study_id=study_id,
                 spec=spec_json,
@@ -302,7 +302,7 @@ class StudyService:
             self.storage.delete_study(study_id)
 
     def _by_idempotency_key(self, conn: Connection, key: str, body_hash: str) -> str | None:
-        row = conn.execute(sa.select(idempotency_keys).where(idempotency_keys.c.key == key)).first()
+        row = conn.execute(sa.select(gt_idempotency_keys).where(gt_idempotency_keys.c.key == key)).first()
         if row is None:
             return None
         if row.request_sha256 != body_hash:
@@ -320,7 +320,7 @@ class StudyService:
         return self.storage.autocommit_engine.connect()
 
     def _row(self, conn: Connection, name: str) -> Any:
-        row = conn.execute(sa.select(studies).where(studies.c.name == name)).first()
+        row = conn.execute(sa.select(gt_studies).where(gt_studies.c.name == name)).first()
         if row is None:
             raise NotFound(f"no study named '{name}'")
         return row
@@ -344,7 +344,7 @@ class StudyService:
     def studies_json(self, *, offset: int = 0, limit: int = 50) -> bytes:
         """A page of study summaries (without their specs), newest first."""
         with self._reader() as conn:
-            total = conn.execute(sa.select(sa.func.count()).select_from(studies)).scalar_one()
+            total = conn.execute(sa.select(sa.func.count()).select_from(gt_studies)).scalar_one()
             bodies = conn.execute(_STUDIES_SQL, {"base_url": self.base_url, "offset": offset, "limit": limit}).all()
             items = ",".join(row.body for row in bodies)
         return f'{{"items":[{items}],"total":{int(total)},"offset":{offset},"limit":{limit}}}'.encode()
@@ -389,12 +389,14 @@ class StudyService:
         """stop (final), pause, resume. Workers see the new status at their next eval."""
         new = CONTROL[action]
         with self.engine.begin() as conn:
-            row = conn.execute(sa.select(studies).where(studies.c.name == name).with_for_update()).first()
+            row = conn.execute(sa.select(gt_studies).where(gt_studies.c.name == name).with_for_update()).first()
             if row is None:
                 raise NotFound(f"no study named '{name}'")
             if row.status == "stopped" and new != "stopped":
                 raise Conflict(f"study '{name}' is stopped; a stopped study cannot {action}")
-            conn.execute(studies.update().where(studies.c.name == name).values(status=new, updated_at=sa.func.now()))
+            conn.execute(
+                gt_studies.update().where(gt_studies.c.name == name).values(status=new, updated_at=sa.func.now())
+            )
         return self.get(name)
 
     # -- delete ---------------------------------------------------------------------------
@@ -407,7 +409,7 @@ class StudyService:
             NotFound: no such study.
         """
         with self.engine.connect() as conn:
-            row = conn.execute(sa.select(studies.c.optuna_study_id).where(studies.c.name == name)).first()
+            row = conn.execute(sa.select(gt_studies.c.optuna_study_id).where(gt_studies.c.name == name)).first()
         if row is None:
             raise NotFound(f"no study named '{name}'")
         self.delete_optuna_study(row.optuna_study_id)
@@ -430,16 +432,16 @@ class StudyService:
                 # instead of deadlocking with them; and never wait forever.
                 conn.execute(sa.text("SET LOCAL lock_timeout = '10s'"))
                 conn.execute(
-                    sa.select(trial_leases.c.optuna_trial_id)
-                    .join(studies, studies.c.name == trial_leases.c.study_name)
-                    .where(studies.c.optuna_study_id == study_id)
-                    .with_for_update(of=trial_leases)
+                    sa.select(gt_trial_leases.c.optuna_trial_id)
+                    .join(gt_studies, gt_studies.c.name == gt_trial_leases.c.study_name)
+                    .where(gt_studies.c.optuna_study_id == study_id)
+                    .with_for_update(of=gt_trial_leases)
                 ).all()
                 ours = conn.execute(
-                    sa.select(studies.c.name).where(studies.c.optuna_study_id == study_id).with_for_update()
+                    sa.select(gt_studies.c.name).where(gt_studies.c.optuna_study_id == study_id).with_for_update()
                 ).first()
                 if ours is not None:
-                    conn.execute(trial_leases.delete().where(trial_leases.c.study_name == ours.name))
+                    conn.execute(gt_trial_leases.delete().where(gt_trial_leases.c.study_name == ours.name))
                 try:
                     self.storage.delete_study_in(conn, study_id)
                 except KeyError:
@@ -447,7 +449,7 @@ class StudyService:
                         raise NotFound(f"no study with id {study_id}") from None
                     # Optuna's study went another way (an older dashboard delete): drop our ghost row.
                 if ours is not None:
-                    conn.execute(studies.delete().where(studies.c.name == ours.name))
+                    conn.execute(gt_studies.delete().where(gt_studies.c.name == ours.name))
         except sa.exc.OperationalError as exc:
             if not isinstance(exc.orig, psycopg2.errors.LockNotAvailable):
                 raise

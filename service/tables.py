@@ -5,14 +5,22 @@ from __future__ import annotations
 import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import JSONB
 
-__all__ = ["VERSION_TABLE", "api_tokens", "idempotency_keys", "metadata", "studies", "trial_leases", "workers"]
+__all__ = [
+    "VERSION_TABLE",
+    "gt_api_tokens",
+    "gt_idempotency_keys",
+    "gt_studies",
+    "gt_trial_leases",
+    "gt_workers",
+    "metadata",
+]
 
 # Alembic's version table for our migrations; Optuna keeps `alembic_version` for its own.
 VERSION_TABLE = "gat_tune_alembic_version"
 
 metadata = sa.MetaData()
 
-studies = sa.Table(
+gt_studies = sa.Table(
     "gt_studies",
     metadata,
     sa.Column("name", sa.Text, primary_key=True),
@@ -26,7 +34,7 @@ studies = sa.Table(
     sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()),
 )
 
-trial_leases = sa.Table(
+gt_trial_leases = sa.Table(
     "gt_trial_leases",
     metadata,
     sa.Column("optuna_trial_id", sa.Integer, primary_key=True),
@@ -39,7 +47,7 @@ trial_leases = sa.Table(
     sa.Index("ix_gt_trial_leases_expires", "expires_at"),
 )
 
-workers = sa.Table(
+gt_workers = sa.Table(
     "gt_workers",
     metadata,
     sa.Column("id", sa.Text, primary_key=True),
@@ -52,7 +60,7 @@ workers = sa.Table(
     sa.Column("last_heartbeat", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()),
 )
 
-api_tokens = sa.Table(
+gt_api_tokens = sa.Table(
     "gt_api_tokens",
     metadata,
     sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
@@ -62,7 +70,7 @@ api_tokens = sa.Table(
     sa.Column("created_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()),
 )
 
-idempotency_keys = sa.Table(
+gt_idempotency_keys = sa.Table(
     "gt_idempotency_keys",
     metadata,
     sa.Column("key", sa.Text, primary_key=True),

@@ -34,7 +34,7 @@ from service.artifacts import artifact_store
 from service.config import Settings
 from service.queue import Claim, TrialQueue
 from service.spec import folder_refused, suggest_config
-from service.tables import workers
+from service.tables import gt_workers
 from trainer.config import ConfigError, TrainConfig
 from trainer.data import DataError
 from trainer.metrics import FeatureError
@@ -106,9 +106,9 @@ class Slot:
     # -- liveness -------------------------------------------------------------------------
     def register(self) -> None:
         values = {"host": socket.gethostname(), "pid": os.getpid(), "device": self.device, "status": "idle"}
-        stmt = sa.dialects.postgresql.insert(workers).values(id=self.worker_id, **values)
+        stmt = sa.dialects.postgresql.insert(gt_workers).values(id=self.worker_id, **values)
         with self.engine.begin() as conn:
-            conn.execute(stmt.on_conflict_do_update(index_elements=[workers.c.id], set_=values))
+            conn.execute(stmt.on_conflict_do_update(index_elements=[gt_workers.c.id], set_=values))
 
     def _heartbeat(self) -> None:
         period, wait, away = self.settings.lease_seconds / 3, self.settings.lease_seconds / 3, False
@@ -181,7 +181,7 @@ class Slot:
         finally:
             self.shutdown.set()
             with contextlib.suppress(sa.exc.SQLAlchemyError), self.engine.begin() as conn:
-                conn.execute(workers.delete().where(workers.c.id == self.worker_id))
+                conn.execute(gt_workers.delete().where(gt_workers.c.id == self.worker_id))
 
     def _reap(self) -> None:
         """Reap expired leases; an error other than the database's absence is logged and

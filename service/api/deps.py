@@ -18,7 +18,7 @@ from service.studies import StudyService
 class AppState:
     settings: Settings
     engine: Engine
-    studies: StudyService
+    study_service: StudyService
     open_reads: bool  # reads need no token when the server listens on loopback only
 
 

@@ -132,7 +132,7 @@ async def create_study(
     body, content_type = await request.body(), request.headers.get("content-type", "")
 
     def create() -> tuple[dict[str, Any], bool]:  # a large YAML body takes a while to parse
-        return state.studies.create(parse_spec(body, content_type), idempotency_key=idempotency_key)
+        return state.study_service.create(parse_spec(body, content_type), idempotency_key=idempotency_key)
 
     study, created = await run_in_threadpool(create)
     if not created:
@@ -144,7 +144,7 @@ async def create_study(
     "", dependencies=[ReadAccess], summary="List studies", responses={200: _shows(StudyList, "a page of studies")}
 )
 def list_studies(state: StateDep, offset: Offset = 0, limit: Limit = 50) -> Response:
-    return _json(state.studies.studies_json(offset=offset, limit=limit))
+    return _json(state.study_service.studies_json(offset=offset, limit=limit))
 
 
 @router.get(
@@ -154,7 +154,7 @@ def list_studies(state: StateDep, offset: Offset = 0, limit: Limit = 50) -> Resp
     responses={200: _shows(StudyPublic, "the study"), **_answers(_404=_NO_STUDY)},
 )
 def get_study(name: StudyName, state: StateDep) -> Response:
-    return _json(state.studies.study_json(_name(name)))
+    return _json(state.study_service.study_json(_name(name)))
 
 
 @router.get(
@@ -170,7 +170,7 @@ def list_trials(
     limit: Limit = 50,
     trial_state: Annotated[TrialStateName | None, Query(alias="state")] = None,
 ) -> Response:
-    return _json(state.studies.trials_json(_name(name), offset=offset, limit=limit, state=trial_state))
+    return _json(state.study_service.trials_json(_name(name), offset=offset, limit=limit, state=trial_state))
 
 
 @router.get(
@@ -189,7 +189,7 @@ def list_trials(
 def best_config(name: StudyName, state: StateDep, format: Annotated[Literal["json", "yaml"], Query()] = "json") -> Any:
     """A config that `gat-tune train --config` accepts; `?format=yaml` for YAML. 409 before any
     trial has completed."""
-    config = state.studies.best_config(_name(name))
+    config = state.study_service.best_config(_name(name))
     if format == "yaml":
         return Response(yaml.safe_dump(config, sort_keys=False), media_type="application/yaml")
     return config
@@ -210,13 +210,13 @@ def best_config(name: StudyName, state: StateDep, format: Annotated[Literal["jso
 def delete_study(name: StudyName, state: StateDep) -> Response:
     """Deletes the Optuna study (trials, notes, artifacts) and gat-tune's record of it; the
     dashboard's delete goes through the same path. Running trials stop at their next report."""
-    state.studies.delete(_name(name))
+    state.study_service.delete(_name(name))
     return Response(status_code=204)
 
 
 def _control(action: str):  # type: ignore[no-untyped-def]
     def handler(name: StudyName, state: StateDep) -> dict[str, Any]:
-        return state.studies.control(_name(name), action)
+        return state.study_service.control(_name(name), action)
 
     handler.__name__ = f"{action}_study"
     return handler
@@ -260,7 +260,7 @@ async def enqueue(name: StudyName, request: Request, state: StateDep) -> dict[st
     values = parse_body(await request.body(), "application/json")
     if not isinstance(values, dict):
         raise Invalid("the body must be an object of search_space keys to values")
-    return await run_in_threadpool(state.studies.enqueue, _name(name), values)
+    return await run_in_threadpool(state.study_service.enqueue, _name(name), values)
 
 
 __all__ = ["Problem", "parse_body", "parse_spec", "router"]

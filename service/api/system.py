@@ -11,7 +11,7 @@ from fastapi.responses import JSONResponse
 from service import db
 from service.api.deps import ReadAccess, StateDep
 from service.api.schemas import WorkerList
-from service.tables import workers
+from service.tables import gt_workers
 
 router = APIRouter(tags=["system"])
 
@@ -42,7 +42,7 @@ def list_workers(state: StateDep) -> dict[str, Any]:
     list after WORKER_PRUNE_LEASES leases."""
     with state.engine.connect() as conn:
         now = conn.execute(sa.select(sa.func.now())).scalar_one()
-        rows = conn.execute(sa.select(workers).order_by(workers.c.started_at)).all()
+        rows = conn.execute(sa.select(gt_workers).order_by(gt_workers.c.started_at)).all()
     lease = state.settings.lease_seconds
     return {
         "items": [

@@ -15,8 +15,8 @@ from sqlalchemy.engine import Engine
 from service import db
 from service.optuna_tables import ATTEMPT, RESUME_FROM, RETRY_OF
 from service.spec import StudySpec
-from service.storage import Storage
-from service.tables import trial_leases, workers
+from service.storage import OptunaStorage
+from service.tables import gt_trial_leases, gt_workers
 
 log = logging.getLogger("service.queue")
 
@@ -37,7 +37,7 @@ class QueueBase:
     def __init__(
         self,
         engine: Engine,
-        storage: Storage,
+        storage: OptunaStorage,
         worker_id: str,
         *,
         lease_seconds: float = 60,
@@ -66,12 +66,14 @@ class QueueBase:
         try:
             with self.engine.begin() as conn:
                 conn.execute(
-                    trial_leases.delete().where(
-                        trial_leases.c.optuna_trial_id == trial_id, trial_leases.c.worker_id == self.worker_id
+                    gt_trial_leases.delete().where(
+                        gt_trial_leases.c.optuna_trial_id == trial_id, gt_trial_leases.c.worker_id == self.worker_id
                     )
                 )
                 conn.execute(
-                    workers.update().where(workers.c.id == self.worker_id).values(status="idle", current_trial_id=None)
+                    gt_workers.update()
+                    .where(gt_workers.c.id == self.worker_id)
+                    .values(status="idle", current_trial_id=None)
                 )
         except sa.exc.SQLAlchemyError as exc:  # the lease then runs out when the worker exits
             log.warning("trial %s: lease not dropped: %s", trial_id, db.unavailable(exc))

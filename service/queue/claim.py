@@ -29,7 +29,7 @@ from service.optuna_tables import (
 )
 from service.queue.base import EXPIRES, QueueBase, log
 from service.spec import StudySpec, load_stored_spec, make_pruner, make_sampler
-from service.tables import studies
+from service.tables import gt_studies
 
 # What a claim needs to know about a study, in one statement.
 _COUNTS_SQL = sa.text(
@@ -51,7 +51,7 @@ _NEXT_STUDY = """
 SELECT * FROM gt_studies WHERE status = 'running' AND name <> ALL(CAST(:tried AS text[]))
 ORDER BY created_at LIMIT 1 FOR UPDATE"""
 
-# The same study, skipping one another worker holds, in one row with the number of studies
+# The same study, skipping one another worker holds, in one row with the number of gt_studies
 # it could have been (so a claim that found none knows whether any is being claimed from).
 _NEXT_STUDY_SQL = sa.text(
     f"""
@@ -186,7 +186,7 @@ class Claiming(QueueBase):
         """Optuna's study was deleted under our row (optuna.delete_study, the optuna CLI):
         the study is marked failed, so no claim tries it again."""
         conn.execute(
-            studies.update().where(studies.c.name == row.name).values(status="failed", updated_at=sa.func.now())
+            gt_studies.update().where(gt_studies.c.name == row.name).values(status="failed", updated_at=sa.func.now())
         )
         self._studies.pop(f"{row.name}#{row.optuna_study_id}", None)
         log.warning("study %s: its Optuna study (id %s) no longer exists; marked failed", row.name, row.optuna_study_id)
@@ -205,7 +205,7 @@ class Claiming(QueueBase):
             return None
         finished = c.finished
         if c.completed:
-            conn.execute(studies.update().where(studies.c.name == row.name).values(status="completed"))
+            conn.execute(gt_studies.update().where(gt_studies.c.name == row.name).values(status="completed"))
             return None
         key = f"{row.name}#{row.optuna_study_id}"  # a study deleted and made again is another study
         if key not in self._studies:
@@ -221,7 +221,7 @@ class Claiming(QueueBase):
         alike = repeated_failure(conn, row.optuna_study_id) if not finished and c.fail >= FAIL_FAST else None
         if alike or c.fail - c.retries >= (spec.max_failures or row.n_trials):
             # Katib's maxFailedTrialCount: a study whose trials keep failing must not loop forever.
-            conn.execute(studies.update().where(studies.c.name == row.name).values(status="failed"))
+            conn.execute(gt_studies.update().where(gt_studies.c.name == row.name).values(status="failed"))
             why = f"every trial failed: {alike}" if alike else f"{c.fail - c.retries} failed trials"
             log.warning("study %s: %s; marked failed", row.name, why)
             return None

@@ -13,7 +13,7 @@ from service import optuna_compat as compat
 from service.optuna_tables import FAIL_REASON, has_requeued_copy, set_trial_attrs, study_completed
 from service.queue.base import QueueBase, log
 from service.queue.claim import Claim
-from service.tables import trial_leases, workers
+from service.tables import gt_trial_leases, gt_workers
 
 # Drop a lease, mark its worker idle, and (:mark, after a finished trial) the study completed.
 _RELEASE_SQL = sa.text(
@@ -62,21 +62,21 @@ class Leases(QueueBase):
         with self.engine.begin() as conn:
             held = set(
                 conn.execute(
-                    trial_leases.update()
-                    .where(trial_leases.c.worker_id == self.worker_id)
+                    gt_trial_leases.update()
+                    .where(gt_trial_leases.c.worker_id == self.worker_id)
                     .values(expires_at=self._expires(), heartbeat_at=sa.func.now())
-                    .returning(trial_leases.c.optuna_trial_id)
+                    .returning(gt_trial_leases.c.optuna_trial_id)
                 ).scalars()
             )
-            beat = workers.update().where(workers.c.id == self.worker_id).values(last_heartbeat=sa.func.now())
+            beat = gt_workers.update().where(gt_workers.c.id == self.worker_id).values(last_heartbeat=sa.func.now())
             self.listed = conn.execute(beat).rowcount > 0
             return held
 
     # -- end of a trial -------------------------------------------------------------------
     def _lock_lease(self, conn: Connection, trial_id: int) -> Any:
         return conn.execute(
-            sa.select(trial_leases)
-            .where(trial_leases.c.optuna_trial_id == trial_id, trial_leases.c.worker_id == self.worker_id)
+            sa.select(gt_trial_leases)
+            .where(gt_trial_leases.c.optuna_trial_id == trial_id, gt_trial_leases.c.worker_id == self.worker_id)
             .with_for_update()
         ).first()
 

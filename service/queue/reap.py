@@ -16,7 +16,7 @@ from service.errors import IncompatibleSpec
 from service.optuna_tables import ATTEMPT, FAIL_REASON, RUN_DIR, has_requeued_copy
 from service.queue.base import WORKER_PRUNE_LEASES, QueueBase, log
 from service.spec import load_stored_spec
-from service.tables import studies, trial_leases, workers
+from service.tables import gt_studies, gt_trial_leases, gt_workers
 
 
 class Reaping(QueueBase):
@@ -37,16 +37,16 @@ class Reaping(QueueBase):
         reaped = 0
         with self.engine.begin() as conn:
             expired = conn.execute(
-                sa.select(trial_leases, studies.c.spec)
-                .join(studies, studies.c.name == trial_leases.c.study_name)
+                sa.select(gt_trial_leases, gt_studies.c.spec)
+                .join(gt_studies, gt_studies.c.name == gt_trial_leases.c.study_name)
                 .where(
-                    trial_leases.c.expires_at < sa.func.now(),
+                    gt_trial_leases.c.expires_at < sa.func.now(),
                     sa.func.pg_postmaster_start_time() < sa.func.now() - self._interval(1),
                 )
-                .with_for_update(of=trial_leases, skip_locked=True)
+                .with_for_update(of=gt_trial_leases, skip_locked=True)
             ).all()
             for lease in expired:
-                conn.execute(trial_leases.delete().where(trial_leases.c.optuna_trial_id == lease.optuna_trial_id))
+                conn.execute(gt_trial_leases.delete().where(gt_trial_leases.c.optuna_trial_id == lease.optuna_trial_id))
                 reason = f"lease expired: worker {lease.worker_id} stopped heartbeating"
                 reaped += self._reap_one(conn, lease.optuna_trial_id, lease.study_name, lease.spec, reason)
             orphans = conn.execute(
@@ -62,9 +62,9 @@ class Reaping(QueueBase):
                 if conn.execute(sa.text("SELECT pg_try_advisory_xact_lock(:k)"), {"k": 7_000_000 + trial_id}).scalar():
                     reaped += self._reap_one(conn, trial_id, name, spec, "no lease: its worker died while claiming it")
             conn.execute(
-                workers.delete().where(
-                    workers.c.last_heartbeat < sa.func.now() - self._interval(WORKER_PRUNE_LEASES),
-                    workers.c.id != self.worker_id,
+                gt_workers.delete().where(
+                    gt_workers.c.last_heartbeat < sa.func.now() - self._interval(WORKER_PRUNE_LEASES),
+                    gt_workers.c.id != self.worker_id,
                 )
             )
         return reaped

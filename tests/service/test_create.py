@@ -18,7 +18,7 @@ from fastapi.testclient import TestClient
 from service import db
 from service.config import Settings
 from service.spec import EXAMPLE_SPEC, StudySpec, check_spec
-from service.storage import Storage
+from service.storage import OptunaStorage
 
 LONGEST = 1000  # the most entries StudySpec.enqueue takes
 
@@ -181,13 +181,13 @@ def test_a_creation_that_fails_half_way_leaves_the_name_free(
 ) -> None:
     """The cleanup deletes the Optuna study after our transaction has rolled back: that
     transaction holds the study's row lock, and a delete waiting on it would never end."""
-    real = Storage.enqueue_trials_in
+    real = OptunaStorage.enqueue_trials_in
 
-    def fails_after_writing(self: Storage, conn: sa.Connection, study_id: int, params: Any) -> list[int]:
+    def fails_after_writing(self: OptunaStorage, conn: sa.Connection, study_id: int, params: Any) -> list[int]:
         real(self, conn, study_id, params)
         raise RuntimeError("the database went away")
 
-    monkeypatch.setattr(Storage, "enqueue_trials_in", fails_after_writing)
+    monkeypatch.setattr(OptunaStorage, "enqueue_trials_in", fails_after_writing)
     with pytest.raises(RuntimeError, match="went away"):
         client.post("/studies", json=spec())
     monkeypatch.undo()

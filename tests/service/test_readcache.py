@@ -20,7 +20,7 @@ from tests.service.conftest import example as spec
 def _served_again(client: TestClient, path: str) -> bool:
     """Whether a repeated read comes from the cache, with the same bytes. Three tries: a
     background transaction of the server (autovacuum) may end between two reads."""
-    cache = client.app.state.gat_tune.studies.cache  # type: ignore[attr-defined]
+    cache = client.app.state.gat_tune.study_service.cache  # type: ignore[attr-defined]
     for _ in range(3):
         first, hits = client.get(path), cache.hits
         again = client.get(path)

@@ -13,7 +13,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from service import db
 from service.config import Settings
-from service.storage import Storage
+from service.storage import OptunaStorage
 
 
 def _fields(trial: FrozenTrial) -> str:
@@ -70,13 +70,15 @@ def _fill(storage: optuna.storages.BaseStorage) -> list[int]:
 
 
 @pytest.fixture
-def storages(settings: Settings, database_url: str) -> tuple[Storage, optuna.storages.RDBStorage]:
+def storages(settings: Settings, database_url: str) -> tuple[OptunaStorage, optuna.storages.RDBStorage]:
     ours = db.optuna_storage(settings)
-    assert isinstance(ours, Storage)
+    assert isinstance(ours, OptunaStorage)
     return ours, optuna.storages.RDBStorage(database_url, skip_table_creation=True)
 
 
-def test_a_trial_reads_as_optunas_own_storage_reads_it(storages: tuple[Storage, optuna.storages.RDBStorage]) -> None:
+def test_a_trial_reads_as_optunas_own_storage_reads_it(
+    storages: tuple[OptunaStorage, optuna.storages.RDBStorage],
+) -> None:
     ours, optunas = storages
     trial_ids = _fill(optunas)
     assert len(trial_ids) == 9
@@ -89,7 +91,7 @@ def test_a_trial_reads_as_optunas_own_storage_reads_it(storages: tuple[Storage, 
 
 
 def test_a_studys_trials_read_as_optunas_own_storage_reads_them(
-    storages: tuple[Storage, optuna.storages.RDBStorage],
+    storages: tuple[OptunaStorage, optuna.storages.RDBStorage],
 ) -> None:
     ours, optunas = storages
     _fill(optunas)
@@ -197,7 +199,9 @@ def _undated(t: FrozenTrial) -> str:
     )
 
 
-def test_writes_store_what_optunas_own_storage_stores(storages: tuple[Storage, optuna.storages.RDBStorage]) -> None:
+def test_writes_store_what_optunas_own_storage_stores(
+    storages: tuple[OptunaStorage, optuna.storages.RDBStorage],
+) -> None:
     ours, optunas = storages
     with pytest.warns(UserWarning):  # the repeated report step
         mine = _write_everything(ours, "ours")
