@@ -119,9 +119,9 @@ def create_app(settings: Settings | None = None, *, mount_dashboard: bool = True
         # thread that took one would close it again after each burst, a new PostgreSQL
         # backend every time, which stalled reads for seconds under load.
         anyio.to_thread.current_default_thread_limiter().total_tokens = settings.pool_size
-        # Start-up leaves ~200,000 long-lived objects (optuna-dashboard imports scikit-learn);
-        # a full collection over them took 55-85 ms in the middle of requests, the latency
-        # tail. Freezing them keeps them out of every later collection.
+        # Start-up leaves many long-lived objects (optuna-dashboard imports scikit-learn); a
+        # full collection over them mid-request was the latency tail (bench/RESULTS.md,
+        # "Figures the code relies on"). Freezing keeps them out of every later collection.
         gc.collect()
         gc.freeze()
         yield

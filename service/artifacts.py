@@ -15,8 +15,8 @@ __all__ = ["LinkingArtifactStore", "artifact_store"]
 class LinkingArtifactStore(optuna.artifacts.FileSystemArtifactStore):
     """A directory store that hard-links an uploaded file instead of copying it.
 
-    Creating a file costs this machine ~0.9 ms of kernel CPU, a link 0.02 ms, and every
-    trial uploads three files (bench/RESULTS.md, "Dispatch cost"). A link shares the file,
+    A link costs a fraction of a new file's kernel CPU, and every trial uploads three files
+    (bench/RESULTS.md, "Figures the code relies on"). A link shares the file,
     so it is only for files their writer replaces (a new file renamed over the old) rather
     than rewrites in place: the trainer's outputs (trainer.train). Anything that is not a
     named local file, or that cannot be linked (another filesystem), is copied.

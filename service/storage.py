@@ -231,8 +231,8 @@ class OptunaStorage(RDBStorage):
     def delete_study_in(self, conn: sa.Connection, study_id: int) -> None:
         """Optuna's delete_study in the caller's transaction, a statement per table.
 
-        Optuna's ORM cascade loads every trial and deletes row by row: 3.7 s for a study of
-        1,000 trials on a loaded 2-core machine (0.09 s this way), holding the study's lock.
+        Optuna's ORM cascade loads every trial and deletes row by row while holding the
+        study's lock (bench/RESULTS.md, "Figures the code relies on").
         Optuna's foreign keys have no ON DELETE, so a table a later Optuna adds fails this
         loudly rather than being left.
 

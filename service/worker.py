@@ -407,9 +407,9 @@ def limit_threads(threads: int) -> None:
 
 def preload() -> None:
     """Import what a slot's first training step would import lazily: torch's optimizers
-    pull in torch._dynamo (with sympy, ~800 modules, about a second of CPU) on their first
-    step. Done before the slot registers, so that second is not charged to its first
-    trial's train_seconds and steps/s, nor taken from the trials of the other slots."""
+    pull in torch._dynamo (with sympy) on their first step. Done before the slot registers,
+    so that import is not charged to its first trial's train_seconds and steps/s, nor taken
+    from the trials of the other slots."""
     import PIL.PngImagePlugin  # noqa: F401  (the sample grids)
     import torch._dynamo  # noqa: F401
 

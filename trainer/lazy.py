@@ -2,7 +2,7 @@
 
 The registries (trainer.losses' regularisers, trainer.data's data sets) are where the config
 reads the allowed names from; the config is imported by ``gat-tune train --help`` and by the
-service's API process, which must not load PyTorch (about 2 s) just to list names.
+service's API process, which must not load PyTorch just to list names.
 """
 
 from __future__ import annotations
