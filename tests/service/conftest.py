@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import optuna
 import pytest
 import sqlalchemy as sa
@@ -171,6 +172,19 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def wait_up(url: str, proc: subprocess.Popen[Any], timeout: float = 60) -> None:
+    """Wait until ``url`` answers 200, failing at once (with its stderr) if ``proc`` died."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, proc.communicate()[1]
+        try:
+            if httpx.get(url, timeout=1).status_code == 200:
+                return
+        except httpx.TransportError:
+            time.sleep(0.2)
+    raise AssertionError(f"{url} never answered")
 
 
 def make_queue(settings: Settings, worker: str, lease: float = 30) -> TrialQueue:

@@ -9,17 +9,15 @@ import re
 import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import pytest
 import yaml
 
 from service.client import ApiError, Client
 from service.spec import EXAMPLE_SPEC
-from tests.service.conftest import free_port
+from tests.service.conftest import free_port, wait_up
 
 TOKEN = "cli-test-token"
 
@@ -42,14 +40,7 @@ def server(database_url: str, tmp_path: Path) -> Iterator[tuple[str, dict[str, s
         text=True,
     )
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
-                break
-        except httpx.TransportError:
-            time.sleep(0.2)
-        assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
+    wait_up(f"{url}/healthz", proc)
     yield url, env
     proc.terminate()
     proc.wait(timeout=30)

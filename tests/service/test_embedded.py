@@ -6,14 +6,11 @@ import copy
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import optuna
 import psutil
 import pytest
@@ -23,6 +20,7 @@ from service import db
 from service.app import create_app
 from service.config import Settings
 from service.spec import EXAMPLE_SPEC
+from tests.service.conftest import free_port, wait_up
 
 
 def test_embedded_postgres_default(tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
@@ -98,9 +96,7 @@ def test_a_process_that_died_does_not_keep_the_server_up(tmp_path: Path, reap: N
 
 @pytest.mark.slow
 def test_serve_stops_the_embedded_server_on_sigterm(tmp_path: Path, reap: None) -> None:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     proc = subprocess.Popen(
         [sys.executable, "-m", "service.cli", "serve", "--port", str(port)],
         env=_embedded_env(tmp_path),
@@ -108,14 +104,7 @@ def test_serve_stops_the_embedded_server_on_sigterm(tmp_path: Path, reap: None) 
         stderr=subprocess.DEVNULL,
     )
     try:
-        deadline = time.monotonic() + 90
-        while time.monotonic() < deadline:
-            assert proc.poll() is None
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                time.sleep(0.3)
+        wait_up(f"http://127.0.0.1:{port}/healthz", proc, timeout=90)
         assert _postmasters(tmp_path), "the server should be up while serve runs"
     finally:
         proc.send_signal(signal.SIGTERM)

@@ -23,7 +23,7 @@ from service import db
 from service.artifacts import LinkingArtifactStore, artifact_store
 from service.config import Settings
 from service.pool import IDLE_PING
-from tests.service.conftest import free_port, make_queue, tiny
+from tests.service.conftest import free_port, make_queue, tiny, wait_up
 from trainer.images import save_samples
 from trainer.train import _append_line
 
@@ -78,17 +78,6 @@ def test_logs_are_json_lines_off_a_terminal(database_url: str) -> None:
     assert lines, "logged nothing"
     assert {"ts", "level", "logger", "msg"} <= set(lines[0])
     assert any(line["msg"] == "database up to date" for line in lines)
-
-
-def wait_up(url: str, proc: subprocess.Popen[str]) -> None:
-    for _ in range(300):
-        assert proc.poll() is None, proc.communicate()[1]
-        try:
-            if httpx.get(url, timeout=1).status_code == 200:
-                return
-        except httpx.TransportError:
-            time.sleep(0.2)
-    raise AssertionError(f"{url} never answered")
 
 
 def start_listening(command: str, database_url: str, data_dir: Path, *args: str) -> tuple[subprocess.Popen[str], str]:
