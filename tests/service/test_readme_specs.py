@@ -38,6 +38,15 @@ def test_a_readme_spec_submits_as_shown(client: TestClient, lang: str, text: str
     assert r.json()["n_trials"] == yaml.safe_load(text)["n_trials"]
 
 
+def test_a_bare_on_key_is_accepted(client: TestClient) -> None:
+    """The README quotes "on" for other YAML readers; written bare, as users do, it is the same key."""
+    (text,) = [t for lang, t in SPECS if lang == "yaml" and '"on":' in t]
+    bare = text.replace('"on":', "on:")
+    assert yaml.safe_load(bare)["search_space"]["lambda"].get(True) == "aux_loss", "YAML 1.1 reads it as True"
+    r = client.post("/studies", content=bare.encode(), headers={"Content-Type": "application/yaml"})
+    assert r.status_code == 201, r.text
+
+
 def test_on_off_yes_no_keys_stay_strings_values_do_not() -> None:
     from trainer.config import load_yaml
 
