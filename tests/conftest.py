@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from service.config import Settings
+
 
 @pytest.fixture(scope="session", autouse=True)
 def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
@@ -20,3 +22,8 @@ def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
         os.environ.pop("GAT_TUNE_DATA_DIR", None)
     else:
         os.environ["GAT_TUNE_DATA_DIR"] = old
+
+
+def settings_variables() -> set[str]:
+    """Every environment variable service.config.Settings reads."""
+    return {field.alias or "GAT_TUNE_" + name.upper() for name, field in Settings.model_fields.items()}
