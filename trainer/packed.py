@@ -15,9 +15,10 @@ them), its own random stream, λ, learning rates and betas, and its own Adam sta
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +29,19 @@ from trainer.config import TrainConfig
 from trainer.data import default_data_dir, load_dataset
 from trainer.losses import GATLoss
 from trainer.models import MLPDiscriminator, MLPGenerator, build_models
-from trainer.train import FINITE_CHECK_EVERY, Diverged, OnEval, TrainResult, _check_finite, _Evaluator, resolve_device
+from trainer.train import (
+    FINITE_CHECK_EVERY,
+    CheckpointMismatch,
+    Diverged,
+    OnEval,
+    TrainResult,
+    _check_finite,
+    _Evaluator,
+    _load_checkpoint,
+    _save_checkpoint,
+    _write_eval,
+    resolve_device,
+)
 
 __all__ = ["MemberEnded", "PackedAdam", "PackedLinear", "PackedMLP", "pack_key", "pack_mlps", "train_packed"]
 
@@ -184,104 +197,234 @@ class MemberEnded(Exception):
     the exception is that member's outcome and the rest of the pack trains on."""
 
 
-@dataclasses.dataclass
-class _Member:
-    config: TrainConfig
-    rng: torch.Generator
-    on_eval: OnEval | None
-    history: list[dict[str, Any]] = dataclasses.field(default_factory=list)
-    outcome: TrainResult | BaseException | None = None
+# What may differ between the members of a pack: the searched knobs of the demo's space and
+# the seed. Everything else (data, model shape family, steps, batch, evals) is the pack's.
+PER_MEMBER = frozenset({"g_width", "d_width", "lambda", "lr_g", "lr_d", "beta1", "beta2", "seed", "aux_loss"})
 
 
 def pack_key(config: TrainConfig) -> tuple[Any, ...]:
-    """Configs with the same key can train in one pack: everything but the widths, λ, the
-    learning rates, betas and seed must agree (a regularised member never packs with an
-    unregularised one: λ = 0 is the plain GAN, which draws no random numbers for L_A)."""
+    """Configs with the same key can train in one pack. A regularised member never packs
+    with an unregularised one: λ = 0 is the plain GAN, which draws no random numbers for L_A."""
     regulariser = config.aux_loss if config.lam != 0 else "none"
     shared = {k: v for k, v in config.to_dict().items() if k not in PER_MEMBER}
     return (regulariser, tuple(sorted(shared.items())))
 
 
-PER_MEMBER = frozenset({"g_width", "d_width", "lambda", "lr_g", "lr_d", "beta1", "beta2", "seed", "aux_loss"})
+@dataclasses.dataclass
+class _Member:
+    config: TrainConfig
+    rng: torch.Generator
+    evaluator: _Evaluator
+    g: nn.Module  # the solo modules a checkpoint is written from and read into
+    d: nn.Module
+    on_eval: OnEval | None = None
+    should_stop: Callable[[], bool] | None = None
+    out_dir: Path | None = None
+    history: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    train_seconds: float = 0.0  # before this call (a resumed member's)
+    outcome: TrainResult | BaseException | None = None
+
+
+def _pairs(
+    packed: PackedMLP, solo: nn.Module, s: int
+) -> list[tuple[torch.Tensor, int, Callable[[torch.Tensor], torch.Tensor]]]:
+    """For each parameter of the solo module: the parameter, its index in the packed
+    module's parameters, and a function giving member s's part of a stacked tensor shaped
+    like it (the weight's (fan_in, fan_out) slice transposed to (out, in); the bias's row)."""
+
+    def weight(fan_in: int, fan_out: int) -> Callable[[torch.Tensor], torch.Tensor]:
+        return lambda t: t[s, :fan_in, :fan_out].T
+
+    def bias(fan_out: int) -> Callable[[torch.Tensor], torch.Tensor]:
+        return lambda t: t[s, 0, :fan_out]
+
+    out = []
+    for j, lin in enumerate(_linears(solo)):
+        out.append((lin.weight, 2 * j, weight(lin.in_features, lin.out_features)))
+        out.append((lin.bias, 2 * j + 1, bias(lin.out_features)))
+    return out
+
+
+def _to_solo(
+    packed: PackedMLP, opt: PackedAdam, s: int, solo: nn.Module, lr: float, betas: tuple[float, float]
+) -> dict[str, Any]:
+    """Member s's slice of a packed model and its Adam state, written into the solo module
+    and returned as a solo run's optimiser state dict (torch.optim.Adam's format)."""
+    adam = torch.optim.Adam(solo.parameters(), lr=lr, betas=betas)
+    stacked = list(packed.parameters())
+    with torch.no_grad():
+        for p, i, part in _pairs(packed, solo, s):
+            p.copy_(part(stacked[i]))
+            adam.state[p] = {
+                "step": torch.tensor(float(opt.t)),
+                "exp_avg": part(opt.exp_avg[i]).clone(),
+                "exp_avg_sq": part(opt.exp_avg_sq[i]).clone(),
+            }
+    return adam.state_dict()
+
+
+def _from_solo(
+    packed: PackedMLP, opt: PackedAdam, s: int, solo: nn.Module, model: dict[str, Any], opt_state: dict[str, Any]
+) -> int:
+    """Load a solo run's module and Adam state dicts into member s's slice; returns Adam's
+    step count (0 before the first step)."""
+    solo.load_state_dict(model)
+    adam = torch.optim.Adam(solo.parameters())
+    adam.load_state_dict(opt_state)
+    stacked = list(packed.parameters())
+    t = 0
+    with torch.no_grad():
+        for p, i, part in _pairs(packed, solo, s):
+            part(stacked[i]).copy_(p)
+            state = adam.state.get(p)
+            if state:
+                t = int(state["step"])
+                part(opt.exp_avg[i]).copy_(state["exp_avg"])
+                part(opt.exp_avg_sq[i]).copy_(state["exp_avg_sq"])
+    return t
 
 
 def train_packed(
     configs: Sequence[TrainConfig],
     *,
     on_eval: Sequence[OnEval | None] | None = None,
+    should_stop: Sequence[Callable[[], bool] | None] | None = None,
+    out_dirs: Sequence[str | Path | None] | None = None,
     data_dir: str | Path | None = None,
 ) -> list[TrainResult | BaseException]:
-    """Train these members as one pack; each member's outcome, in order: its TrainResult,
-    or the exception that ended it (Diverged, or what its ``on_eval`` raised).
+    """Train these members as one pack; each member's outcome, in order: its TrainResult
+    (``stopped`` set when its ``should_stop`` ended it), or the exception that ended it
+    (Diverged, CheckpointMismatch, or what its ``on_eval`` raised).
 
-    A member is the run ``train(config)`` would make: its initial weights, its batches and
-    noise, its evaluations; the pack only batches the arithmetic. A member that ends
-    (pruned, diverged) leaves the pack, and the others go on without its cost.
+    A member is the run ``train(config, on_eval=..., should_stop=..., out_dir=...)`` would
+    make: its initial weights, batches, noise and evaluations, and the same files in its
+    out_dir (checkpoint included, in train's format: a member resumes packed or alone). The
+    pack only batches the arithmetic. A member that ends leaves the pack; the others go on
+    without its cost. Members resumed from checkpoints must all be at the same step.
     """
     if not configs:
         return []
-    keys = {pack_key(c) for c in configs}
-    if len(keys) != 1:
+    if len({pack_key(c) for c in configs}) != 1:
         raise ValueError("train_packed: the members differ in more than widths, λ, rates, betas and seed")
+    k_all = len(configs)
+    hooks = list(on_eval) if on_eval is not None else [None] * k_all
+    stops = list(should_stop) if should_stop is not None else [None] * k_all
+    dirs = [Path(p) if p else None for p in (out_dirs if out_dirs is not None else [None] * k_all)]
     started = time.perf_counter()
     first = configs[0]
     device = resolve_device(first.device)
     data_dir = Path(data_dir) if data_dir else default_data_dir()
     data = load_dataset(first.dataset, image_size=first.image_size, data_dir=data_dir).to(device)
-    evaluators = [_Evaluator(c, data, device, data_dir) for c in configs]
     g, d = pack_mlps(configs, data.sample_shape)
     g, d = g.to(device), d.to(device)
-    members = [
-        _Member(c, torch.Generator(device).manual_seed(c.seed), None if on_eval is None else on_eval[k])
-        for k, c in enumerate(configs)
-    ]
-    live = list(range(len(members)))  # pack slot → member index
+    betas = [(c.beta1, c.beta2) for c in configs]
+    opt_g = PackedAdam(list(g.parameters()), [c.lr_g for c in configs], betas)
+    opt_d = PackedAdam(list(d.parameters()), [c.lr_d for c in configs], betas)
+    members = []
+    for k, c in enumerate(configs):
+        solo_g, solo_d = build_models(c, data.sample_shape)
+        members.append(
+            _Member(
+                c, torch.Generator(device).manual_seed(c.seed), _Evaluator(c, data, device, data_dir),
+                solo_g.to(device), solo_d.to(device), hooks[k], stops[k], dirs[k],
+            )
+        )  # fmt: skip
 
-    def optimisers() -> tuple[PackedAdam, PackedAdam]:
-        cs = [members[i].config for i in live]
-        betas = [(c.beta1, c.beta2) for c in cs]
-        return (
-            PackedAdam(list(g.parameters()), [c.lr_g for c in cs], betas),
-            PackedAdam(list(d.parameters()), [c.lr_d for c in cs], betas),
+    # Resume: every member's checkpoint (train's format) into its slice.
+    steps = set()
+    for s, m in enumerate(members):
+        if m.out_dir is None:
+            steps.add(0)
+            continue
+        m.out_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            state = _load_checkpoint(m.out_dir, m.config, device)
+        except CheckpointMismatch as exc:
+            m.outcome = exc
+            continue
+        if state is None:
+            steps.add(0)
+        else:
+            opt_g.t = _from_solo(g, opt_g, s, m.g, state["g"], state["opt_g"])
+            opt_d.t = _from_solo(d, opt_d, s, m.d, state["d"], state["opt_d"])
+            m.rng.set_state(state["rng"].cpu())
+            m.history, m.train_seconds = state["history"], state["train_seconds"]
+            steps.add(state["step"])
+        (m.out_dir / "config.json").write_text(m.config.to_json())
+    if len(steps) > 1:
+        raise ValueError(f"train_packed: members resume from different steps {sorted(steps)}; pack them apart")
+    step = steps.pop() if steps else 0
+
+    live = [s for s, m in enumerate(members) if m.outcome is None]  # pack slot → member index
+    lam = torch.tensor([c.lam for c in configs], device=device)
+    regulariser = first.aux_loss if first.lam != 0 else "none"
+    losses = torch.zeros(FINITE_CHECK_EVERY, 3, k_all, device=device)
+
+    def keep(slots: list[int]) -> None:
+        """Keep these pack slots (sorted), dropping the others' weights, state and cost."""
+        nonlocal live, lam, losses
+        idx = torch.tensor(slots, dtype=torch.long, device=device)
+        for module in (g, d):
+            module.keep(idx)
+        opt_g.keep(idx, list(g.parameters()))
+        opt_d.keep(idx, list(d.parameters()))
+        live = [live[s] for s in slots]
+        lam, losses = lam[idx], losses[:, :, idx]
+
+    if len(live) < k_all:
+        keep([s for s in range(k_all) if members[s].outcome is None])
+    n, batch, z_dim = len(data.x), first.batch_size, first.z_dim
+    tick = time.perf_counter()
+    elapsed = 0.0  # training seconds of this call
+
+    def checkpoint(slot: int) -> None:
+        m = members[live[slot]]
+        if m.out_dir is None:
+            return
+        adam_g = _to_solo(g, opt_g, slot, m.g, m.config.lr_g, (m.config.beta1, m.config.beta2))
+        adam_d = _to_solo(d, opt_d, slot, m.d, m.config.lr_d, (m.config.beta1, m.config.beta2))
+        _save_checkpoint(
+            m.out_dir, m.config, step, m.train_seconds + elapsed, m.history, m.g, m.d, adam_g, adam_d, m.rng
         )
 
-    opt_g, opt_d = optimisers()
-    lam = torch.tensor([c.lam for c in configs], device=device)
-    loss = GATLoss(g, d, first.aux_loss if first.lam != 0 else "none", lam)
-    n, batch, z_dim = len(data.x), first.batch_size, first.z_dim
-    losses = torch.zeros(FINITE_CHECK_EVERY, 3, len(live), device=device)
-    step, train_seconds = 0, 0.0
-    tick = time.perf_counter()
-
-    def draw_real() -> torch.Tensor:
-        return torch.stack([data.x[torch.randint(n, (batch,), device=device, generator=members[i].rng)] for i in live])
-
-    def draw_z() -> torch.Tensor:
-        return torch.stack([torch.randn(batch, z_dim, device=device, generator=members[i].rng) for i in live])
-
-    def drop(slots: list[int]) -> None:
-        nonlocal live, lam, losses, loss
-        keep = torch.tensor([s for s in range(len(live)) if s not in slots], dtype=torch.long)
-        g.keep(keep.to(device))
-        d.keep(keep.to(device))
-        opt_g.keep(keep.to(device), list(g.parameters()))
-        opt_d.keep(keep.to(device), list(d.parameters()))
-        live = [live[s] for s in keep.tolist()]
-        lam = lam[keep.to(device)]
-        losses = losses[:, :, keep.to(device)]
-        loss = GATLoss(g, d, loss.aux_loss, lam)
+    def finish(slot: int, stopped: bool) -> None:
+        m = members[live[slot]]
+        last = m.history[-1] if m.history else {}
+        if m.out_dir is not None:
+            _to_solo(g, opt_g, slot, m.g, m.config.lr_g, (m.config.beta1, m.config.beta2))
+        m.outcome = TrainResult(
+            fid=float(last.get("fid", float("nan"))), steps=step, seconds=time.perf_counter() - started,
+            train_seconds=m.train_seconds + elapsed, metrics=last, history=m.history, config=m.config,
+            out_dir=m.out_dir, stopped=stopped, generator=m.g,
+        )  # fmt: skip
+        if m.out_dir is not None:
+            torch.save({"g": m.g.state_dict(), "config": m.config.to_dict()}, m.out_dir / "generator.pt")
+            (m.out_dir / "result.json").write_text(json.dumps(m.outcome.summary(), indent=2) + "\n")
 
     while live and step < first.steps:
+        stopping = [s for s in range(len(live)) if (stop := members[live[s]].should_stop) is not None and stop()]
+        if stopping:
+            elapsed += time.perf_counter() - tick
+            tick = time.perf_counter()
+            for s in stopping:
+                m = members[live[s]]
+                if not m.history or m.history[-1]["step"] != step:
+                    checkpoint(s)
+                finish(s, stopped=True)
+            keep([s for s in range(len(live)) if s not in stopping])
+            continue
+        loss = GATLoss(g, d, regulariser, lam)
         rngs = [members[i].rng for i in live]
         for j in range(first.d_steps):
-            real, z = draw_real(), draw_z()
+            real = torch.stack([data.x[torch.randint(n, (batch,), device=device, generator=r)] for r in rngs])
+            z = torch.stack([torch.randn(batch, z_dim, device=device, generator=r) for r in rngs])
             total_d, loss_d, reg = loss.discriminator(real, z, rngs, index=step * first.d_steps + j)
             opt_d.zero_grad()
             total_d.sum().backward(inputs=list(d.parameters()))
             opt_d.step()
         if loss.generator_needs_real:
-            real = draw_real()
-        z = draw_z()
+            real = torch.stack([data.x[torch.randint(n, (batch,), device=device, generator=r)] for r in rngs])
+        z = torch.stack([torch.randn(batch, z_dim, device=device, generator=r) for r in rngs])
         total_g, loss_g = loss.generator(real, z)
         opt_g.zero_grad()
         total_g.sum().backward(inputs=list(g.parameters()))
@@ -292,58 +435,52 @@ def train_packed(
         step += 1
         is_eval = step % first.eval_every == 0 or step == first.steps
         if step % FINITE_CHECK_EVERY == 0 or is_eval:
-            bad = []
+            diverged = []
             for s, i in enumerate(live):
                 try:
                     _check_finite(losses[:, :, s], step)
                 except Diverged as exc:
                     members[i].outcome = exc
-                    bad.append(s)
-            if bad:
-                drop(bad)
+                    diverged.append(s)
+            if diverged:
+                keep([s for s in range(len(live)) if s not in diverged])
                 if not live:
                     break
         if not is_eval:
             continue
-        train_seconds += time.perf_counter() - tick
+
+        elapsed += time.perf_counter() - tick
         with torch.no_grad():
-            z_eval = torch.stack([evaluators[i].z for i in live])
+            z_eval = torch.stack([members[i].evaluator.z for i in live])
             samples = torch.cat([g(z_eval[:, b : b + 1024]) for b in range(0, z_eval.shape[1], 1024)], dim=1)
         ended = []
         for s, i in enumerate(live):
-            member = members[i]
-            metrics, _ = evaluators[i].measure(samples[s])
+            m = members[i]
+            metrics, _ = m.evaluator.measure(samples[s])
             metrics = {
                 "step": step,
                 **metrics,
                 "loss_d": float(loss_d[s]),
                 "loss_g": float(loss_g[s]),
                 "loss_aux": float(reg[s]),
-                "train_seconds": round(train_seconds, 3),
+                "train_seconds": round(m.train_seconds + elapsed, 3),
             }
-            member.history.append(metrics)
-            if member.on_eval is not None:
+            m.history.append(metrics)
+            if m.out_dir is not None:
+                _write_eval(m.out_dir, metrics, samples[s], data, m.history)
+                checkpoint(s)
+            if m.on_eval is not None:
                 try:
-                    member.on_eval(step, metrics)
+                    m.on_eval(step, metrics)
                 except Exception as exc:  # the hook's verdict on this member alone
-                    member.outcome = exc
+                    m.outcome = exc
                     ended.append(s)
         if ended:
-            drop(ended)
+            keep([s for s in range(len(live)) if s not in ended])
         tick = time.perf_counter()
     else:
-        train_seconds += time.perf_counter() - tick
+        elapsed += time.perf_counter() - tick
 
-    for i in live:
-        member = members[i]
-        last = member.history[-1] if member.history else {}
-        member.outcome = TrainResult(
-            fid=float(last.get("fid", float("nan"))),
-            steps=step,
-            seconds=time.perf_counter() - started,
-            train_seconds=train_seconds,
-            metrics=last,
-            history=member.history,
-            config=member.config,
-        )
+    for s in range(len(live)):
+        finish(s, stopped=False)
     return [m.outcome if m.outcome is not None else RuntimeError("member never ran") for m in members]

@@ -232,7 +232,9 @@ def train(
         last = metrics
         if run_dir is not None:
             _write_eval(run_dir, metrics, samples, data, history)
-            _save_checkpoint(run_dir, config, step, train_seconds, history, g, d, opt_g, opt_d, rng)
+            _save_checkpoint(
+                run_dir, config, step, train_seconds, history, g, d, opt_g.state_dict(), opt_d.state_dict(), rng
+            )
         if progress is not None:
             progress(step, last)
         if on_eval is not None:
@@ -244,7 +246,9 @@ def train(
     if stopped:
         train_seconds += time.perf_counter() - tick
         if run_dir is not None and (not history or history[-1]["step"] != step):
-            _save_checkpoint(run_dir, config, step, train_seconds, history, g, d, opt_g, opt_d, rng)
+            _save_checkpoint(
+                run_dir, config, step, train_seconds, history, g, d, opt_g.state_dict(), opt_d.state_dict(), rng
+            )
 
     result = TrainResult(
         fid=float(last.get("fid", float("nan"))),
@@ -332,10 +336,12 @@ def _save_checkpoint(
     history: list[dict[str, Any]],
     g: torch.nn.Module,
     d: torch.nn.Module,
-    opt_g: torch.optim.Optimizer,
-    opt_d: torch.optim.Optimizer,
+    opt_g: dict[str, Any],
+    opt_d: dict[str, Any],
     rng: torch.Generator,
 ) -> None:
+    """The run's state in one file; the optimisers' as state dicts (a packed run writes a
+    member's in torch.optim.Adam's format, so it resumes packed or alone)."""
     state = {
         "config": config.to_dict(),
         "step": step,
@@ -343,8 +349,8 @@ def _save_checkpoint(
         "history": history,
         "g": g.state_dict(),
         "d": d.state_dict(),
-        "opt_g": opt_g.state_dict(),
-        "opt_d": opt_d.state_dict(),
+        "opt_g": opt_g,
+        "opt_d": opt_d,
         "rng": rng.get_state(),
     }
     tmp = run_dir / f".{CHECKPOINT}.{os.getpid()}.tmp"

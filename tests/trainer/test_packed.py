@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -37,7 +40,10 @@ def test_a_packed_member_starts_from_its_solo_weights() -> None:
         assert torch.allclose(logits[k], d_solo(x[k]), atol=1e-5)
 
 
-@pytest.mark.parametrize("aux_loss", ["r1", "r2", "wgan-gp", "consensus", "r1-lazy", "none"])
+@pytest.mark.parametrize(
+    "aux_loss",
+    ["r1", *(pytest.param(a, marks=pytest.mark.slow) for a in ("r2", "wgan-gp", "consensus", "r1-lazy", "none"))],
+)
 def test_packed_members_evaluate_as_their_solo_runs(aux_loss: str) -> None:
     # The same algorithm, batched: the first eval agrees closely. (Later evals drift apart
     # as GAN trajectories amplify float reassociation; bench/packing.py compares spreads.)
@@ -85,3 +91,33 @@ def test_members_that_differ_in_more_than_the_searched_knobs_do_not_pack() -> No
     assert pack_key(a) != pack_key(a.replace(**{"lambda": 0.0}))  # the plain GAN draws nothing for L_A
     with pytest.raises(ValueError, match="differ"):
         train_packed([a, a.replace(depth=3)])
+
+
+def stop_after(n: int) -> Callable[[], bool]:
+    """should_stop that says stop on its (n+1)-th poll (polled before every step)."""
+    polls = iter(range(10**9))
+    return lambda: next(polls) >= n
+
+
+@pytest.mark.slow
+def test_a_stopped_pack_resumes_exactly_and_its_checkpoints_resume_alone(tmp_path: Path) -> None:
+    cs = configs()
+    dirs = [tmp_path / f"m{k}" for k in range(len(cs))]
+    whole = train_packed(cs, out_dirs=[tmp_path / f"whole{k}" for k in range(len(cs))])
+    first = train_packed(cs, out_dirs=dirs, should_stop=[stop_after(40) for _ in cs])
+    assert all(isinstance(o, TrainResult) and o.stopped and o.steps == 40 for o in first)
+    assert all((p / "checkpoint.pt").exists() for p in dirs)
+    # The pack resumes from the members' checkpoints where it stopped, to the same end.
+    resumed = train_packed(cs, out_dirs=dirs)
+    for a, b in zip(whole, resumed, strict=True):
+        assert isinstance(a, TrainResult) and isinstance(b, TrainResult)
+        assert [m["step"] for m in b.history] == [30, 60]
+        assert b.fid == a.fid
+    # A member's checkpoint is train's: a retried member resumes alone from it.
+    alone_dir = tmp_path / "alone"
+    train_packed(cs[:2], out_dirs=[alone_dir, None], should_stop=[stop_after(40), None])
+    alone = train(cs[0], out_dir=alone_dir)
+    assert [m["step"] for m in alone.history] == [30, 60]
+    assert alone.history[0]["fid"] == whole[0].history[0]["fid"]  # the eval the pack made
+    assert alone.fid == pytest.approx(whole[0].fid, rel=0.05)  # trained on alone from step 40
+    assert (alone_dir / "generator.pt").exists() and (alone_dir / "samples.png").exists()

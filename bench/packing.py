@@ -1,0 +1,114 @@
+"""Trial packing: finished trials per hour at K = 1, 2, 4, 8, 16, as a ratio to K = 1.
+
+    .venv/bin/python -m bench.packing [--steps 3000] [--trials 16] [--spaces 64 128 256 mixed]
+                                      [--ks 1 2 4 8 16] [--device cpu] [--threads 1]
+
+Trials are drawn at random (seeded) from the demo's search space (service.demo.DEMO_SPEC:
+λ, lr_g, lr_d log-uniform, widths from 64/128/256) on its base config (digits, MLP, R1,
+eval every 500 steps with FID), the widths fixed for the spaces 64, 128 and 256, drawn for
+``mixed``. For each K the same trials run, K at a time, as one slot trains them: with
+trainer.train one by one at K = 1, with trainer.packed.train_packed above, each group of
+K consecutive trials packed by shape (members of one (g_width, d_width) in one pack, the
+groups one after another; ``--pad`` packs the K together, padded to the widest). Evals and
+FID are included. One slot's thread budget (``--threads``, the worker's default for a CPU
+slot on this machine is 1). The K = 1 reference runs in the same process, interleaved
+with the packed runs (K = 1, K = 2, ..., then again), so machine noise falls on all.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import random
+import resource
+import statistics
+import time
+from typing import Any
+
+import torch
+
+from service.demo import DEMO_SPEC
+from service.worker import limit_threads
+from trainer.config import TrainConfig
+from trainer.packed import train_packed
+from trainer.train import TrainResult, train
+
+
+def draw(space: str, n: int, steps: int, device: str) -> list[TrainConfig]:
+    """n trials of the demo's space; ``space`` fixes both widths, or ``mixed`` draws them."""
+    rng = random.Random(0)
+    search = DEMO_SPEC["search_space"]
+    out = []
+    for i in range(n):
+        params: dict[str, Any] = {"seed": i, "steps": steps, "eval_every": min(500, steps), "device": device}
+        for key in ("lambda", "lr_g", "lr_d"):
+            lo, hi = search[key]["low"], search[key]["high"]
+            params[key] = 10 ** rng.uniform(math.log10(lo), math.log10(hi))
+        for key in ("g_width", "d_width"):
+            params[key] = rng.choice(search[key]["choices"]) if space == "mixed" else int(space)
+        out.append(TrainConfig.from_dict({**DEMO_SPEC["base"], **params}))
+    return out
+
+
+def run(configs: list[TrainConfig], k: int, pad: bool) -> tuple[float, list[float]]:
+    """Seconds to finish every trial, K at a time, and the final FIDs in trial order."""
+    t = time.perf_counter()
+    fids: list[float] = [float("nan")] * len(configs)
+    for start in range(0, len(configs), k):
+        chunk = list(range(start, min(start + k, len(configs))))
+        if k == 1:
+            fids[start] = train(configs[start]).fid
+            continue
+        groups: dict[tuple[int, int], list[int]] = {}
+        for i in chunk:
+            shape = (0, 0) if pad else (configs[i].g_width, configs[i].d_width)
+            groups.setdefault(shape, []).append(i)
+        for members in groups.values():
+            for i, outcome in zip(members, train_packed([configs[i] for i in members]), strict=True):
+                fids[i] = outcome.fid if isinstance(outcome, TrainResult) else float("nan")
+    return time.perf_counter() - t, fids
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--steps", type=int, default=3000)
+    parser.add_argument("--trials", type=int, default=16)
+    parser.add_argument("--spaces", nargs="+", default=["64", "128", "256", "mixed"])
+    parser.add_argument("--ks", type=int, nargs="+", default=[1, 2, 4, 8, 16])
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--pad", action="store_true", help="pack each K together, padded to the widest")
+    parser.add_argument("--rounds", type=int, default=1, help="repeat the K sweep, interleaved")
+    args = parser.parse_args()
+    limit_threads(args.threads)
+    train(draw("64", 1, 20, args.device)[0].replace(steps=20, eval_every=20))  # warm caches: classifier, stats
+    print(f"{args.trials} trials x {args.steps} steps per point; device {args.device}, {args.threads} thread(s)")
+    for space in args.spaces:
+        configs = draw(space, args.trials, args.steps, args.device)
+        seconds: dict[int, list[float]] = {k: [] for k in args.ks}
+        fids: dict[int, list[float]] = {}
+        for _ in range(args.rounds):
+            for k in args.ks:
+                if args.device.startswith("cuda"):
+                    torch.cuda.reset_peak_memory_stats()
+                s, fids[k] = run(configs, k, args.pad)
+                seconds[k].append(s)
+                peak = (
+                    f"{torch.cuda.max_memory_allocated() / 2**20:.0f} MiB GPU"
+                    if args.device.startswith("cuda")
+                    else f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**10:.0f} MiB RSS (process peak)"
+                )
+                per_hour = args.trials / s * 3600
+                print(f"space {space:>5} K={k:<2} {s:7.1f}s  {per_hour:7.0f} trials/h  peak {peak}", flush=True)
+        base = statistics.median(seconds[args.ks[0]])
+        ratios = "  ".join(f"K={k}: {base / statistics.median(seconds[k]):.2f}x" for k in args.ks)
+        print(f"space {space:>5} ratio to K={args.ks[0]}: {ratios}", flush=True)
+        finite = {k: [f for f in v if f == f] for k, v in fids.items()}
+        spread = "  ".join(
+            f"K={k}: {statistics.mean(v):.1f} (sd {statistics.pstdev(v):.1f})" for k, v in finite.items() if v
+        )
+        print(f"space {space:>5} final FID mean over trials: {spread}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
