@@ -1,6 +1,6 @@
 """Optuna's RDBStorage with its per-trial hot paths in one or two SQL statements each.
 
-A worker's dispatch is mostly Optuna storage calls: ``ask`` creates a trial and reads it
+A slot's dispatch (service/worker.py) is mostly Optuna storage calls: ``ask`` creates a trial and reads it
 back, each suggestion and each ``report`` writes a row, ``tell`` writes the values and
 state and reads the trial twice. Optuna's RDBStorage does each through the ORM: a trial
 read is six queries (the trial, then its five child tables lazily), a write loads the
@@ -30,8 +30,8 @@ from optuna.trial import FrozenTrial, TrialState
 
 from service import optuna_compat as compat
 from service import optuna_tables
+from service.connection_pool import ping_when_idle
 from service.optuna_compat import NOT_FOUND_MSG
-from service.pool import ping_when_idle
 
 __all__ = ["OptunaStorage"]
 
@@ -59,7 +59,7 @@ class OptunaStorage(compat.RDBStorageHooks):
     def autocommit_engine(self) -> sa.Engine:
         """A second pool, in autocommit, for what is one statement: a read, or a write
         PostgreSQL makes atomic by itself. No BEGIN and COMMIT round trips around it (a
-        third of a worker's round trips were those). Made on first use; not pickled."""
+        third of a slot's round trips were those). Made on first use; not pickled."""
         engine = self.__dict__.get("_autocommit_engine")
         if engine is None:
             engine = ping_when_idle(sa.create_engine(self.url, isolation_level="AUTOCOMMIT", **self.engine_kwargs))

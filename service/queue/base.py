@@ -50,7 +50,7 @@ class QueueBase:
         self._said: set[str] = set()  # per-study errors already logged
         self.listed = True  # gt_workers had this worker at the last renew()
         # When true, a database call that the database's absence keeps failing stops being
-        # tried again (the worker is shutting down); see db.retry.
+        # tried again (the slot is shutting down); see db.retry.
         self.give_up: Callable[[], bool] = lambda: False
 
     def _expires(self) -> sa.TextClause:
@@ -73,7 +73,7 @@ class QueueBase:
                     .where(gt_workers.c.id == self.worker_id)
                     .values(status="idle", current_trial_id=None)
                 )
-        except sa.exc.SQLAlchemyError as exc:  # the lease then runs out when the worker exits
+        except sa.exc.SQLAlchemyError as exc:  # the lease then runs out when the slot exits
             log.warning("trial %s: lease not dropped: %s", trial_id, db.unavailable(exc))
 
     def _requeue(
