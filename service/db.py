@@ -19,6 +19,7 @@ import psycopg2
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
+from service import optuna_tables
 from service.config import Settings
 from service.connection_pool import ping_when_idle
 from service.errors import Conflict
@@ -309,7 +310,7 @@ def schema_problems(settings: Settings) -> list[str]:
     try:
         with engine(settings).connect() as conn:
             ours = conn.execute(sa.text(f"SELECT version_num FROM {VERSION_TABLE}")).scalar()
-            optuna_version = conn.execute(sa.text("SELECT version_num FROM alembic_version")).scalar()
+            optuna_version = optuna_tables.schema_version(conn)
     except sa.exc.ProgrammingError:
         return ["tables missing: run `gat-tune db upgrade`"]
     except sa.exc.OperationalError as exc:

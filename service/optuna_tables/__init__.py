@@ -12,13 +12,15 @@ failed trial, params as JSON) are composed across its modules, by concern:
   values, attributes);
 - studies.py: a study's rows (counted and judged, best, artifacts, deletion);
 - responses.py: the read routes' JSON, rendered by PostgreSQL;
-- queue.py: the queue's statements over trials and its lease and worker rows.
+- queue.py: the queue's statements over trials and its lease and worker rows;
+- schema.py: the version of Optuna's schema.
 
 Optuna's private API stays in service/optuna_compat.py.
 """
 
 from service.optuna_tables.queue import claim_counts, open_lease, orphaned_trials, release
 from service.optuna_tables.responses import TRIAL_STATES, studies_json, study_json, trials_json
+from service.optuna_tables.schema import schema_version
 from service.optuna_tables.studies import (
     FAIL_FAST,
     best_trial,
@@ -71,6 +73,7 @@ __all__ = [
     "pop_waiting_trial",
     "release",
     "repeated_failure",
+    "schema_version",
     "set_intermediate_value",
     "set_state_values",
     "set_trial_attrs",
