@@ -1,4 +1,4 @@
-"""The Optuna artifact store the workers write to and the dashboard reads from."""
+"""The Optuna artifact store the slots write to and the dashboard reads from."""
 
 from __future__ import annotations
 
@@ -36,7 +36,7 @@ class LinkingArtifactStore(optuna.artifacts.FileSystemArtifactStore):
 def artifact_store(settings: Settings, *, link_files: bool = False) -> Any:
     """S3 (boto3, the `s3` extra) when GAT_TUNE_ARTIFACT_S3_BUCKET is set; else a directory,
     which machines share over a network file system. ``link_files``: the directory store
-    hard-links uploaded files (the workers, whose trainer never rewrites a file in place)."""
+    hard-links uploaded files (the slots, whose trainer never rewrites a file in place)."""
     if settings.artifact_s3_bucket:
         try:
             import boto3

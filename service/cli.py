@@ -254,7 +254,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=8080)
     p.set_defaults(func=cmd_dashboard)
 
-    p = sub.add_parser("demo", help="embedded database, API, 2 CPU workers, a digits study, the best config")
+    p = sub.add_parser("demo", help="embedded database, API, a pool of 2 CPU slots, a digits study, the best config")
     p.add_argument("--out", type=Path, default=Path("best.yaml"), help="where to write the best config")
     p.add_argument("--keep-serving", action="store_true", help="keep the API and dashboard up afterwards")
     p.set_defaults(func=cmd_demo)

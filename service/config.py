@@ -40,7 +40,7 @@ class Settings(BaseSettings):
     artifact_dir: Path | None = Field(default=None, description="Optuna artifact store (default DATA_DIR/artifacts)")
     artifact_s3_bucket: str | None = Field(default=None, description="store artifacts in this S3 bucket instead")
     lease_seconds: float = Field(default=60, gt=0, description="a trial's lease; a heartbeat renews it at 1/3")
-    poll_seconds: float = Field(default=2, gt=0, description="how often an idle worker looks for a trial")
+    poll_seconds: float = Field(default=2, gt=0, description="how often an idle slot looks for a trial")
     data_roots: str | None = Field(
         default=None,
         description="directories a study's folder: dataset may lie under (os.pathsep- or comma-separated); "

@@ -19,9 +19,10 @@ import psycopg2
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
+from service import optuna_tables
 from service.config import Settings
+from service.connection_pool import ping_when_idle
 from service.errors import Conflict
-from service.pool import ping_when_idle
 from service.storage import OptunaStorage
 from service.tables import VERSION_TABLE
 
@@ -160,9 +161,9 @@ MAX_OVERFLOW = 2
 
 
 def _engine_kwargs(pool_size: int) -> dict[str, Any]:
-    # Connections idle for a while are pinged before use (service.pool.ping_when_idle: idle
-    # drops and server restarts are survived, optuna#5600), not each one at every checkout;
-    # a bounded pool keeps many workers under max_connections (optuna#1347).
+    # Connections idle for a while are pinged before use (service.connection_pool: idle drops
+    # and server restarts are survived, optuna#5600), not each one at every checkout; a
+    # bounded connection pool keeps many slots under max_connections (optuna#1347).
     return {"pool_pre_ping": False, "pool_size": pool_size, "max_overflow": MAX_OVERFLOW, "pool_recycle": 1800}
 
 
@@ -292,7 +293,7 @@ def upgrade(settings: Settings) -> None:
     url = database_url(settings)
     eng = _engine(url, settings.pool_size)
     with eng.begin() as conn:
-        # Two processes starting at once (API and workers) must not both create tables.
+        # Two processes starting at once (API and pools) must not both create tables.
         conn.execute(sa.text("SELECT pg_advisory_xact_lock(7461726)"))
         storage = optuna.storages.RDBStorage(url, engine_kwargs={"poolclass": sa.pool.NullPool})
         if storage.get_current_version() != storage.get_head_version():
@@ -309,7 +310,7 @@ def schema_problems(settings: Settings) -> list[str]:
     try:
         with engine(settings).connect() as conn:
             ours = conn.execute(sa.text(f"SELECT version_num FROM {VERSION_TABLE}")).scalar()
-            optuna_version = conn.execute(sa.text("SELECT version_num FROM alembic_version")).scalar()
+            optuna_version = optuna_tables.schema_version(conn)
     except sa.exc.ProgrammingError:
         return ["tables missing: run `gat-tune db upgrade`"]
     except sa.exc.OperationalError as exc:
@@ -325,7 +326,7 @@ def schema_problems(settings: Settings) -> list[str]:
 
 def dispose_all() -> None:
     """Close every pooled connection this process holds and forget the engines (tests drop
-    their databases afterwards; a forked worker must not share its parent's sockets)."""
+    their databases afterwards; a forked process must not share its parent's sockets)."""
     for eng in _ENGINES.values():
         eng.dispose()
     for storage in _STORAGES.values():

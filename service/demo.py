@@ -2,7 +2,7 @@
 
 Embedded PostgreSQL, the API (with the dashboard), a pool of two CPU worker slots, a digits
 study submitted over HTTP, a line at each stage and at each finished trial, then the best
-config. The API, the workers and the embedded database stop when it ends (unless
+config. The API, the pool and the embedded database stop when it ends (unless
 --keep-serving).
 """
 
@@ -130,7 +130,7 @@ def run_demo(*, out: Path, keep_serving: bool = False) -> int:
             print(f"dashboard:      {base}/dashboard  (serving until Ctrl-C)", flush=True)
             api.wait()
         else:
-            print("the API, the workers and the database stop with the demo; browse the study later with")
+            print("the API, the pool and the database stop with the demo; browse the study later with")
             print(f"  GAT_TUNE_DATA_DIR={settings.data_dir} gat-tune dashboard")
         return 0
     finally:

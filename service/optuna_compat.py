@@ -1,7 +1,8 @@
 """Every use of Optuna's private API, in one place, checked when gat-tune starts.
 
-gat-tune overrides RDBStorage's private trial hooks (service/storage.py) and reads a few
-private attributes of Study and Trial (service/queue/). Those change between Optuna
+gat-tune overrides RDBStorage's private trial hooks (RDBStorageHooks, for
+service/storage.py), reads a few private attributes of Study and Trial (service/queue/)
+and Optuna's ORM models' stored representations (service/optuna_tables/). Those change between Optuna
 releases (their signatures differ in 4.0), so an Optuna outside the tested range, or one
 whose private hooks no longer look as expected, fails here with one line that says so,
 instead of misbehaving somewhere in a worker.
@@ -11,12 +12,15 @@ from __future__ import annotations
 
 import inspect
 import json
+from collections.abc import Callable, Container
 from typing import Any
 
 import optuna
 from optuna.artifacts._list_artifact_meta import ARTIFACTS_ATTR_PREFIX
+from optuna.distributions import BaseDistribution
 from optuna.storages import RDBStorage
 from optuna.storages._rdb import models
+from optuna.trial import FrozenTrial, TrialState
 
 __all__ = [
     "ARTIFACT_ATTR_PREFIX",
@@ -24,6 +28,7 @@ __all__ = [
     "TESTED",
     "IntermediateValueModel",
     "OptunaMismatch",
+    "RDBStorageHooks",
     "ValueModel",
     "artifact_id",
     "check",
@@ -36,7 +41,7 @@ __all__ = [
 
 TESTED = (5, 0)  # the major.minor of Optuna the code is tested with (pyproject.toml: optuna>=5.0,<5.1)
 
-# The private RDBStorage hooks service.storage.OptunaStorage overrides, with their parameters.
+# The private RDBStorage hooks RDBStorageHooks overrides, with their parameters.
 OVERRIDDEN: dict[str, tuple[str, ...]] = {
     "_get_trials": ("self", "study_id", "states", "included_trial_ids", "trial_id_greater_than"),
     "_create_new_trial": ("self", "study_id", "template_trial"),
@@ -76,6 +81,42 @@ def check(version: str = optuna.__version__) -> None:
             raise OptunaMismatch(
                 f"optuna {version}: RDBStorage.{name} is {params}, gat-tune overrides it as {expected}"
             )
+
+
+class RDBStorageHooks(RDBStorage):
+    """RDBStorage whose private trial hooks (OVERRIDDEN) call the methods a subclass
+    defines: read_trials, create_running_trial, write_param (service/storage.py)."""
+
+    # What the subclass defines: the selection of RDBStorage._get_trials (_CachedStorage
+    # reads with it the trials that are new or were unfinished when last read); a new
+    # RUNNING trial (_create_new_trial without a template); _set_trial_param.
+    read_trials: Callable[[int, Container[TrialState] | None, set[int], int], list[FrozenTrial]]
+    create_running_trial: Callable[[int], FrozenTrial]
+    write_param: Callable[[int, str, float, BaseDistribution, BaseDistribution | None], None]
+
+    def _get_trials(
+        self,
+        study_id: int,
+        states: Container[TrialState] | None,
+        included_trial_ids: set[int],
+        trial_id_greater_than: int,
+    ) -> list[FrozenTrial]:
+        return self.read_trials(study_id, states, included_trial_ids, trial_id_greater_than)
+
+    def _create_new_trial(self, study_id: int, template_trial: FrozenTrial | None = None) -> FrozenTrial:
+        if template_trial is not None:  # add_trial / enqueue_trial: rare, Optuna's own path
+            return super()._create_new_trial(study_id, template_trial)
+        return self.create_running_trial(study_id)
+
+    def _set_trial_param(
+        self,
+        trial_id: int,
+        param_name: str,
+        param_value_internal: float,
+        distribution: BaseDistribution,
+        previous_distribution: BaseDistribution | None,
+    ) -> None:
+        self.write_param(trial_id, param_name, param_value_internal, distribution, previous_distribution)
 
 
 def trial_id(trial: optuna.Trial) -> int:

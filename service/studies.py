@@ -1,6 +1,7 @@
 """Studies over Optuna: create, read, control. Writes go through Optuna's API; reads of
-trial lists and counts go straight to Optuna's tables with a few indexed queries, so a page
-of trials costs the same at trial 10 and at trial 10,000 (optuna#3053).
+trial lists and counts go straight to Optuna's tables with a few indexed queries
+(service/optuna_tables/), so a page of trials costs the same at trial 10 and at trial
+10,000 (optuna#3053).
 """
 
 from __future__ import annotations
@@ -19,21 +20,11 @@ import psycopg2.errors
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
+from service import optuna_tables
 from service.config import DataRoots
 from service.errors import Conflict, IncompatibleSpec, Invalid, NotFound
-from service.optuna_tables import (
-    BEST_TRIAL,
-    FAIL_FAST,
-    LAST_FAILURE,
-    best_trial,
-    failed,
-    finished_trials,
-    params_json,
-    study_artifact_ids,
-    study_completed,
-    trial_count,
-)
-from service.readcache import SNAPSHOT, SnapshotCache
+from service.optuna_tables import FAIL_FAST, TRIAL_STATES
+from service.readcache import SnapshotCache
 from service.spec import (
     StudySpec,
     check_folders,
@@ -49,87 +40,8 @@ from trainer.config import ConfigError
 
 __all__ = ["FAIL_FAST", "StudyService", "load_spec"]
 
-TRIAL_STATES = ("RUNNING", "WAITING", "COMPLETE", "PRUNED", "FAIL")
 METRIC_NAMES = {"fid": "FID", "train_seconds": "train_seconds"}  # Optuna's names for the objectives
 
-# The read routes' JSON is rendered by PostgreSQL (json_build_object, json_agg) and passed on
-# as bytes: on the API process, decoding rows and re-encoding them in Python cost more than
-# the queries themselves (bench/RESULTS.md, "API latency").
-
-
-def _utc(column: str) -> str:
-    """ISO 8601 of a naive UTC timestamp (Optuna stores those)."""
-    return f"""to_char({column}, 'YYYY-MM-DD"T"HH24:MI:SS.US"+00:00"')"""
-
-
-def _json(column: str) -> str:
-    """A JSON text column as json. Optuna writes attributes with Python's json.dumps, which
-    may hold NaN or Infinity; only those few take the slow, forgiving path (migration 0002)."""
-    suspect = f"strpos({column}, 'NaN') > 0 OR strpos({column}, 'Infinity') > 0"
-    return f"CASE WHEN {suspect} THEN gt_json({column}) ELSE {column}::json END"
-
-
-def _summary_sql(*, with_spec: bool) -> str:
-    """One study's summary per row of gt_studies s: state, trial counts by state (interrupted
-    apart from failed), the last failure, best so far."""
-    spec = ", 'spec', s.spec" if with_spec else ""
-    counts = ", ".join(f"'{st}', c.{st.lower()}" for st in TRIAL_STATES if st != "FAIL")
-    return f"""
-SELECT {SNAPSHOT} AS snapshot, json_build_object(
-  'id', s.name, 'name', s.name,
-  'status', CASE WHEN s.status = 'running' AND c.completed THEN 'completed' ELSE s.status END,
-  'n_trials', s.n_trials, 'max_parallel', s.max_parallel,
-  'objectives', CASE jsonb_typeof(s.spec->'objective') WHEN 'array' THEN s.spec->'objective'
-                  ELSE jsonb_build_array(s.spec->'objective') END,
-  'sampler', s.spec->'sampler', 'pruner', s.spec->'pruner',
-  'trial_counts', json_build_object({counts}, 'FAIL', c.fail - c.interrupted, 'INTERRUPTED', c.interrupted),
-  'finished', c.finished,
-  'last_failure', (SELECT row_to_json(lf) FROM ({LAST_FAILURE.format(sid="s.optuna_study_id")}) lf),
-  'best', (SELECT json_build_object('trial', b.number, 'fid', b.value, 'params', {params_json("b.trial_id")})
-           FROM ({BEST_TRIAL.format(study_id="s.optuna_study_id")}) b),
-  'optuna_study_id', s.optuna_study_id,
-  'dashboard_url', CAST(:base_url AS text) || '/dashboard/studies/' || s.optuna_study_id,
-  'created_at', {_utc("s.created_at AT TIME ZONE 'UTC'")}{spec}
-)::text AS body
-FROM gt_studies s CROSS JOIN LATERAL (
-  SELECT {", ".join(f"count(*) FILTER (WHERE state = '{st}') AS {st.lower()}" for st in TRIAL_STATES)},
-         count(*) FILTER (WHERE t.state = 'FAIL' AND NOT ({failed("t", "s.optuna_study_id")})) AS interrupted,
-         {finished_trials()} AS finished, {study_completed("s.n_trials")} AS completed
-  FROM trials t WHERE study_id = s.optuna_study_id) c
-"""
-
-
-_STUDY_SQL = sa.text(_summary_sql(with_spec=True) + "WHERE s.name = :name")
-_STUDIES_SQL = sa.text(_summary_sql(with_spec=False) + "ORDER BY s.created_at DESC, s.name LIMIT :limit OFFSET :offset")
-
-_STATE_IS = "(CAST(:state AS text) IS NULL OR t.state::text = :state)"
-# A page of trials with everything it shows, and the count of all that match; sid is NULL
-# for an unknown study. Non-finite values (Optuna stores NULL plus a type) become null.
-_TRIALS_SQL = sa.text(
-    f"""
-WITH s AS (SELECT optuna_study_id AS sid FROM gt_studies WHERE name = :name),
-page AS (SELECT t.trial_id, t.number, t.state, t.datetime_start, t.datetime_complete
-         FROM trials t JOIN s ON t.study_id = s.sid WHERE {_STATE_IS} ORDER BY t.number LIMIT :limit OFFSET :offset)
-SELECT {SNAPSHOT} AS snapshot, (SELECT sid FROM s) AS sid, json_build_object(
-  'items', (SELECT coalesce(json_agg(json_build_object(
-      'number', p.number,
-      'state', p.state::text,
-      'params', {params_json("p.trial_id")},
-      'values', (SELECT json_agg(CASE WHEN value_type = 'FINITE' THEN value END ORDER BY objective)
-                 FROM trial_values WHERE trial_id = p.trial_id),
-      'intermediate_values', (SELECT coalesce(json_agg(json_build_object('step', step, 'fid',
-            CASE WHEN intermediate_value_type = 'FINITE' THEN intermediate_value END) ORDER BY step), '[]')
-         FROM trial_intermediate_values WHERE trial_id = p.trial_id),
-      'user_attrs', (SELECT coalesce(json_object_agg(key, {_json("value_json")}), '{{}}')
-                     FROM trial_user_attributes WHERE trial_id = p.trial_id),
-      'datetime_start', {_utc("p.datetime_start")},
-      'datetime_complete', {_utc("p.datetime_complete")},
-      'duration_seconds', extract(epoch FROM p.datetime_complete - p.datetime_start)
-    ) ORDER BY p.number), '[]') FROM page p),
-  'total', (SELECT count(*) FROM trials t JOIN s ON t.study_id = s.sid WHERE {_STATE_IS}),
-  'offset', :offset, 'limit', :limit)::text AS body
-"""
-)
 CONTROL = {"stop": "stopped", "pause": "paused", "resume": "running"}
 
 
@@ -273,7 +185,7 @@ class StudyService:
         study.set_user_attr("gat_tune_spec", spec_json)
         study.set_metric_names([METRIC_NAMES[o] for o in spec.objectives])  # the dashboard's labels
         # In our transaction: the queued trials exist exactly when our row does.
-        self.storage.enqueue_trials_in(conn, study_id, enqueued)
+        optuna_tables.enqueue_trials(conn, study_id, enqueued)
         conn.execute(
             gt_studies.insert().values(
                 name=spec.name,
@@ -292,7 +204,7 @@ class StudyService:
             study_id = self.storage.get_study_id_from_name(name)
         except KeyError:  # another request's cleanup took it meanwhile
             return
-        n = trial_count(conn, study_id)
+        n = optuna_tables.trial_count(conn, study_id)
         if n:
             raise Conflict(
                 f"an Optuna study named '{name}' with {n} trials exists in this database outside gat-tune; "
@@ -328,12 +240,8 @@ class StudyService:
     def study_json(self, name: str) -> bytes:
         """The study as JSON: state, trial counts by state, best so far, spec."""
 
-        def query(conn: Connection) -> tuple[str, bytes] | None:
-            row = conn.execute(_STUDY_SQL, {"name": name, "base_url": self.base_url}).first()
-            return None if row is None else (row.snapshot, row.body.encode())
-
         with self._reader() as conn:
-            body = self.cache.read(conn, ("study", name), query)
+            body = self.cache.read(conn, ("study", name), lambda c: optuna_tables.study_json(c, name, self.base_url))
         if body is None:
             raise NotFound(f"no study named '{name}'")
         return body
@@ -345,8 +253,7 @@ class StudyService:
         """A page of study summaries (without their specs), newest first."""
         with self._reader() as conn:
             total = conn.execute(sa.select(sa.func.count()).select_from(gt_studies)).scalar_one()
-            bodies = conn.execute(_STUDIES_SQL, {"base_url": self.base_url, "offset": offset, "limit": limit}).all()
-            items = ",".join(row.body for row in bodies)
+            items = ",".join(optuna_tables.studies_json(conn, self.base_url, offset=offset, limit=limit))
         return f'{{"items":[{items}],"total":{int(total)},"offset":{offset},"limit":{limit}}}'.encode()
 
     def trials_json(self, name: str, *, offset: int = 0, limit: int = 50, state: str | None = None) -> bytes:
@@ -354,14 +261,13 @@ class StudyService:
         attributes, state, duration; one statement whatever the page size."""
         if state is not None and state.upper() not in TRIAL_STATES:
             raise Invalid(f"state: '{state}' is not one of {', '.join(TRIAL_STATES)}", field="state")
-        args = {"name": name, "state": state.upper() if state else None, "offset": offset, "limit": limit}
+        wanted = state.upper() if state else None
 
         def query(conn: Connection) -> tuple[str, bytes] | None:
-            row = conn.execute(_TRIALS_SQL, args).one()
-            return None if row.sid is None else (row.snapshot, row.body.encode())
+            return optuna_tables.trials_json(conn, name, state=wanted, offset=offset, limit=limit)
 
         with self._reader() as conn:
-            body = self.cache.read(conn, ("trials", *args.values()), query)
+            body = self.cache.read(conn, ("trials", name, wanted, offset, limit), query)
         if body is None:
             raise NotFound(f"no study named '{name}'")
         return body
@@ -374,7 +280,7 @@ class StudyService:
         """
         with self.engine.connect() as conn:
             row = self._row(conn, name)
-            best = best_trial(conn, row.optuna_study_id)
+            best = optuna_tables.best_trial(conn, row.optuna_study_id)
         if best is None:
             raise Conflict(f"study '{name}' has no completed trial yet; try again when one has finished")
         try:
@@ -443,7 +349,7 @@ class StudyService:
                 if ours is not None:
                     conn.execute(gt_trial_leases.delete().where(gt_trial_leases.c.study_name == ours.name))
                 try:
-                    self.storage.delete_study_in(conn, study_id)
+                    optuna_tables.delete_study(conn, study_id)
                 except KeyError:
                     if ours is None:
                         raise NotFound(f"no study with id {study_id}") from None
@@ -463,7 +369,7 @@ class StudyService:
         """The ids of the artifacts uploaded to a study and its trials, in one statement
         (optuna.artifacts.get_all_artifact_meta reads them a trial at a time)."""
         with self._reader() as conn:
-            return study_artifact_ids(conn, study_id)
+            return optuna_tables.study_artifact_ids(conn, study_id)
 
     def enqueue(self, name: str, values: dict[str, Any]) -> dict[str, Any]:
         """Queue a (partial) config to be tried next; returns its trial number."""
@@ -474,5 +380,5 @@ class StudyService:
             if self.data_roots is not None:
                 check_folders(spec, self.data_roots, values)
             # The rows Study.enqueue_trial writes, without reading every waiting trial back.
-            (number,) = self.storage.enqueue_trials_in(conn, row.optuna_study_id, [params])
+            (number,) = optuna_tables.enqueue_trials(conn, row.optuna_study_id, [params])
         return {"number": number, "params": params}

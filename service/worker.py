@@ -1,5 +1,12 @@
 """The worker pool: one process per device slot, each claiming and training trials.
 
+Terms, alike in the code, the logs and the docs: a *pool* is the `gat-tune worker` process
+tree on one machine (a supervisor and its slots); a *slot* is one training process in it
+(devices × per_device of them), running one trial at a time; a *worker* is a slot as the
+database and the API know it: one gt_workers row per slot (its id ``worker_id``, host-pid),
+holding the leases of the slot's trials, listed by GET /workers. Pools of database
+connections are called connection pools (service/connection_pool.py).
+
 supervisor (gat-tune worker)            restarts a slot that dies, forwards SIGTERM
   └─ slot process × (devices × per_device)
        heartbeat thread: renew leases, record the worker's liveness
@@ -47,7 +54,7 @@ T = TypeVar("T")
 
 
 class Interrupted(Exception):
-    """The trial must stop before its end (study paused or stopped, worker shutting down)."""
+    """The trial must stop before its end (study paused or stopped, the pool shutting down)."""
 
     def __init__(self, reason: str, *, requeue: bool) -> None:
         super().__init__(reason)
@@ -69,7 +76,8 @@ def resolve_devices(spec: str) -> list[str]:
 
 
 class Slot:
-    """One worker process: its queue, its heartbeat, and the trial it runs."""
+    """One training process of a pool: its queue, its heartbeat, and the trial it runs;
+    registered as the worker ``worker_id`` (a gt_workers row)."""
 
     def __init__(self, settings: Settings, device: str, *, idle_exit: float | None = None) -> None:
         self.settings, self.device, self.idle_exit = settings, device, idle_exit
@@ -203,7 +211,7 @@ class Slot:
 
     def run_trial(self, claim: Claim) -> None:
         """Train one claimed trial and tell Optuna how it ended. Never raises for the trial's
-        own failures: the worker goes on with the next one. The database's absence is not a
+        own failures: the slot goes on with the next one. The database's absence is not a
         failure: training goes on, and the trial's end is told once it is back."""
         self.current = claim
         trial = claim.trial
@@ -276,7 +284,7 @@ class Slot:
             else:
                 fail = {**where, "fail_reason": said}
                 self._end(claim, lambda: self.queue.finish(claim, state=TrialState.FAIL, attrs=fail))
-        except Exception as exc:  # the worker must outlive any trial
+        except Exception as exc:  # the slot must outlive any trial
             if db.is_transient(exc):  # not the trial's fault: re-queued, to resume from its checkpoint
                 reason = f"{db.unavailable(exc)}; checkpointed"
                 self._end(claim, lambda: self.queue.interrupt(claim, reason))
@@ -424,7 +432,7 @@ def run_slot(device: str, settings_json: str, threads: int, idle_exit: float | N
     preload()
     from service.logs import configure_logging
 
-    configure_logging(f"[worker {os.getpid()} {device}] ")
+    configure_logging(f"[slot {os.getpid()} {device}] ")
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     settings = Settings.model_validate_json(settings_json)
     stop = threading.Event()

@@ -33,7 +33,7 @@ def readyz(state: StateDep) -> JSONResponse:
 @router.get(
     "/workers",
     dependencies=[ReadAccess],
-    summary="Worker processes, their devices and trials",
+    summary="Workers (one per training slot of a pool): their devices and trials",
     response_model=None,  # the dict goes out as it is, isoformat times included
     responses={200: {"model": WorkerList, "description": "every registered worker, oldest first"}},
 )

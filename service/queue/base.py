@@ -20,14 +20,11 @@ from service.tables import gt_trial_leases, gt_workers
 
 log = logging.getLogger("service.queue")
 
-__all__ = ["EXPIRES", "WORKER_PRUNE_LEASES", "QueueBase", "log"]
+__all__ = ["WORKER_PRUNE_LEASES", "QueueBase", "log"]
 
 # A worker whose heartbeat is this many leases old is taken off gt_workers by the reaper
 # (GET /workers shows it as lost from one lease on).
 WORKER_PRUNE_LEASES = 10
-
-
-EXPIRES = "now() + make_interval(secs => :lease)"  # a lease's end, :lease seconds on
 
 
 class QueueBase:
@@ -53,11 +50,12 @@ class QueueBase:
         self._said: set[str] = set()  # per-study errors already logged
         self.listed = True  # gt_workers had this worker at the last renew()
         # When true, a database call that the database's absence keeps failing stops being
-        # tried again (the worker is shutting down); see db.retry.
+        # tried again (the slot is shutting down); see db.retry.
         self.give_up: Callable[[], bool] = lambda: False
 
     def _expires(self) -> sa.TextClause:
-        return sa.text(EXPIRES).bindparams(lease=float(self.lease_seconds))
+        # A lease's end, a lease period on (a new lease's: service/optuna_tables/queue.py).
+        return sa.text("now() + make_interval(secs => :lease)").bindparams(lease=float(self.lease_seconds))
 
     def abandon(self, trial_id: int) -> None:
         """Give up a trial this worker cannot go on with (an unexpected error): its lease is
@@ -75,7 +73,7 @@ class QueueBase:
                     .where(gt_workers.c.id == self.worker_id)
                     .values(status="idle", current_trial_id=None)
                 )
-        except sa.exc.SQLAlchemyError as exc:  # the lease then runs out when the worker exits
+        except sa.exc.SQLAlchemyError as exc:  # the lease then runs out when the slot exits
             log.warning("trial %s: lease not dropped: %s", trial_id, db.unavailable(exc))
 
     def _requeue(

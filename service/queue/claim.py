@@ -13,37 +13,12 @@ import sqlalchemy as sa
 from optuna.trial import TrialState
 from sqlalchemy.engine import Connection
 
-from service import db
+from service import db, optuna_tables
 from service import optuna_compat as compat
-from service.optuna_tables import (
-    ATTEMPT,
-    FAIL_FAST,
-    RESUME_FROM,
-    RETRY_OF,
-    RUN_DIR,
-    attr_args,
-    finished_trials,
-    repeated_failure,
-    study_completed,
-    upsert_attrs,
-)
-from service.queue.base import EXPIRES, QueueBase, log
+from service.optuna_tables import ATTEMPT, FAIL_FAST, RESUME_FROM, RUN_DIR
+from service.queue.base import QueueBase, log
 from service.spec import StudySpec, load_stored_spec, make_pruner, make_sampler
 from service.tables import gt_studies
-
-# What a claim needs to know about a study, in one statement.
-_COUNTS_SQL = sa.text(
-    f"""
-SELECT EXISTS (SELECT 1 FROM studies WHERE study_id = :sid) AS present,
-  count(*) AS total, {finished_trials()} AS finished, {study_completed(":n_trials")} AS completed,
-  count(*) FILTER (WHERE state = 'WAITING') AS waiting, count(*) FILTER (WHERE state = 'FAIL') AS fail,
-  (SELECT count(*) FROM gt_trial_leases WHERE study_name = :name) AS active,
-  (SELECT count(*) FROM trial_user_attributes a JOIN trials r ON r.trial_id = a.trial_id
-   WHERE r.study_id = :sid AND a.key = :retry_of) AS retries
-FROM trials t WHERE study_id = :sid
-"""
-)
-
 
 # The oldest running study not yet tried by this claim, locked (blocking, as it is here, or
 # SKIP LOCKED); :tried is a text[] of study names.
@@ -59,17 +34,6 @@ SELECT c.candidates, s.* FROM (
   SELECT count(*) AS candidates FROM gt_studies
   WHERE status = 'running' AND name <> ALL(CAST(:tried AS text[]))) c
 LEFT JOIN LATERAL ({_NEXT_STUDY} SKIP LOCKED) s ON true
-"""
-)
-
-
-_LEASE_SQL = sa.text(
-    f"""
-WITH lease AS (
-  INSERT INTO gt_trial_leases (optuna_trial_id, study_name, worker_id, attempt, expires_at)
-  VALUES (:tid, :name, :worker, :attempt, {EXPIRES})),
-attr AS ({upsert_attrs("trial_user_attributes")})
-UPDATE gt_workers SET status = 'training', current_trial_id = :tid, last_heartbeat = now() WHERE id = :worker
 """
 )
 
@@ -196,10 +160,7 @@ class Claiming(QueueBase):
         room."""
         # After the lock, so the counts include every claim made before it (READ COMMITTED:
         # each statement sees what committed before it began).
-        c = conn.execute(
-            _COUNTS_SQL,
-            {"sid": row.optuna_study_id, "name": row.name, "n_trials": row.n_trials, "retry_of": RETRY_OF},
-        ).one()
+        c = optuna_tables.claim_counts(conn, row.optuna_study_id, row.name, row.n_trials)
         if not c.present:
             self._study_gone(conn, row)
             return None
@@ -218,7 +179,9 @@ class Claiming(QueueBase):
         study, spec = self._studies[key]
         # A failure that was re-queued (crash, pause, shutdown) is not a failed trial; trials
         # that all fail alike (the data is missing, say) end the study without max_failures.
-        alike = repeated_failure(conn, row.optuna_study_id) if not finished and c.fail >= FAIL_FAST else None
+        alike = (
+            optuna_tables.repeated_failure(conn, row.optuna_study_id) if not finished and c.fail >= FAIL_FAST else None
+        )
         if alike or c.fail - c.retries >= (spec.max_failures or row.n_trials):
             # Katib's maxFailedTrialCount: a study whose trials keep failing must not loop forever.
             conn.execute(gt_studies.update().where(gt_studies.c.name == row.name).values(status="failed"))
@@ -230,25 +193,23 @@ class Claiming(QueueBase):
         study.sampler = make_sampler(spec, offset=c.total)
         study.pruner = make_pruner(spec)
         # The first half of Study.ask, in this transaction: a queued trial first, as ask does.
-        popped = self.storage.pop_waiting_trial_in(conn, row.optuna_study_id) if c.waiting else None
+        popped = optuna_tables.pop_waiting_trial(conn, row.optuna_study_id) if c.waiting else None
         if popped is not None:
             trial_id, number, user_attrs = popped
         else:
-            trial_id, number, _ = self.storage.create_trial_in(conn, row.optuna_study_id)
+            trial_id, number, _ = optuna_tables.create_trial(conn, row.optuna_study_id)
             user_attrs = {}
         attempt = int(user_attrs.get(ATTEMPT, 0))
         run_dir = user_attrs.get(RESUME_FROM) or str(self.run_root / row.name / f"trial-{number:05d}")
         # The lease, where the run lives (a reaper resumes from it) and what this worker is
         # doing (GET /workers): in the claim's transaction, in one statement.
-        conn.execute(
-            _LEASE_SQL,
-            {
-                "tid": trial_id,
-                "name": row.name,
-                "worker": self.worker_id,
-                "attempt": attempt,
-                "lease": float(self.lease_seconds),
-                **attr_args({RUN_DIR: run_dir}),
-            },
+        optuna_tables.open_lease(
+            conn,
+            trial_id=trial_id,
+            study_name=row.name,
+            worker_id=self.worker_id,
+            attempt=attempt,
+            lease_seconds=self.lease_seconds,
+            user_attrs={RUN_DIR: run_dir},
         )
         return Opened(row.name, spec, study, trial_id, attempt, run_dir)

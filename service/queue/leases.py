@@ -10,21 +10,11 @@ from optuna.trial import TrialState
 from sqlalchemy.engine import Connection
 
 from service import optuna_compat as compat
-from service.optuna_tables import FAIL_REASON, has_requeued_copy, set_trial_attrs, study_completed
+from service import optuna_tables
+from service.optuna_tables import FAIL_REASON
 from service.queue.base import QueueBase, log
 from service.queue.claim import Claim
 from service.tables import gt_trial_leases, gt_workers
-
-# Drop a lease, mark its worker idle, and (:mark, after a finished trial) the study completed.
-_RELEASE_SQL = sa.text(
-    f"""
-WITH lease AS (DELETE FROM gt_trial_leases WHERE optuna_trial_id = :tid),
-worker AS (UPDATE gt_workers SET status = 'idle', current_trial_id = NULL WHERE id = :worker)
-UPDATE gt_studies s SET status = 'completed', updated_at = now()
-WHERE :mark AND s.name = :name AND s.status = 'running' AND (
-  SELECT {study_completed("s.n_trials")} FROM trials t WHERE t.study_id = s.optuna_study_id)
-"""
-)
 
 
 class Leases(QueueBase):
@@ -108,7 +98,7 @@ class Leases(QueueBase):
                 # A statement of its own (autocommit), not in the lease's transaction: an
                 # insert there would hold a key-share lock on the trial's row until the end,
                 # which Optuna's tell (SELECT ... FOR UPDATE) would wait on.
-                set_trial_attrs(attrs_conn, claim.trial_id, attrs or {}, system_attrs or {})
+                optuna_tables.set_trial_attrs(attrs_conn, claim.trial_id, attrs or {}, system_attrs or {})
             told = False
             try:
                 claim.study.tell(claim.trial, values, state=state)
@@ -134,7 +124,7 @@ class Leases(QueueBase):
                 return
             requeued = (
                 "; re-queued"
-                if has_requeued_copy(conn, compat.study_id(claim.study), claim.trial.number)
+                if optuna_tables.has_requeued_copy(conn, compat.study_id(claim.study), claim.trial.number)
                 else self._requeue(
                     claim.study,
                     claim.trial.number,
@@ -151,7 +141,10 @@ class Leases(QueueBase):
     def _release(self, conn: Connection, claim: Claim, *, mark_completed: bool = False) -> None:
         """In one statement: drop the lease, mark this worker idle, and (after a finished
         trial) mark the study completed once n_trials trials have finished."""
-        conn.execute(
-            _RELEASE_SQL,
-            {"tid": claim.trial_id, "worker": self.worker_id, "name": claim.study_name, "mark": mark_completed},
+        optuna_tables.release(
+            conn,
+            trial_id=claim.trial_id,
+            worker_id=self.worker_id,
+            study_name=claim.study_name,
+            mark_completed=mark_completed,
         )

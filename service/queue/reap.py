@@ -10,10 +10,10 @@ import sqlalchemy as sa
 from optuna.trial import TrialState
 from sqlalchemy.engine import Connection
 
-from service import db
+from service import db, optuna_tables
 from service import optuna_compat as compat
 from service.errors import IncompatibleSpec
-from service.optuna_tables import ATTEMPT, FAIL_REASON, RUN_DIR, has_requeued_copy
+from service.optuna_tables import ATTEMPT, FAIL_REASON, RUN_DIR
 from service.queue.base import WORKER_PRUNE_LEASES, QueueBase, log
 from service.spec import load_stored_spec
 from service.tables import gt_studies, gt_trial_leases, gt_workers
@@ -49,15 +49,7 @@ class Reaping(QueueBase):
                 conn.execute(gt_trial_leases.delete().where(gt_trial_leases.c.optuna_trial_id == lease.optuna_trial_id))
                 reason = f"lease expired: worker {lease.worker_id} stopped heartbeating"
                 reaped += self._reap_one(conn, lease.optuna_trial_id, lease.study_name, lease.spec, reason)
-            orphans = conn.execute(
-                sa.text(
-                    "SELECT t.trial_id, s.name, s.spec FROM trials t "
-                    "JOIN gt_studies s ON s.optuna_study_id = t.study_id WHERE t.state = 'RUNNING' "
-                    "AND t.datetime_start < (now() AT TIME ZONE 'UTC') - make_interval(secs => :grace) "
-                    "AND NOT EXISTS (SELECT 1 FROM gt_trial_leases l WHERE l.optuna_trial_id = t.trial_id)"
-                ),
-                {"grace": 2 * self.lease_seconds},
-            ).all()
+            orphans = optuna_tables.orphaned_trials(conn, 2 * self.lease_seconds)
             for trial_id, name, spec in orphans:
                 if conn.execute(sa.text("SELECT pg_try_advisory_xact_lock(:k)"), {"k": 7_000_000 + trial_id}).scalar():
                     reaped += self._reap_one(conn, trial_id, name, spec, "no lease: its worker died while claiming it")
@@ -94,7 +86,7 @@ class Reaping(QueueBase):
             return 0
         max_retries = _stored_max_retries(study_name, spec_json)
         study = optuna.load_study(study_name=study_name, storage=self.storage)
-        already = has_requeued_copy(conn, compat.study_id(study), trial.number)
+        already = optuna_tables.has_requeued_copy(conn, compat.study_id(study), trial.number)
         attempt = int(trial.user_attrs.get(ATTEMPT, 0)) + 1
         resume = trial.user_attrs.get(RUN_DIR)
         requeued = (

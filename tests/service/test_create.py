@@ -15,10 +15,9 @@ import pytest
 import sqlalchemy as sa
 from fastapi.testclient import TestClient
 
-from service import db
+from service import db, optuna_tables
 from service.config import Settings
 from service.spec import EXAMPLE_SPEC, StudySpec, check_spec
-from service.storage import OptunaStorage
 
 LONGEST = 1000  # the most entries StudySpec.enqueue takes
 
@@ -181,13 +180,13 @@ def test_a_creation_that_fails_half_way_leaves_the_name_free(
 ) -> None:
     """The cleanup deletes the Optuna study after our transaction has rolled back: that
     transaction holds the study's row lock, and a delete waiting on it would never end."""
-    real = OptunaStorage.enqueue_trials_in
+    real = optuna_tables.enqueue_trials
 
-    def fails_after_writing(self: OptunaStorage, conn: sa.Connection, study_id: int, params: Any) -> list[int]:
-        real(self, conn, study_id, params)
+    def fails_after_writing(conn: sa.Connection, study_id: int, params: Any) -> list[int]:
+        real(conn, study_id, params)
         raise RuntimeError("the database went away")
 
-    monkeypatch.setattr(OptunaStorage, "enqueue_trials_in", fails_after_writing)
+    monkeypatch.setattr(optuna_tables, "enqueue_trials", fails_after_writing)
     with pytest.raises(RuntimeError, match="went away"):
         client.post("/studies", json=spec())
     monkeypatch.undo()

@@ -22,7 +22,7 @@ from fastapi.testclient import TestClient
 from service import db
 from service.artifacts import LinkingArtifactStore, artifact_store
 from service.config import Settings
-from service.pool import IDLE_PING
+from service.connection_pool import IDLE_PING
 from tests.service.conftest import free_port, make_queue, tiny, wait_up
 from trainer.images import save_samples
 from trainer.train import _append_line

@@ -42,7 +42,7 @@ def test_max_parallel_and_n_trials_hold(client: TestClient, settings: Settings) 
 
 
 def test_completed_at_complete_plus_pruned_in_each_place(client: TestClient, settings: Settings) -> None:
-    """The rule "completed when COMPLETE + PRUNED >= n_trials" (service/optuna_tables.py) holds
+    """The rule "completed when COMPLETE + PRUNED >= n_trials" (service/optuna_tables/studies.py) holds
     where it is read: the study's summary, the claim, and the release of a finished trial."""
 
     def stored() -> str:

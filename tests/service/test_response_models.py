@@ -21,8 +21,8 @@ from service.api import schemas
 from service.api import studies as studies_api
 from service.api import system as system_api
 from service.config import Settings
+from service.optuna_tables import TRIAL_STATES
 from service.spec import suggest_config
-from service.studies import TRIAL_STATES
 from tests.service.conftest import make_queue, tiny
 
 NAME = "/studies/{name}"

@@ -1,7 +1,7 @@
 """Connection pools that survive idle drops and server restarts, pinging only what sat idle.
 
 SQLAlchemy's ``pool_pre_ping`` pings a connection at every checkout: one round trip each
-time, a third of a worker's round trips per trial. A connection handed back less than
+time, a third of a slot's round trips per trial. A connection handed back less than
 ``IDLE_PING`` seconds ago was working then; as HikariCP's ``aliveBypassWindowMs`` (500 ms)
 does, it is not pinged again. One idle longer is pinged, and a dead one makes the pool
 replace it and every connection older than it (a restart drops them all).

@@ -1,26 +1,21 @@
-"""Statements on Optuna's own tables (trials, trial_*, studies, study_*) that gat-tune
-writes itself, as functions over a Connection, and the SQL expressions over those tables
-that the queue's and the studies service's statements are made of. Optuna's private API
-stays in service/optuna_compat.py; the storage's trial hot paths in service/storage.py.
+"""A study's rows in Optuna's tables: its trials counted and judged (the completed rule,
+failures, the best trial), its artifacts, its deletion.
+
+The SQL expressions here (finished_trials, study_completed, failed, params_json,
+BEST_TRIAL, LAST_FAILURE) are composed only by the statements of this package.
 """
 
 from __future__ import annotations
 
 import json
-from typing import Any, Literal
+from typing import Any
 
 import optuna
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from service import optuna_compat as compat
-
-# user attributes the queue puts on trials
-ATTEMPT = "gat_tune_attempt"
-RESUME_FROM = "gat_tune_resume_from"
-RETRY_OF = "gat_tune_retry_of"
-RUN_DIR = "run_dir"
-FAIL_REASON = "fail_reason"
+from service.optuna_tables.trials import lock_study
 
 
 def finished_trials(t: str = "t") -> str:
@@ -132,45 +127,37 @@ def study_artifact_ids(conn: Connection, study_id: int) -> list[str]:
     return [i for i in map(compat.artifact_id, values) if i is not None]
 
 
-def has_requeued_copy(conn: Connection, study_id: int, number: int) -> bool:
-    """Whether trial ``number`` of the study already has a re-queued copy (RETRY_OF)."""
-    return (
-        conn.execute(
-            sa.text(
-                "SELECT 1 FROM trial_user_attributes a JOIN trials t ON t.trial_id = a.trial_id "
-                "WHERE t.study_id = :sid AND a.key = :key AND a.value_json = :number LIMIT 1"
-            ),
-            {"sid": study_id, "key": RETRY_OF, "number": json.dumps(number)},
-        ).first()
-        is not None
-    )
-
-
-AttrTable = Literal["trial_user_attributes", "trial_system_attributes"]
-
-
-def upsert_attrs(table: AttrTable, prefix: str = "") -> str:
-    """Trial attributes :{prefix}keys → :{prefix}values (JSON texts) of trial :tid in one
-    statement, with Optuna's table, encoding and (trial_id, key) uniqueness; Optuna's own
-    setter is a transaction per key. Bound with attr_args."""
-    return (
-        f"INSERT INTO {table} (trial_id, key, value_json) "
-        f"SELECT :tid, k, v FROM unnest(CAST(:{prefix}keys AS text[]), CAST(:{prefix}values AS text[])) AS u(k, v) "
-        "ON CONFLICT (trial_id, key) DO UPDATE SET value_json = EXCLUDED.value_json"
-    )
-
-
-def attr_args(attrs: dict[str, Any], prefix: str = "") -> dict[str, list[str]]:
-    """The parameters of upsert_attrs(..., prefix) for ``attrs``."""
-    return {f"{prefix}keys": list(attrs), f"{prefix}values": [json.dumps(v) for v in attrs.values()]}
-
-
-_TRIAL_ATTRS_SQL = sa.text(
-    f"WITH u AS ({upsert_attrs('trial_user_attributes')}), "
-    f"s AS ({upsert_attrs('trial_system_attributes', 'system_')}) SELECT 1"
+# Optuna's tables that hang off a trial and off a study (foreign keys without ON DELETE).
+_TRIAL_CHILDREN = (
+    "trial_params",
+    "trial_values",
+    "trial_intermediate_values",
+    "trial_user_attributes",
+    "trial_system_attributes",
+    "trial_heartbeats",
 )
+_STUDY_CHILDREN = ("study_directions", "study_user_attributes", "study_system_attributes")
 
 
-def set_trial_attrs(conn: Connection, trial_id: int, attrs: dict[str, Any], system_attrs: dict[str, Any]) -> None:
-    """A trial's user attributes and system attributes, in one statement."""
-    conn.execute(_TRIAL_ATTRS_SQL, {"tid": trial_id, **attr_args(attrs), **attr_args(system_attrs, "system_")})
+def delete_study(conn: Connection, study_id: int) -> None:
+    """Optuna's delete_study in the caller's transaction, a statement per table.
+
+    Optuna's ORM cascade loads every trial and deletes row by row while holding the
+    study's lock (bench/RESULTS.md, "Figures the code relies on").
+    Optuna's foreign keys have no ON DELETE, so a table a later Optuna adds fails this
+    loudly rather than being left.
+
+    Raises:
+        KeyError: no such study.
+    """
+    lock_study(conn, study_id)
+    args = {"sid": study_id}
+    for table in _TRIAL_CHILDREN:
+        conn.execute(
+            sa.text(f"DELETE FROM {table} WHERE trial_id IN (SELECT trial_id FROM trials WHERE study_id = :sid)"),
+            args,
+        )
+    conn.execute(sa.text("DELETE FROM trials WHERE study_id = :sid"), args)
+    for table in _STUDY_CHILDREN:
+        conn.execute(sa.text(f"DELETE FROM {table} WHERE study_id = :sid"), args)
+    conn.execute(sa.text("DELETE FROM studies WHERE study_id = :sid"), args)
