@@ -18,7 +18,14 @@ failed trial, params as JSON) are composed across its modules, by concern:
 Optuna's private API stays in service/optuna_compat.py.
 """
 
-from service.optuna_tables.queue import claim_counts, open_lease, orphaned_trials, release
+from service.optuna_tables.queue import (
+    SLOTS_WANTED_SQL,
+    claim_counts,
+    open_lease,
+    orphaned_trials,
+    release,
+    running_and_startable,
+)
 from service.optuna_tables.responses import TRIAL_STATES, studies_json, study_json, trials_json
 from service.optuna_tables.schema import schema_version
 from service.optuna_tables.studies import (
@@ -57,6 +64,7 @@ __all__ = [
     "RESUME_FROM",
     "RETRY_OF",
     "RUN_DIR",
+    "SLOTS_WANTED_SQL",
     "TRIAL_STATES",
     "add_param",
     "add_param_if_updatable",
@@ -73,6 +81,7 @@ __all__ = [
     "pop_waiting_trial",
     "release",
     "repeated_failure",
+    "running_and_startable",
     "schema_version",
     "set_intermediate_value",
     "set_state_values",

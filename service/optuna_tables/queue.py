@@ -107,3 +107,39 @@ def orphaned_trials(conn: Connection, grace_seconds: float) -> Sequence[Any]:
         ),
         {"grace": grace_seconds},
     ).all()
+
+
+# -- the queue's demand, as service/queue/demand.py and the autoscaler read it ----------
+# One row per running study, d: its limits, its leased (running) and finished trials.
+_RUNNING_STUDIES = f"""WITH d AS (
+  SELECT s.n_trials, s.max_parallel,
+    (SELECT count(*) FROM gt_trial_leases l WHERE l.study_name = s.name) AS running,
+    (SELECT {finished_trials()} FROM trials t WHERE t.study_id = s.optuna_study_id) AS finished
+  FROM gt_studies s WHERE s.status = 'running')
+"""
+
+# Trials the running studies could start now; a study's count is never below 0 (one over
+# its limits, e.g. whose max_parallel was lowered, waits for its running trials to end).
+_STARTABLE = (
+    "(SELECT CAST(coalesce(sum(GREATEST(0, LEAST(d.max_parallel - d.running, d.n_trials - d.finished - d.running)))"
+    ", 0) AS bigint) FROM d)"
+)
+
+# Every leased trial, whatever its study's status: a paused or stopped study's trial keeps
+# its worker busy until it checkpoints and lets go.
+_RUNNING = "(SELECT count(*) FROM gt_trial_leases)"
+
+# The worker slots a pool needs now: those running trials plus those that could start. An
+# autoscaler needs this sum, not the startable count alone: scaled on that, it would stop
+# busy workers as soon as every startable trial had been claimed. One column, one row, no
+# parameters, as KEDA's PostgreSQL scaler reads it.
+SLOTS_WANTED_SQL = f"{_RUNNING_STUDIES}SELECT {_RUNNING}\n  + {_STARTABLE} AS slots_wanted"
+
+_DEMAND_SQL = sa.text(f"{_RUNNING_STUDIES}SELECT {_RUNNING} AS running, {_STARTABLE} AS startable")
+
+
+def running_and_startable(conn: Connection) -> tuple[int, int]:
+    """The queue's demand (service/queue/demand.py): trials leased, and trials of running
+    studies that a claim could start now."""
+    row = conn.execute(_DEMAND_SQL).one()
+    return int(row.running), int(row.startable)
