@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from trainer.config import TrainConfig
+from trainer.config import PRDC_METRICS, TrainConfig
 from trainer.data import Dataset, default_data_dir, load_dataset
 from trainer.images import save_curve, save_samples
 from trainer.losses import GATLoss
@@ -133,8 +133,9 @@ class _Evaluator:
     @torch.no_grad()
     def __call__(self, g: torch.nn.Module) -> tuple[dict[str, Any], torch.Tensor]:
         samples = torch.cat([g(self.z[i : i + 1024]) for i in range(0, len(self.z), 1024)])
-        if not torch.isfinite(samples).all():
-            return {"features": self.features, "fid": float("inf")}, samples
+        if not torch.isfinite(samples).all():  # the worst on every measure
+            worst = dict.fromkeys(PRDC_METRICS, 0.0) if self.real is not None else {}
+            return {"features": self.features, "fid": float("inf"), **worst}, samples
         fake = self.extract(samples).double().cpu().numpy()
         mu, sigma = gaussian_stats(fake)
         metrics: dict[str, Any] = {"features": self.features, "fid": frechet_distance(mu, sigma, self.mu, self.sigma)}

@@ -16,10 +16,10 @@ from PIL import Image
 
 from bench.plain_loop import plain_gan
 from trainer import metrics
-from trainer.config import TrainConfig
+from trainer.config import PRDC_METRICS, TrainConfig
 from trainer.data import load_dataset
 from trainer.metrics import INCEPTION_WEIGHTS
-from trainer.train import FINITE_CHECK_EVERY, CheckpointMismatch, Diverged, _check_finite, train
+from trainer.train import FINITE_CHECK_EVERY, CheckpointMismatch, Diverged, _check_finite, _Evaluator, train
 
 QUICK = {"steps": 300, "eval_every": 150, "eval_samples": 500, "g_width": 128, "d_width": 128}
 
@@ -143,6 +143,19 @@ def test_every_eval_names_its_features_and_measures_prdc() -> None:
         assert all(0.0 <= m[name] <= 1.0 for name in ("precision", "recall", "coverage")), m
         assert m["density"] >= 0.0
     assert train(quick(steps=40, eval_every=40, feature_extractor="raw")).features == "raw"
+
+
+def test_non_finite_samples_score_the_worst(data_dir: Path) -> None:
+    config = quick(eval_samples=50)
+    data = load_dataset("digits")
+    evaluate = _Evaluator(config, data, torch.device("cpu"), data_dir)
+
+    class Broken(torch.nn.Module):
+        def forward(self, z: torch.Tensor) -> torch.Tensor:
+            return torch.full((len(z), *data.sample_shape), float("inf"))
+
+    metrics, _ = evaluate(Broken())
+    assert metrics == {"features": evaluate.features, "fid": math.inf, **dict.fromkeys(PRDC_METRICS, 0.0)}
 
 
 def test_a_checkpoint_on_other_features_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
