@@ -186,10 +186,11 @@ def cmd_submit(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
+    from service.client import describe_best
+
     study = _client(args).study(args.study)
     counts = ", ".join(f"{k.lower()} {v}" for k, v in study["trial_counts"].items() if v)
-    best = study["best"]
-    best_text = f"best FID {best['fid']:.3f} (trial {best['trial']})" if best else "no completed trial yet"
+    best_text = describe_best(study["best"])
     progress = f"{study['finished']}/{study['n_trials']} finished ({counts or 'none'})"
     failure = study.get("last_failure")
     why = f"; last failure (trial {failure['trial']}): {failure['reason']}" if failure else ""
@@ -303,7 +304,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("spec", type=Path, help="the study spec: a YAML or JSON file (see README, 'A study spec')")
     p.add_argument("--idempotency-key", help="retrying with the same key returns the same study")
     p.set_defaults(func=cmd_submit)
-    p = client_parser("status", "a study's state, counts and best FID")
+    p = client_parser("status", "a study's state, counts and best trial")
     p.add_argument("study", help=study_help)
     p.set_defaults(func=cmd_status)
     p = client_parser("best", "the best trial's trainer config (YAML)")

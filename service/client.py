@@ -8,7 +8,7 @@ from typing import Any
 
 import httpx
 
-__all__ = ["ApiError", "Client"]
+__all__ = ["ApiError", "Client", "describe_best"]
 
 
 class ApiError(RuntimeError):
@@ -34,6 +34,17 @@ def _located(loc: list[Any], msg: str) -> str:
     """A 422's message with its place in the body (none for the body as a whole)."""
     where = ".".join(str(p) for p in loc)
     return f"{where}: {msg}" if where and not msg.startswith(f"{where}:") else msg
+
+
+def describe_best(best: dict[str, Any] | None, none: str = "no completed trial yet") -> str:
+    """A study summary's ``best`` in words: its first objective, and the features its FID is on."""
+    if best is None:
+        return none
+    on = f" on {best['features']} features" if best.get("features") else ""
+    if best["objective"] == "fid":
+        return f"best FID {best['value']:.3f}{on} (trial {best['trial']})"
+    fid = f"; FID {best['fid']:.3f}{on}" if best.get("fid") is not None else ""
+    return f"best {best['objective']} {best['value']:.3f} (trial {best['trial']}{fid})"
 
 
 class Client:

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from service import db
-from service.client import ApiError, Client
+from service.client import ApiError, Client, describe_best
 from service.config import Settings
 
 __all__ = ["DEMO_SPEC", "run_demo"]
@@ -108,8 +108,7 @@ def run_demo(*, out: Path, keep_serving: bool = False) -> int:
                 )
             if study["finished"] != last:
                 last = study["finished"]
-                best = study["best"]
-                best_text = f"best FID {best['fid']:.2f} (trial {best['trial']})" if best else "no result yet"
+                best_text = describe_best(study["best"], "no result yet")
                 interrupted = f", {counts['INTERRUPTED']} interrupted" if counts.get("INTERRUPTED") else ""
                 _say(
                     started,

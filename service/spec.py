@@ -8,6 +8,7 @@ parameter is then named ``lambda[aux_loss=r1]``, so each case keeps its own hist
 
 from __future__ import annotations
 
+import difflib
 import itertools
 import math
 import re
@@ -16,19 +17,22 @@ from typing import Annotated, Any, Literal
 import numpy as np
 import optuna
 from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic_core import PydanticCustomError
 
 from service.config import DataRoots
 from service.errors import IncompatibleSpec
-from trainer.config import FIELDS, ConfigError, TrainConfig, json_schema, unknown_key
+from trainer.config import FIELDS, PRDC_K, PRDC_METRICS, ConfigError, TrainConfig, json_schema, unknown_key
 
 __all__ = [
     "EXAMPLE_SPEC",
+    "OBJECTIVES",
     "PRUNERS",
     "SAMPLERS",
     "CategoricalParam",
     "ConditionalParam",
     "FloatParam",
     "IntParam",
+    "ObjectiveName",
     "SpecIssue",
     "StudySpec",
     "check_folders",
@@ -96,6 +100,20 @@ class ConditionalParam(_Strict):
 Param = Annotated[FloatParam | IntParam | CategoricalParam | ConditionalParam, Field(discriminator="type")]
 
 
+_MIN, _MAX = optuna.study.StudyDirection.MINIMIZE, optuna.study.StudyDirection.MAXIMIZE
+# What a study may optimise: each name is a key of every eval's metrics (trainer.train), and
+# its direction.
+OBJECTIVES: dict[str, optuna.study.StudyDirection] = {
+    "fid": _MIN,
+    "precision": _MAX,
+    "recall": _MAX,
+    "density": _MAX,
+    "coverage": _MAX,
+    "train_seconds": _MIN,
+}
+ObjectiveName = Literal["fid", "precision", "recall", "density", "coverage", "train_seconds"]
+
+
 class StudySpec(_Strict):
     """A study: fixed trainer settings, the space searched, and how it is searched."""
 
@@ -106,8 +124,11 @@ class StudySpec(_Strict):
         json_schema_extra={k: v for k, v in json_schema().items() if k in ("properties", "additionalProperties")},
     )
     search_space: dict[str, Param] = Field(default_factory=dict)
-    objective: Literal["fid"] | list[Literal["fid", "train_seconds"]] = Field(
-        default="fid", description='"fid" (minimised), or ["fid", "train_seconds"] for a Pareto front'
+    objective: ObjectiveName | list[ObjectiveName] = Field(
+        default="fid",
+        description="a metric, or a list of them without repeats for a Pareto front: fid and train_seconds "
+        "minimised; precision, recall, density and coverage (on the FID's features) maximised. The first "
+        "is what pruners read and what the study's best is by",
     )
     sampler: Literal["tpe", "random", "cmaes", "gp", "qmc", "nsga2"] = "tpe"
     pruner: Literal["none", "median", "hyperband", "successive-halving"] = "median"
@@ -122,13 +143,24 @@ class StudySpec(_Strict):
         default_factory=list, max_length=MAX_ENQUEUE, description="configs to try first"
     )
 
-    @field_validator("objective")
+    @field_validator("objective", mode="before")
     @classmethod
-    def _objective(cls, value: str | list[str]) -> list[str]:
-        objectives = [value] if isinstance(value, str) else list(value)
-        if objectives not in (["fid"], ["fid", "train_seconds"]):
-            raise ValueError('objective must be "fid" or ["fid", "train_seconds"]')
-        return objectives
+    def _objective(cls, value: Any) -> Any:
+        # Before pydantic's own check, whose union of literals would say it twice, at length.
+        names = [value] if isinstance(value, str) else value
+        if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):
+            raise PydanticCustomError("objective", "objective: a metric name or a non-empty list of them")
+        for name in names:
+            if name not in OBJECTIVES:
+                close = difflib.get_close_matches(name, list(OBJECTIVES), n=1)
+                hint = f" (did you mean '{close[0]}'?)" if close else ""
+                raise PydanticCustomError(
+                    "objective", f"objective: unknown metric '{name}'{hint}; one of {', '.join(OBJECTIVES)}"
+                )
+        repeated = sorted({n for n in names if names.count(n) > 1})
+        if repeated:
+            raise PydanticCustomError("objective", f"objective: '{repeated[0]}' is named twice")
+        return names
 
     @property
     def objectives(self) -> list[str]:
@@ -136,7 +168,7 @@ class StudySpec(_Strict):
 
     @property
     def directions(self) -> list[optuna.study.StudyDirection]:
-        return [optuna.study.StudyDirection.MINIMIZE] * len(self.objectives)
+        return [OBJECTIVES[o] for o in self.objectives]
 
 
 EXAMPLE_SPEC: dict[str, Any] = {
@@ -417,6 +449,7 @@ def _check_corners(spec: StudySpec) -> None:
     The trainer's rules are ranges per key plus cross-key rules on categorical keys only, so
     the corners stand for the whole space.
     """
+    neighbours = [o for o in spec.objectives if o in PRDC_METRICS]
     categorical = {k: p.choices for k, p in spec.search_space.items() if isinstance(p, CategoricalParam)}
     combos = itertools.product(*categorical.values())
     for combo in itertools.islice(combos, MAX_COMBINATIONS):
@@ -431,11 +464,17 @@ def _check_corners(spec: StudySpec) -> None:
                     data[key] = getattr(dist, bound)
                 elif isinstance(dist, CategoricalParam) and isinstance(param, ConditionalParam):
                     data[key] = dist.choices[0 if bound == "low" else -1]
+            where = ", ".join(f"{k}={v}" for k, v in chosen.items())
             try:
-                TrainConfig.from_dict(data)
+                config = TrainConfig.from_dict(data)
             except ConfigError as exc:
-                where = ", ".join(f"{k}={v}" for k, v in chosen.items())
                 raise SpecIssue(("search_space",), f"{exc} (when {where})" if where else str(exc)) from None
+            if neighbours and config.eval_samples <= PRDC_K:  # the k-NN radii need k + 1 samples
+                raise SpecIssue(
+                    ("objective",),
+                    f"objective: {neighbours[0]} needs eval_samples > {PRDC_K}; "
+                    f"it can be {config.eval_samples}" + (f" (when {where})" if where else ""),
+                )
 
 
 def _suggest(trial: optuna.trial.BaseTrial, name: str, dist: FloatParam | IntParam | CategoricalParam) -> Any:

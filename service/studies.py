@@ -40,7 +40,7 @@ from trainer.config import ConfigError
 
 __all__ = ["FAIL_FAST", "StudyService", "load_spec"]
 
-METRIC_NAMES = {"fid": "FID", "train_seconds": "train_seconds"}  # Optuna's names for the objectives
+METRIC_NAMES = {"fid": "FID"}  # the dashboard's names for the objectives, where not their own
 
 CONTROL = {"stop": "stopped", "pause": "paused", "resume": "running"}
 
@@ -183,7 +183,7 @@ class StudyService:
         made.append(study_id)
         spec_json = json.loads(spec_text)
         study.set_user_attr("gat_tune_spec", spec_json)
-        study.set_metric_names([METRIC_NAMES[o] for o in spec.objectives])  # the dashboard's labels
+        study.set_metric_names([METRIC_NAMES.get(o, o) for o in spec.objectives])  # the dashboard's labels
         # In our transaction: the queued trials exist exactly when our row does.
         optuna_tables.enqueue_trials(conn, study_id, enqueued)
         conn.execute(

@@ -42,7 +42,7 @@ from service.config import Settings
 from service.queue import Claim, TrialQueue
 from service.spec import folder_refused, suggest_config
 from service.tables import gt_workers
-from trainer.config import ConfigError, TrainConfig
+from trainer.config import PRDC_K, PRDC_METRICS, ConfigError, TrainConfig
 from trainer.data import DataError
 from trainer.metrics import FeatureError
 from trainer.train import Diverged, train
@@ -227,11 +227,15 @@ class Slot:
             self._retry(lambda: self._replay_history(claim, run_dir), f"trial {trial.number}: replay")
             # Optuna prunes single-objective studies only; "none" has nothing to ask.
             prunes = len(claim.spec.objectives) == 1 and not isinstance(claim.study.pruner, optuna.pruners.NopPruner)
+            first = claim.spec.objectives[0]  # what the intermediate values are, and pruners read
+            shown: dict[str, Any] = {}  # the latest eval's metrics, as trial user attributes
 
             def on_eval(step: int, metrics: dict[str, Any]) -> None:
-                pending.append((step, float(metrics["fid"])))
+                pending.append((step, objective_value(metrics, first)))
+                shown.update(eval_attrs(metrics))
                 try:
                     status = self._send(claim, pending)
+                    self.queue.set_attrs(claim, shown)
                     # A trial that trained to its end is complete: its last FID is its result.
                     prune = prunes and step < config.steps and trial.should_prune()
                 except Exception as exc:
@@ -246,7 +250,7 @@ class Slot:
                     return
                 self._check_interrupt(status)
                 if prune:
-                    raise optuna.TrialPruned(f"pruned at step {step} (FID {metrics['fid']:.3f})")
+                    raise optuna.TrialPruned(f"pruned at step {step} ({first} {objective_value(metrics, first):.3f})")
 
             def should_stop() -> bool:
                 return self.shutdown.is_set() or claim.trial_id in self.lost
@@ -262,10 +266,11 @@ class Slot:
                 **where,
                 "train_seconds": round(result.train_seconds, 3),
                 "steps_per_second": round(result.steps / result.train_seconds, 2) if result.train_seconds else None,
-                **{k: v for k, v in result.metrics.items() if k in ("modes", "hq_fraction")},
+                **eval_attrs(result.metrics),
             }
             links = self._upload_artifacts(claim, run_dir)
-            values = [result.fid] + ([result.train_seconds] if len(claim.spec.objectives) > 1 else [])
+            final = {**result.metrics, "train_seconds": result.train_seconds}  # unrounded
+            values = [objective_value(final, name) for name in claim.spec.objectives]
             self._end(
                 claim,
                 lambda: self.queue.finish(
@@ -357,10 +362,11 @@ class Slot:
         metrics = run_dir / "metrics.jsonl"
         if not metrics.exists():
             return
+        first = claim.spec.objectives[0]
         for line in metrics.read_text().splitlines():
             if line.strip():
                 m = json.loads(line)
-                self.queue.report(claim, int(m["step"]), float(m["fid"]))
+                self.queue.report(claim, int(m["step"]), objective_value(m, first))
 
     def _upload_artifacts(self, claim: Claim, run_dir: Path) -> dict[str, Any]:
         """Write the trial's files to the artifact store; returns the trial system attributes
@@ -393,6 +399,23 @@ class _ArtifactLinks:
 
     def set_trial_system_attr(self, trial_id: int, key: str, value: Any) -> None:
         self.attrs[key] = value
+
+
+# An eval's metrics shown as trial user attributes (the dashboard's trial table): which
+# features they were computed on, and their values; modes/hq_fraction for 2-D data.
+EVAL_ATTRS = ("features", "fid", *PRDC_METRICS, "modes", "hq_fraction")
+
+
+def eval_attrs(metrics: dict[str, Any]) -> dict[str, Any]:
+    """The metrics of an eval that a trial shows as user attributes (EVAL_ATTRS)."""
+    return {k: metrics[k] for k in EVAL_ATTRS if k in metrics}
+
+
+def objective_value(metrics: dict[str, Any], name: str) -> float:
+    """An objective's value in an eval's metrics (each objective is one of their keys)."""
+    if name not in metrics:
+        raise ConfigError(f"objective {name}: not measured by this run (PRDC needs eval_samples > {PRDC_K})")
+    return float(metrics[name])
 
 
 def _one_line(exc: BaseException) -> str:

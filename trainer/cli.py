@@ -75,8 +75,10 @@ def run_train(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(summary))
     else:
-        extra = "".join(f", {k} {summary[k]}" for k in ("modes", "hq_fraction") if k in summary)
-        print(f"FID {result.fid:.3f} after {result.steps} steps in {result.seconds:.1f}s{extra}; run in {out}")
+        shown = ("precision", "recall", "density", "coverage", "modes", "hq_fraction")
+        extra = "".join(f", {k} {summary[k]:.3g}" for k in shown if k in summary)
+        where = f"after {result.steps} steps in {result.seconds:.1f}s{extra}; run in {out}"
+        print(f"FID {result.fid:.3f} on {result.features} features {where}")
     return 0
 
 

@@ -32,6 +32,8 @@ __all__ = [
     "DATASETS",
     "FIELDS",
     "MODELS",
+    "PRDC_K",
+    "PRDC_METRICS",
     "ConfigError",
     "TrainConfig",
     "json_schema",
@@ -43,8 +45,12 @@ __all__ = [
 DATASETS = tuple(k for k, source in DATA_SOURCES.items() if not source.prefix)  # and "folder:PATH"
 MODELS = ("mlp", "dcgan")
 AUX_LOSSES = tuple(REGULARISERS)
-FEATURE_EXTRACTORS = ("auto", "classifier", "inception", "raw")
+FEATURE_EXTRACTORS = ("auto", "classifier", "inception", "randcnn", "raw")
 DEVICES = ("cpu", "cuda", "cuda:N", "mps", "auto")
+# Beside the FID, every eval measures these on the same features (trainer.metrics.prdc) with
+# k-NN balls of this k (Naeem et al. 2020); here, torch-free, for the service's spec to read.
+PRDC_METRICS = ("precision", "recall", "density", "coverage")
+PRDC_K = 5
 
 
 class ConfigError(ValueError):
@@ -331,7 +337,7 @@ def validate(data: Mapping[str, Any]) -> None:
     points = source is not None and source.points
     if points and data.get("model") == "dcgan":
         raise ConfigError(f"model: 'dcgan' needs images; dataset '{data['dataset']}' is 2-D points, use 'mlp'")
-    if points and data.get("feature_extractor") in ("classifier", "inception"):
+    if points and data.get("feature_extractor") in ("classifier", "inception", "randcnn"):
         raise ConfigError(
             f"feature_extractor: '{data['feature_extractor']}' needs images; "
             f"dataset '{data['dataset']}' is 2-D points, use 'raw' or 'auto'"

@@ -18,11 +18,20 @@ from typing import Any
 
 import torch
 
-from trainer.config import TrainConfig
+from trainer.config import PRDC_METRICS, TrainConfig
 from trainer.data import Dataset, default_data_dir, load_dataset
 from trainer.images import save_curve, save_samples
 from trainer.losses import GATLoss
-from trainer.metrics import frechet_distance, gaussian_stats, make_extractor, mode_coverage, real_stats
+from trainer.metrics import (
+    PRDC_K,
+    frechet_distance,
+    gaussian_stats,
+    make_extractor,
+    mode_coverage,
+    prdc,
+    real_neighbours,
+    real_stats,
+)
 from trainer.models import build_models
 
 __all__ = ["CheckpointMismatch", "Diverged", "TrainResult", "resolve_device", "train"]
@@ -54,7 +63,9 @@ class TrainResult:
         steps: steps trained.
         seconds: wall time of this call, evaluations included.
         train_seconds: time spent in training steps only, across resumes.
-        metrics: the last evaluation's metrics (fid, and modes/hq_fraction for 2-D data).
+        metrics: the last evaluation's metrics: features (the extractor's key: which
+            features fid and PRDC were computed on), fid, precision, recall, density,
+            coverage, and modes/hq_fraction for 2-D data.
         history: every evaluation's metrics, in order.
         stopped: True when ``should_stop`` ended the run early.
     """
@@ -69,6 +80,11 @@ class TrainResult:
     out_dir: Path | None = None
     stopped: bool = False
     generator: torch.nn.Module | None = dataclasses.field(default=None, repr=False)
+
+    @property
+    def features(self) -> str | None:
+        """The key of the features fid and PRDC were computed on (None before an eval)."""
+        return self.metrics.get("features")
 
     def summary(self) -> dict[str, Any]:
         """A JSON-able digest: what ``gat-tune train --json`` prints."""
@@ -99,12 +115,18 @@ def resolve_device(name: str) -> torch.device:
 
 
 class _Evaluator:
-    """FID (and mode coverage for 2-D data) of a generator, on fixed evaluation noise."""
+    """FID, precision, recall, density and coverage of a generator on fixed evaluation noise,
+    all on one extractor's features (named in each result as ``features``); mode coverage
+    too for 2-D data. PRDC needs more than k samples on each side, else it is left out."""
 
     def __init__(self, config: TrainConfig, data: Dataset, device: torch.device, data_dir: Path) -> None:
         self.data = data
         self.extract = make_extractor(config.feature_extractor, data, data_dir)
+        self.features = self.extract.key
         self.mu, self.sigma = real_stats(data, self.extract, data_dir)
+        self.real = None
+        if min(config.eval_samples, len(data.x)) > PRDC_K:
+            self.real = real_neighbours(data, self.extract, data_dir, config.eval_samples)
         noise = torch.Generator().manual_seed(config.seed + 1_000_003)
         self.z = torch.randn(config.eval_samples, config.z_dim, generator=noise).to(device)
 
@@ -115,10 +137,14 @@ class _Evaluator:
     @torch.no_grad()
     def measure(self, samples: torch.Tensor) -> tuple[dict[str, Any], torch.Tensor]:
         """The metrics of samples generated from this evaluator's noise ``z``."""
-        if not torch.isfinite(samples).all():
-            return {"fid": float("inf")}, samples
-        mu, sigma = gaussian_stats(self.extract(samples))
-        metrics: dict[str, Any] = {"fid": frechet_distance(mu, sigma, self.mu, self.sigma)}
+        if not torch.isfinite(samples).all():  # the worst on every measure
+            worst = dict.fromkeys(PRDC_METRICS, 0.0) if self.real is not None else {}
+            return {"features": self.features, "fid": float("inf"), **worst}, samples
+        fake = self.extract(samples).double().cpu().numpy()
+        mu, sigma = gaussian_stats(fake)
+        metrics: dict[str, Any] = {"features": self.features, "fid": frechet_distance(mu, sigma, self.mu, self.sigma)}
+        if self.real is not None:
+            metrics.update(prdc(self.real.features, fake, PRDC_K, self.real.radii))
         if self.data.modes is not None and self.data.mode_std is not None:
             metrics.update(mode_coverage(samples, self.data.modes, self.data.mode_std))
         return metrics, samples
@@ -171,7 +197,7 @@ def train(
     step, train_seconds, history = 0, 0.0, []
     if run_dir is not None:
         run_dir.mkdir(parents=True, exist_ok=True)
-        state = _load_checkpoint(run_dir, config, device)
+        state = _load_checkpoint(run_dir, config, device, evaluate.features)
         if state is not None:
             g.load_state_dict(state["g"])
             d.load_state_dict(state["d"])
@@ -309,7 +335,7 @@ def _append_line(path: Path, line: str) -> None:
 _RESUMABLE_CHANGES = {"steps", "eval_every", "eval_samples", "device"}
 
 
-def _load_checkpoint(run_dir: Path, config: TrainConfig, device: torch.device) -> dict[str, Any] | None:
+def _load_checkpoint(run_dir: Path, config: TrainConfig, device: torch.device, features: str) -> dict[str, Any] | None:
     path = run_dir / CHECKPOINT
     if not path.exists():
         return None
@@ -321,6 +347,15 @@ def _load_checkpoint(run_dir: Path, config: TrainConfig, device: torch.device) -
                 f"{run_dir}: holds a checkpoint of another run ({key}: {saved.get(key)!r} there, "
                 f"{value!r} here); use another output directory or remove it"
             )
+    # The same config may resolve to other features here (feature_extractor auto, with
+    # Inception weights added since): its history's FIDs would not compare with the new ones.
+    # A history from before features were recorded cannot tell, and is trusted.
+    before = {m["features"] for m in state["history"] if "features" in m}
+    if before - {features}:
+        raise CheckpointMismatch(
+            f"{run_dir}: its evaluations were computed on {', '.join(sorted(before))} features, this run's "
+            f"would be on {features}; use another output directory, remove it, or set feature_extractor"
+        )
     if state["step"] > config.steps:
         raise CheckpointMismatch(
             f"{run_dir}: checkpoint is at step {state['step']}, past steps={config.steps}; raise --steps"

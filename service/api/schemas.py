@@ -12,7 +12,7 @@ from typing import Any, Literal
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, create_model
 
-from service.spec import StudySpec
+from service.spec import ObjectiveName, StudySpec
 from trainer.config import TrainConfig
 
 __all__ = [
@@ -63,7 +63,13 @@ class LastFailure(_Read):
 
 class BestSoFar(_Read):
     trial: int = Field(description="the trial's number")
-    fid: float = Field(description="its FID (the first objective): the lowest finite one of the study's")
+    objective: ObjectiveName = Field(description="the study's first objective, which the best is by")
+    value: float = Field(description="its value of the first objective: the best finite one, in its direction")
+    fid: float | None = Field(description="its FID (null when not recorded or not finite)")
+    features: str | None = Field(
+        description="the features its FID and PRDC were computed on (classifier1-<hash>, randcnn1, inception, "
+        "raw); FIDs on different features do not compare"
+    )
     params: dict[str, ParamValue] = Field(description="Optuna's parameters, as `GET .../trials` shows them")
 
 
@@ -78,7 +84,9 @@ class StudySummary(_Read):
     )
     n_trials: int
     max_parallel: int
-    objectives: list[Literal["fid", "train_seconds"]] = Field(description="each minimised")
+    objectives: list[ObjectiveName] = Field(
+        description="fid and train_seconds minimised; precision, recall, density, coverage maximised"
+    )
     sampler: str
     pruner: str
     trial_counts: TrialCounts
@@ -106,7 +114,7 @@ class StudyList(_Read):
 # -- trials --------------------------------------------------------------------------------
 class IntermediateValue(_Read):
     step: int
-    fid: float | None = Field(description="null for NaN or ±inf")
+    value: float | None = Field(description="the first objective's metric at that eval; null for NaN or ±inf")
 
 
 class TrialPublic(_Read):
@@ -116,8 +124,11 @@ class TrialPublic(_Read):
     values: list[float | None] | None = Field(
         description="one per objective (null for a non-finite one); null until the trial completes"
     )
-    intermediate_values: list[IntermediateValue] = Field(description="the FID at each eval, by step")
-    user_attrs: dict[str, Any] = Field(description="train_seconds, device, worker, fail_reason, ...; NaN/inf as null")
+    intermediate_values: list[IntermediateValue] = Field(description="the first objective at each eval, by step")
+    user_attrs: dict[str, Any] = Field(
+        description="the latest eval's features, fid, precision, recall, density, coverage; train_seconds, "
+        "device, worker, fail_reason, ...; NaN/inf as null"
+    )
     datetime_start: AwareDatetime | None = Field(description="null while WAITING")
     datetime_complete: AwareDatetime | None
     duration_seconds: float | None

@@ -40,6 +40,12 @@ def _json(column: str) -> str:
     return f"CASE WHEN {suspect} THEN gt_json({column}) ELSE {column}::json END"
 
 
+def _number_attr(trial_id: str, key: str) -> str:
+    """A trial's numeric user attribute; null when absent or not finite (NaN, Infinity)."""
+    return f"""(SELECT CASE WHEN a.value_json ~ '^-?[0-9]' THEN a.value_json::float8 END
+     FROM trial_user_attributes a WHERE a.trial_id = {trial_id} AND a.key = '{key}')"""
+
+
 def _summary_sql(*, with_spec: bool) -> str:
     """One study's summary per row of gt_studies s: state, trial counts by state (interrupted
     apart from failed), the last failure, best so far."""
@@ -56,13 +62,20 @@ SELECT {_SNAPSHOT} AS snapshot, json_build_object(
   'trial_counts', json_build_object({counts}, 'FAIL', c.fail - c.interrupted, 'INTERRUPTED', c.interrupted),
   'finished', c.finished,
   'last_failure', (SELECT row_to_json(lf) FROM ({LAST_FAILURE.format(sid="s.optuna_study_id")}) lf),
-  'best', (SELECT json_build_object('trial', b.number, 'fid', b.value, 'params', {params_json("b.trial_id")})
+  'best', (SELECT json_build_object('trial', b.number, 'objective', o.first, 'value', b.value,
+             'fid', CASE WHEN o.first = 'fid' THEN b.value ELSE {_number_attr("b.trial_id", "fid")} END,
+             'features', (SELECT a.value_json::json #>> '{{}}' FROM trial_user_attributes a
+                          WHERE a.trial_id = b.trial_id AND a.key = 'features'),
+             'params', {params_json("b.trial_id")})
            FROM ({BEST_TRIAL.format(study_id="s.optuna_study_id")}) b),
   'optuna_study_id', s.optuna_study_id,
   'dashboard_url', CAST(:base_url AS text) || '/dashboard/studies/' || s.optuna_study_id,
   'created_at', {_utc("s.created_at AT TIME ZONE 'UTC'")}{spec}
 )::text AS body
 FROM gt_studies s CROSS JOIN LATERAL (
+  SELECT CASE jsonb_typeof(s.spec->'objective') WHEN 'array' THEN s.spec->'objective'->>0
+         ELSE s.spec->>'objective' END AS first) o
+CROSS JOIN LATERAL (
   SELECT {", ".join(f"count(*) FILTER (WHERE state = '{st}') AS {st.lower()}" for st in TRIAL_STATES)},
          count(*) FILTER (WHERE t.state = 'FAIL' AND NOT ({failed("t", "s.optuna_study_id")})) AS interrupted,
          {finished_trials()} AS finished, {study_completed("s.n_trials")} AS completed
@@ -88,7 +101,7 @@ SELECT {_SNAPSHOT} AS snapshot, (SELECT sid FROM s) AS sid, json_build_object(
       'params', {params_json("p.trial_id")},
       'values', (SELECT json_agg(CASE WHEN value_type = 'FINITE' THEN value END ORDER BY objective)
                  FROM trial_values WHERE trial_id = p.trial_id),
-      'intermediate_values', (SELECT coalesce(json_agg(json_build_object('step', step, 'fid',
+      'intermediate_values', (SELECT coalesce(json_agg(json_build_object('step', step, 'value',
             CASE WHEN intermediate_value_type = 'FINITE' THEN intermediate_value END) ORDER BY step), '[]')
          FROM trial_intermediate_values WHERE trial_id = p.trial_id),
       'user_attrs', (SELECT coalesce(json_object_agg(key, {_json("value_json")}), '{{}}')

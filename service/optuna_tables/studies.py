@@ -43,10 +43,13 @@ def params_json(trial_id: str) -> str:
      FROM trial_params tp WHERE tp.trial_id = {trial_id})"""
 
 
-# The best finished trial by FID (for two objectives: the lowest FID on the front).
+# The best finished trial by the first objective, in its direction (for several objectives:
+# the best on the front by the first).
 BEST_TRIAL = """SELECT t.trial_id, t.number, v.value FROM trials t
   JOIN trial_values v ON v.trial_id = t.trial_id AND v.objective = 0 AND v.value_type = 'FINITE'
-  WHERE t.study_id = {study_id} AND t.state = 'COMPLETE' ORDER BY v.value ASC, t.number ASC LIMIT 1"""
+  JOIN study_directions d ON d.study_id = t.study_id AND d.objective = 0
+  WHERE t.study_id = {study_id} AND t.state = 'COMPLETE'
+  ORDER BY CASE WHEN d.direction = 'MAXIMIZE' THEN -v.value ELSE v.value END ASC, t.number ASC LIMIT 1"""
 
 
 # An interrupted trial is not a failed one: paused or a worker gone (FAIL in Optuna, with a
@@ -96,7 +99,7 @@ def trial_count(conn: Connection, study_id: int) -> int:
 
 
 def best_trial(conn: Connection, study_id: int) -> dict[str, Any] | None:
-    """The best finished trial (BEST_TRIAL) as {trial, fid, params}, params in Optuna's
+    """The best finished trial (BEST_TRIAL) as {trial, value, params}, params in Optuna's
     external representation; None before one has completed."""
     best = conn.execute(sa.text(BEST_TRIAL.format(study_id=":sid")), {"sid": study_id}).first()
     if best is None:
@@ -110,7 +113,7 @@ def best_trial(conn: Connection, study_id: int) -> dict[str, Any] | None:
     )
     to_dist = optuna.distributions.json_to_distribution
     values = {p.param_name: to_dist(p.distribution_json).to_external_repr(p.param_value) for p in params}
-    return {"trial": best.number, "fid": best.value, "params": values}
+    return {"trial": best.number, "value": best.value, "params": values}
 
 
 def study_artifact_ids(conn: Connection, study_id: int) -> list[str]:

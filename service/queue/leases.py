@@ -35,6 +35,12 @@ class Leases(QueueBase):
         reported[step] = fid
         return str(status)
 
+    def set_attrs(self, claim: Claim, attrs: dict[str, Any]) -> None:
+        """User attributes of a running trial (an eval's metrics, for the dashboard), in one
+        autocommit statement."""
+        with self.storage.autocommit_engine.connect() as conn:
+            set_trial_attrs(conn, claim.trial_id, attrs, {})
+
     def reload(self, claim: Claim) -> None:
         """Read the trial back as stored. After a write whose reply was lost (the database
         went away), what the Trial object holds may differ from what committed: a suggestion

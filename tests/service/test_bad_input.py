@@ -119,6 +119,20 @@ CASES = [
     ),
     ("enqueue outside the space", spec(enqueue=[{"z_dim": 4}]), ["body", "enqueue", 0, "z_dim"], "not in search_space"),
     (
+        "unknown objective",
+        spec(objective=["fid", "coverge"], pruner="none"),
+        ["body", "objective"],
+        "objective: unknown metric 'coverge' (did you mean 'coverage'?); one of fid, precision",
+    ),
+    ("objective twice", spec(objective=["fid", "recall", "fid"]), ["body", "objective"], "'fid' is named twice"),
+    ("objective not a name", spec(objective=3), ["body", "objective"], "a metric name or a non-empty list"),
+    (
+        "PRDC on too few samples",
+        space(eval_samples={"type": "int", "low": 4, "high": 100}) | {"objective": "coverage"},
+        ["body", "objective"],
+        "objective: coverage needs eval_samples > 5; it can be 4",
+    ),
+    (
         "cmaes with two objectives",
         spec(objective=["fid", "train_seconds"], sampler="cmaes", pruner="none"),
         ["body", "sampler"],

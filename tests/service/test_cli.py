@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from service.client import ApiError, Client
+from service.client import ApiError, Client, describe_best
 from service.spec import EXAMPLE_SPEC
 from tests.service.conftest import free_port, wait_up
 
@@ -201,3 +201,12 @@ def test_client_commands_find_the_server_serve_would_listen_on(
     assert by_url.returncode == 0 and by_url.stdout.startswith("digits-gat: running"), by_url.stderr
     bare = gat_tune("status", "digits-gat", "--url", f"127.0.0.1:{port}", env=env)
     assert bare.returncode == 0, bare.stderr
+
+
+def test_status_names_the_best_by_its_objective_and_features() -> None:
+    by_fid = {"trial": 3, "objective": "fid", "value": 12.5, "fid": 12.5, "features": "randcnn1", "params": {}}
+    assert describe_best(by_fid) == "best FID 12.500 on randcnn1 features (trial 3)"
+    by_coverage = {**by_fid, "objective": "coverage", "value": 0.75}
+    assert describe_best(by_coverage) == "best coverage 0.750 (trial 3; FID 12.500 on randcnn1 features)"
+    assert describe_best({**by_coverage, "fid": None, "features": None}) == "best coverage 0.750 (trial 3)"
+    assert describe_best(None) == "no completed trial yet"

@@ -41,7 +41,7 @@ def test_every_write_shows_in_the_next_read(client: TestClient, database_url: st
         params = suggest_config(trial, study_spec) and trial.params
         assert client.get(trials_path).json()["items"][-1]["params"] == params
         trial.report(20.0 + i, step=200)
-        assert client.get(trials_path).json()["items"][-1]["intermediate_values"] == [{"step": 200, "fid": 20.0 + i}]
+        assert client.get(trials_path).json()["items"][-1]["intermediate_values"] == [{"step": 200, "value": 20.0 + i}]
         trial.set_user_attr("device", "cpu")
         assert client.get(trials_path).json()["items"][-1]["user_attrs"] == {"device": "cpu"}
         assert client.get(study_path).json()["trial_counts"]["COMPLETE"] == i

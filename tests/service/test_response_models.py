@@ -203,7 +203,7 @@ def test_every_read_route_answers_what_its_model_says(client: TestClient, settin
     assert study.best is not None and study.best.fid == 5.0 and study.best.params
     two = validated(client.get("/studies/pareto"), "get", NAME)
     assert two.status == "completed" and two.objectives == ["fid", "train_seconds"]
-    assert two.best is not None and two.best.fid == 3.0
+    assert two.best is not None and two.best.fid == two.best.value == 3.0 and two.best.objective == "fid"
     assert two.last_failure == schemas.LastFailure(trial=0, reason=None)
     empty = validated(client.get("/studies/empty"), "get", NAME)
     assert empty.status == "stopped" and empty.best is None and empty.last_failure is None
@@ -220,11 +220,11 @@ def test_every_read_route_answers_what_its_model_says(client: TestClient, settin
     assert seen_states == set(TRIAL_STATES)
     trials = validated(client.get("/studies/tiny/trials"), "get", NAME + "/trials").items
     assert trials[0].intermediate_values == [
-        schemas.IntermediateValue(step=20, fid=50.0),
-        schemas.IntermediateValue(step=40, fid=None),
+        schemas.IntermediateValue(step=20, value=50.0),
+        schemas.IntermediateValue(step=40, value=None),
     ]
     assert trials[0].user_attrs["odd"] is None and trials[0].user_attrs["huge"] is None
-    assert trials[1].intermediate_values == [schemas.IntermediateValue(step=20, fid=None)]
+    assert trials[1].intermediate_values == [schemas.IntermediateValue(step=20, value=None)]
     assert trials[2].values == [None]  # inf
     assert trials[6].datetime_start is not None and trials[6].datetime_complete is None  # RUNNING
     assert trials[7].datetime_start is None  # WAITING

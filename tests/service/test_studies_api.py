@@ -84,7 +84,8 @@ def test_best_is_a_complete_trainer_config(client: TestClient, settings: Setting
     client.post("/studies", json=spec(enqueue=[]))
     run_trials(settings, database_url, "digits-gat", [50.0, 20.0, 35.0])
     study = client.get("/studies/digits-gat").json()
-    assert study["best"]["fid"] == 20.0 and study["best"]["trial"] == 1
+    assert study["best"]["fid"] == study["best"]["value"] == 20.0 and study["best"]["trial"] == 1
+    assert study["best"]["objective"] == "fid"
     assert study["trial_counts"]["COMPLETE"] == 3
 
     best = client.get("/studies/digits-gat/best").json()
@@ -103,7 +104,7 @@ def test_best_is_a_complete_trainer_config(client: TestClient, settings: Setting
     assert page["total"] == 3 and len(page["items"]) == 1
     item = page["items"][0]
     assert item["number"] == 1 and item["state"] == "COMPLETE" and item["values"] == [20.0]
-    assert item["intermediate_values"] == [{"step": 200, "fid": 40.0}]
+    assert item["intermediate_values"] == [{"step": 200, "value": 40.0}]
     assert item["duration_seconds"] >= 0
     completed = client.get("/studies/digits-gat/trials", params={"state": "COMPLETE"}).json()
     assert completed["total"] == 3
@@ -207,7 +208,7 @@ def test_pages_are_optunas_view_of_the_trials(client: TestClient, database_url: 
         finite = [v if v is not None and abs(v) != float("inf") else None for v in (trial.values or [])]
         assert item["values"] == (finite or None)
         expected = [
-            {"step": s, "fid": v if v == v and abs(v) != float("inf") else None}
+            {"step": s, "value": v if v == v and abs(v) != float("inf") else None}
             for s, v in sorted(trial.intermediate_values.items())
         ]
         assert item["intermediate_values"] == expected
@@ -227,11 +228,36 @@ def test_pages_are_optunas_view_of_the_trials(client: TestClient, database_url: 
     got = client.get("/studies/digits-gat").json()
     counts = {state.name: sum(t.state == state for t in trials) for state in optuna.trial.TrialState}
     assert got["trial_counts"] == {**counts, "INTERRUPTED": 0} and got["finished"] == 4
-    assert got["best"] == {"trial": 5, "fid": 5.0, "params": study.best_trial.params}
+    best = {"trial": 5, "objective": "fid", "value": 5.0, "fid": 5.0, "features": None}
+    assert got["best"] == {**best, "params": study.best_trial.params}
     assert got["objectives"] == ["fid"] and got["status"] == "running"
     listed = client.get("/studies").json()
     assert listed["total"] == 1 and "spec" not in listed["items"][0]
     assert {k: v for k, v in got.items() if k != "spec"} == listed["items"][0]
+
+
+def test_the_best_of_a_maximised_first_objective_is_its_highest(
+    client: TestClient, settings: Settings, database_url: str
+) -> None:
+    """objective: [coverage, fid]: the best is by coverage, highest first, whatever its FID;
+    it names the features its FID was computed on (a trial user attribute the worker sets)."""
+    body = spec(name="cov", objective=["coverage", "fid"], pruner="none", sampler="nsga2", enqueue=[])
+    assert client.post("/studies", json=body).status_code == 201
+    study = optuna.load_study(study_name="cov", storage=database_url)
+    assert study.directions == [optuna.study.StudyDirection.MAXIMIZE, optuna.study.StudyDirection.MINIMIZE]
+    study_spec = StudySpec.model_validate(study.user_attrs["gat_tune_spec"])
+    for coverage, fid in [(0.2, 10.0), (0.9, 80.0), (0.5, 5.0)]:
+        trial = study.ask()
+        suggest_config(trial, study_spec)
+        trial.set_user_attr("fid", fid)
+        trial.set_user_attr("features", "randcnn1")
+        study.tell(trial, [coverage, fid])
+    got = client.get("/studies/cov").json()
+    assert got["objectives"] == ["coverage", "fid"]
+    best = {"trial": 1, "objective": "coverage", "value": 0.9, "fid": 80.0, "features": "randcnn1"}
+    assert {k: v for k, v in got["best"].items() if k != "params"} == best
+    assert client.get("/studies/cov/best").status_code == 200
+    assert optuna.load_study(study_name="cov", storage=database_url).metric_names == ["coverage", "FID"]
 
 
 def test_objectives_are_named_for_the_dashboard(client: TestClient, settings: Settings) -> None:

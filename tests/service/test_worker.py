@@ -22,7 +22,7 @@ from optuna.trial import TrialState
 from service import db
 from service.app import create_app
 from service.config import Settings
-from service.spec import StudySpec, suggest_config
+from service.spec import StudySpec, make_pruner, suggest_config
 from service.worker import RestartBackoff, Slot, _one_line
 from tests.service.conftest import PrivatePostgres, finish, load, tiny, wait_for
 from trainer.config import TrainConfig
@@ -296,6 +296,51 @@ def test_a_two_objective_study_runs(client: TestClient, settings: Settings, digi
     for t in trials:
         assert t.values is not None and t.values[0] > 0 and round(t.values[1], 3) == t.user_attrs["train_seconds"]
         assert t.intermediate_values[max(t.intermediate_values)] == t.values[0]
+
+
+@pytest.mark.slow
+def test_a_study_on_fid_and_coverage_over_http(
+    client: TestClient, start_pool: Callable[..., subprocess.Popen[str]], database_url: str
+) -> None:
+    """objective: [fid, coverage]: each trial ends with both values, in that order and each in
+    its direction; the latest eval's metrics and their features are trial user attributes."""
+    r = client.post("/studies", json=tiny(objective=["fid", "coverage"], n_trials=2, max_parallel=1))
+    assert r.status_code == 201, r.text
+    finish(start_pool("--exit-when-idle", "3"))
+    study = client.get("/studies/tiny").json()
+    assert study["status"] == "completed" and study["objectives"] == ["fid", "coverage"]
+    loaded = load(database_url)
+    assert loaded.directions == [optuna.study.StudyDirection.MINIMIZE, optuna.study.StudyDirection.MAXIMIZE]
+    for t in loaded.trials:
+        assert t.state == TrialState.COMPLETE and t.values is not None, t.user_attrs
+        fid, coverage = t.values
+        attrs = t.user_attrs
+        assert fid == attrs["fid"] > 0 and coverage == attrs["coverage"] and 0.0 <= coverage <= 1.0
+        assert {"precision", "recall", "density"} <= set(attrs) and attrs["features"].startswith("classifier1-")
+        assert t.intermediate_values[max(t.intermediate_values)] == fid  # the first objective's curve
+    assert study["best"]["features"] == loaded.trials[study["best"]["trial"]].user_attrs["features"]
+
+
+def test_pruners_read_a_maximised_objective_upward(client: TestClient, database_url: str) -> None:
+    """objective: coverage prunes on coverage with the study's direction (maximise): the
+    spec's pruners are Optuna's, which read study.direction; checked on our storage."""
+    for pruner in ("median", "successive-halving"):
+        name = f"cov-{pruner}"
+        body = tiny(name=name, objective="coverage", pruner=pruner, base={"steps": 80})
+        assert client.post("/studies", json=body).status_code == 201
+        study = load(database_url, name)
+        study.pruner = make_pruner(StudySpec.model_validate(study.user_attrs["gat_tune_spec"]))
+        for value in (0.8, 0.85, 0.9):
+            trial = study.ask()
+            for step in (20, 40, 60):
+                trial.report(value, step)
+                assert not trial.should_prune()  # as the worker asks: successive halving records rungs
+            study.tell(trial, value)
+        low, high = study.ask(), study.ask()
+        for step in (20, 40):
+            low.report(0.1, step)
+            high.report(0.95, step)
+        assert low.should_prune() and not high.should_prune(), pruner
 
 
 @pytest.mark.slow

@@ -67,7 +67,7 @@ def test_folder_grayscale_with_labels(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_folder_rgb_without_labels_trains_with_raw_features(tmp_path: Path) -> None:
+def test_folder_rgb_without_labels_trains_on_random_cnn_features(tmp_path: Path) -> None:
     write_images(tmp_path, "RGB", [""], per_class=6)
     data = load_dataset(f"folder:{tmp_path}")
     assert data.x.shape == (6, 3, 32, 32) and data.labels is None
@@ -75,7 +75,8 @@ def test_folder_rgb_without_labels_trains_with_raw_features(tmp_path: Path) -> N
         {"dataset": f"folder:{tmp_path}", "model": "dcgan", "g_width": 16, "d_width": 16, "steps": 4,
          "eval_every": 4, "eval_samples": 8, "batch_size": 4}
     )  # fmt: skip
-    assert train(config).fid > 0
+    result = train(config)
+    assert result.fid > 0 and result.features == "randcnn1"  # not raw pixels: 3,072 dimensions
     with pytest.raises(FeatureError, match="needs labelled images"):
         train(config.replace(feature_extractor="classifier"))
 

@@ -9,13 +9,17 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from bench.plain_loop import plain_gan
-from trainer.config import TrainConfig
+from trainer import metrics
+from trainer.config import PRDC_METRICS, TrainConfig
 from trainer.data import load_dataset
-from trainer.train import FINITE_CHECK_EVERY, CheckpointMismatch, Diverged, _check_finite, train
+from trainer.metrics import INCEPTION_WEIGHTS
+from trainer.train import FINITE_CHECK_EVERY, CheckpointMismatch, Diverged, _check_finite, _Evaluator, train
 
 QUICK = {"steps": 300, "eval_every": 150, "eval_samples": 500, "g_width": 128, "d_width": 128}
 
@@ -130,6 +134,62 @@ def test_a_run_trains_on_from_its_checkpoint_with_more_steps(tmp_path: Path) -> 
     assert longer.fid == train(quick(steps=80, eval_every=20)).fid
 
 
+def test_every_eval_names_its_features_and_measures_prdc() -> None:
+    result = train(quick(steps=40, eval_every=20))
+    key = load_dataset("digits").key
+    assert result.features == f"classifier1-{key}"
+    for m in result.history:
+        assert m["features"] == result.features
+        assert all(0.0 <= m[name] <= 1.0 for name in ("precision", "recall", "coverage")), m
+        assert m["density"] >= 0.0
+    assert train(quick(steps=40, eval_every=40, feature_extractor="raw")).features == "raw"
+
+
+def test_non_finite_samples_score_the_worst(data_dir: Path) -> None:
+    config = quick(eval_samples=50)
+    data = load_dataset("digits")
+    evaluate = _Evaluator(config, data, torch.device("cpu"), data_dir)
+
+    class Broken(torch.nn.Module):
+        def forward(self, z: torch.Tensor) -> torch.Tensor:
+            return torch.full((len(z), *data.sample_shape), float("inf"))
+
+    metrics, _ = evaluate(Broken())
+    assert metrics == {"features": evaluate.features, "fid": math.inf, **dict.fromkeys(PRDC_METRICS, 0.0)}
+
+
+def test_a_checkpoint_on_other_features_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """feature_extractor auto resolves anew at each start: Inception weights added since the
+    checkpoint would put the resumed evals on other features than its history."""
+    monkeypatch.delenv("GAT_TUNE_INCEPTION_WEIGHTS", raising=False)
+    images, cache = tmp_path / "images", tmp_path / "cache"
+    images.mkdir()
+    for i in range(8):
+        Image.fromarray(np.full((8, 8), 30 * i, dtype=np.uint8), "L").save(images / f"{i}.png")
+    config = TrainConfig.from_dict(
+        {"dataset": f"folder:{images}", "image_size": 8, "steps": 4, "eval_every": 2, "eval_samples": 8,
+         "batch_size": 4, "g_width": 16, "d_width": 16}
+    )  # fmt: skip
+    first = train(config, out_dir=tmp_path / "run", data_dir=cache)
+    assert {m["features"] for m in first.history} == {"randcnn1"}
+
+    class Inception:  # pytorch-fid and its weights are not here; any fixed features do
+        key = "inception"
+
+        def __init__(self, data_dir: Path, device: torch.device) -> None:
+            pass
+
+        def __call__(self, x: torch.Tensor) -> torch.Tensor:
+            return x.flatten(1)[:, :8]
+
+    monkeypatch.setattr(metrics, "InceptionFeatures", Inception)
+    (cache / "weights").mkdir()
+    (cache / "weights" / INCEPTION_WEIGHTS).write_bytes(b"weights")
+    with pytest.raises(CheckpointMismatch, match="computed on randcnn1 features, this run's would be on inception"):
+        train(config.replace(steps=8), out_dir=tmp_path / "run", data_dir=cache)
+    assert train(config.replace(steps=8), out_dir=tmp_path / "fresh", data_dir=cache).features == "inception"
+
+
 # Consensus with a huge learning rate overflows within a few steps (deterministic on CPU).
 DIVERGING = {"aux_loss": "consensus", "lr_g": 1000.0, "lr_d": 1000.0, "beta1": 0.0, "g_width": 256, "d_width": 256}
 
@@ -151,7 +211,8 @@ def test_divergence_reports_the_first_bad_step() -> None:
 
 def test_ring8_reports_modes_and_quality() -> None:
     result = train(TrainConfig.from_dict({"dataset": "ring8", "steps": 200, "eval_every": 200, "eval_samples": 500}))
-    assert set(result.metrics) >= {"fid", "modes", "hq_fraction"}
+    assert set(result.metrics) >= {"fid", "modes", "hq_fraction", "precision", "coverage"}
+    assert result.features == "raw"
     assert 0 <= result.metrics["modes"] <= 8
     assert 0.0 <= result.metrics["hq_fraction"] <= 1.0
 
