@@ -319,6 +319,11 @@ def test_a_study_on_fid_and_coverage_over_http(
         assert {"precision", "recall", "density"} <= set(attrs) and attrs["features"].startswith("classifier1-")
         assert t.intermediate_values[max(t.intermediate_values)] == fid  # the first objective's curve
     assert study["best"]["features"] == loaded.trials[study["best"]["trial"]].user_attrs["features"]
+    # The dashboard's trial table has a column per user attribute; numeric ones sort and plot.
+    shown = client.get(f"/api/studies/{study['optuna_study_id']}").json()["union_user_attrs"]
+    sortable = {a["key"]: a["sortable"] for a in shown}
+    assert all(sortable[k] for k in ("fid", "precision", "recall", "density", "coverage"))
+    assert sortable["features"] is False
 
 
 def test_pruners_read_a_maximised_objective_upward(client: TestClient, database_url: str) -> None:
