@@ -1,5 +1,5 @@
 """Shared fixtures. The data directory (classifier and statistics caches) is one per test
-session, so the digits classifier is trained once, not once per test."""
+session, so the digits (and Fashion-MNIST) classifier is trained once, not once per test."""
 
 from __future__ import annotations
 
@@ -8,6 +8,15 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+from trainer.data import FILE_SETS
+
+# Real Fashion-MNIST from Debian's dataset-fashion-mnist, which CI installs (.ci/run).
+FASHION_MNIST = FILE_SETS["fashion-mnist"].system
+needs_fashion_mnist = pytest.mark.skipif(
+    FASHION_MNIST is None or not FILE_SETS["fashion-mnist"].has(FASHION_MNIST, "test"),
+    reason=f"real Fashion-MNIST is not installed at {FASHION_MNIST} (apt-get install dataset-fashion-mnist)",
+)
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -13,6 +13,7 @@ import pytest
 import torch
 from PIL import Image
 
+from tests.conftest import needs_fashion_mnist
 from trainer.config import TrainConfig
 from trainer.data import DATASETS, DATASETS_ENV, FILE_SETS, POINT_SETS, DataError, load_dataset
 from trainer.metrics import FeatureError, InceptionFeatures
@@ -265,14 +266,7 @@ def test_only_file_sets_have_a_held_out_split() -> None:
     assert [name for name, source in DATASETS.items() if source.files] == list(FILE_SETS)
 
 
-FASHION = FILE_SETS["fashion-mnist"].system
-needs_fashion = pytest.mark.skipif(
-    FASHION is None or not FILE_SETS["fashion-mnist"].has(FASHION, "test"),
-    reason=f"real Fashion-MNIST is not installed at {FASHION} (apt-get install dataset-fashion-mnist)",
-)
-
-
-@needs_fashion
+@needs_fashion_mnist
 @pytest.mark.usefixtures("no_datasets_env")
 def test_real_fashion_mnist_from_debian(tmp_path: Path) -> None:
     started = time.perf_counter()
