@@ -47,7 +47,7 @@ DIGITS_DEMO: dict[str, Any] = {
 # each step costs far more than an MLP step on 8x8 digits.
 FASHION_MNIST_DEMO: dict[str, Any] = {
     "name": "fashion-mnist-demo",
-    "base": {"dataset": "fashion-mnist", "model": "dcgan", "aux_loss": "r1", "steps": 1200, "eval_every": 400,
+    "base": {"dataset": "fashion-mnist", "model": "dcgan", "aux_loss": "r1", "steps": 600, "eval_every": 200,
              "eval_samples": 1000, "batch_size": 64},
     "search_space": {
         "lambda": {"type": "float", "low": 0.01, "high": 100, "log": True},
@@ -58,7 +58,7 @@ FASHION_MNIST_DEMO: dict[str, Any] = {
     },
     "sampler": "tpe",
     "pruner": "hyperband",
-    "n_trials": 8,
+    "n_trials": 6,
     "max_parallel": 2,
     "seed": 0,
     "enqueue": [{"lambda": 0.01}, {"lambda": 10.0}],
