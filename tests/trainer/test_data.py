@@ -5,7 +5,9 @@ import dataclasses
 import gzip
 import pickle
 import struct
+import sys
 import time
+import types
 from pathlib import Path
 
 import numpy as np
@@ -230,6 +232,33 @@ def test_missing_files_name_them_the_places_searched_and_how_to_get_them(
     assert "unset" not in str(err.value) and f"in {tmp_path / 'datasets' / 'mnist'}/" in str(err.value)
     with pytest.raises(DataError, match=r"data_batch_1, .*data_batch_5 not found .* extract cifar-10-python\.tar\.gz"):
         load_dataset("cifar10", data_dir=tmp_path)
+
+
+@pytest.mark.usefixtures("no_datasets_env")
+def test_torchvision_is_only_a_fallback_for_absent_files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    asked: list[tuple[str, bool, bool]] = []
+
+    class MNIST:  # torchvision.datasets.MNIST's interface, downloading only "online"
+        def __init__(self, root: str, train: bool, download: bool) -> None:
+            asked.append((root, train, download))
+            if "offline" in root:
+                raise RuntimeError("no network")
+            self.data, self.targets = np.full((3, 28, 28), 255, np.uint8), [1, 2, 3]
+
+    datasets = types.ModuleType("torchvision.datasets")
+    datasets.MNIST = MNIST  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "torchvision", types.ModuleType("torchvision"))
+    monkeypatch.setitem(sys.modules, "torchvision.datasets", datasets)
+    online = tmp_path / "online"
+    data = load_dataset("mnist", data_dir=online)
+    assert data.x.shape == (3, 1, 28, 28) and (data.x == 1).all()
+    assert asked == [(str(online / "datasets"), True, True)]
+    write_mnist(online / "datasets" / "mnist")
+    assert load_dataset("mnist", data_dir=online).x.shape == (6, 1, 28, 28) and len(asked) == 1, "files first"
+    pattern = r"t10k-images.* not found in .*; put MNIST's .* \(torchvision could not download them\)$"
+    with pytest.raises(DataError, match=pattern):
+        load_dataset("mnist", data_dir=tmp_path / "offline", split="test")
+    assert asked[-1] == (str(tmp_path / "offline" / "datasets"), False, True)
 
 
 @pytest.mark.usefixtures("no_datasets_env")
