@@ -215,7 +215,11 @@ def read_idx(path: Path) -> np.ndarray:
 
 
 def read_cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
-    """One CIFAR-10 python batch: images (N, 3, 32, 32) uint8 and labels (N,)."""
+    """One CIFAR-10 python batch: images (N, 3, 32, 32) uint8 and labels (N,).
+
+    The format is a pickle, which can run code: it is only read from the data-set
+    directories above, which the operator controls (a study names a set, never a file).
+    """
     try:
         with open(path, "rb") as f:
             batch = pickle.load(f, encoding="bytes")  # the batches were pickled by Python 2
