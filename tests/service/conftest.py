@@ -129,15 +129,6 @@ def digits_cache(data_dir: Path) -> Path:
     return data_dir
 
 
-@pytest.fixture(scope="session")
-def fashion_mnist_cache(data_dir: Path) -> Path:
-    """The Fashion-MNIST classifier and real statistics in the session's data directory, made
-    once per session (they take a while on a CPU); ``pool_env`` copies them with digits'."""
-    data = load_dataset("fashion-mnist")
-    real_stats(data, make_extractor("classifier", data, data_dir), data_dir)
-    return data_dir
-
-
 @pytest.fixture
 def pool_env(database_url: str, tmp_path: Path, digits_cache: Path) -> dict[str, str]:
     for sub in ("features", "stats"):

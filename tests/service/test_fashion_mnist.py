@@ -9,12 +9,13 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
-from tests.conftest import needs_fashion_mnist
+from tests.conftest import FASHION_MNIST_TIMEOUT, needs_fashion_mnist
 from tests.service.conftest import finish, load, tiny
 
 
 @needs_fashion_mnist
 @pytest.mark.slow
+@pytest.mark.timeout(FASHION_MNIST_TIMEOUT)
 def test_a_worker_pool_tunes_a_dcgan_on_fashion_mnist(
     fashion_mnist_cache: Path,
     client: TestClient,

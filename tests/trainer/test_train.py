@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from bench.plain_loop import plain_gan
-from tests.conftest import needs_fashion_mnist
+from tests.conftest import FASHION_MNIST_TIMEOUT, needs_fashion_mnist
 from trainer.config import TrainConfig
 from trainer.data import load_dataset
 from trainer.train import FINITE_CHECK_EVERY, CheckpointMismatch, Diverged, _check_finite, train
@@ -164,8 +164,9 @@ def test_dcgan_on_digits() -> None:
 
 @needs_fashion_mnist
 @pytest.mark.slow
+@pytest.mark.timeout(FASHION_MNIST_TIMEOUT)
 @pytest.mark.parametrize("model", ["mlp", "dcgan"])
-def test_trains_on_real_fashion_mnist_at_28_px(model: str, tmp_path: Path, data_dir: Path) -> None:
+def test_trains_on_real_fashion_mnist_at_28_px(model: str, tmp_path: Path, fashion_mnist_cache: Path) -> None:
     config = TrainConfig.from_dict(
         {"dataset": "fashion-mnist", "model": model, "g_width": 32, "d_width": 32, "steps": 4, "eval_every": 4,
          "eval_samples": 64, "batch_size": 16}
@@ -176,7 +177,7 @@ def test_trains_on_real_fashion_mnist_at_28_px(model: str, tmp_path: Path, data_
     assert result.generator(torch.zeros(2, config.z_dim)).shape == (2, 1, 28, 28)
     assert (tmp_path / "samples.png").is_file()
     # FID's features come from a classifier trained on the set's labels (cached once per session)
-    saved = [json.loads(f.read_text()) for f in (data_dir / "features").glob("classifier*.json")]
+    saved = [json.loads(f.read_text()) for f in (fashion_mnist_cache / "features").glob("classifier*.json")]
     (accuracy,) = [s["accuracy"] for s in saved if s["dataset"] == "fashion-mnist"]
     assert accuracy > 0.85, accuracy
 
