@@ -18,7 +18,11 @@ __all__ = ["DataRoots", "Settings", "get_settings", "is_loopback"]
 class Settings(BaseSettings):
     """Every setting of the service; each maps to the environment variable in its alias."""
 
-    model_config = SettingsConfigDict(env_prefix="GAT_TUNE_", extra="ignore", populate_by_name=True)
+    # An empty variable is an unset one: a deployment may list every setting (the Kubernetes
+    # ConfigMap does) and leave some at their defaults.
+    model_config = SettingsConfigDict(
+        env_prefix="GAT_TUNE_", extra="ignore", populate_by_name=True, env_ignore_empty=True
+    )
 
     database_url: str | None = Field(
         default=None,

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from service.config import Settings
 from trainer.data import FILE_SETS, load_dataset
 
 # Real Fashion-MNIST from Debian's dataset-fashion-mnist, which CI installs (.ci/run).
@@ -42,3 +43,8 @@ def fashion_mnist_cache(data_dir: Path) -> Path:
     data = load_dataset("fashion-mnist")
     real_stats(data, make_extractor("classifier", data, data_dir), data_dir)
     return data_dir
+
+
+def settings_variables() -> set[str]:
+    """Every environment variable service.config.Settings reads."""
+    return {field.alias or "GAT_TUNE_" + name.upper() for name, field in Settings.model_fields.items()}

@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from service.cli import build_parser
-from service.config import Settings
+from tests.conftest import settings_variables
 
 ROOT = Path(__file__).resolve().parent.parent
 COMPOSE = ROOT / "docker-compose.yml"
@@ -22,13 +22,6 @@ OURS = ("migrate", "api", "worker")
 def compose() -> dict[str, Any]:
     data: dict[str, Any] = yaml.safe_load(COMPOSE.read_text())
     return data
-
-
-def settings_variables() -> set[str]:
-    names = set()
-    for name, field in Settings.model_fields.items():
-        names.add(field.alias if field.alias else "GAT_TUNE_" + name.upper())
-    return names
 
 
 def test_services_and_volumes(compose: dict[str, Any]) -> None:

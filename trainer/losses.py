@@ -9,6 +9,10 @@ entry; a name without one is an error.
 With λ = 0 or ``aux_loss: none`` the regulariser is never built and no random numbers are
 drawn for it, so the run is the plain GAN bit for bit.
 
+Every term works on one run's tensors (logits (B,), a scalar loss) and, unchanged, on a
+packed run's (trainer.packed: logits (K, B), one loss per member, (K,)): reductions are over
+the trailing sample dimensions only, so a member in a pack runs exactly these functions.
+
 PyTorch is imported on first use (trainer.lazy), so the config can read the names alone.
 """
 
@@ -25,9 +29,11 @@ if TYPE_CHECKING:
     import torch.nn.functional as F
     from torch import nn
 
+    # one stream for a run, one per member for a pack
+    Streams = torch.Generator | Sequence[torch.Generator] | None
     # (g, d, real, z, rng, index of this D step in the run) -> (L_GAN of D, L_A)
     DTerm = Callable[
-        [nn.Module, nn.Module, torch.Tensor, torch.Tensor, torch.Generator | None, int],
+        [nn.Module, nn.Module, torch.Tensor, torch.Tensor, Streams, int],
         tuple[torch.Tensor, torch.Tensor],
     ]
     # (g, d, real, fake logits, L_GAN of G) -> L_A
@@ -47,50 +53,53 @@ __all__ = [
     "input_gradient",
     "r1_penalty",
     "r2_penalty",
+    "uniform",
     "wgan_gp_penalty",
 ]
 
 
 def d_gan_loss(real_logits: torch.Tensor, fake_logits: torch.Tensor) -> torch.Tensor:
     """−E[log D(x)] − E[log(1 − D(G(z)))] on logits (softplus form, stable)."""
-    return F.softplus(-real_logits).mean() + F.softplus(fake_logits).mean()
+    return F.softplus(-real_logits).mean(-1) + F.softplus(fake_logits).mean(-1)
 
 
 def g_gan_loss(fake_logits: torch.Tensor) -> torch.Tensor:
     """The non-saturating generator loss −E[log D(G(z))]."""
-    return F.softplus(-fake_logits).mean()
+    return F.softplus(-fake_logits).mean(-1)
 
 
 def input_gradient(logits: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    """∇_x D(x) per sample, kept in the graph so a penalty on it can be backpropagated."""
+    """∇_x D(x) per sample, flattened, kept in the graph so a penalty on it can be
+    backpropagated: (B, features) for a run, (K, B, features) for a pack."""
     (grad,) = torch.autograd.grad(logits.sum(), x, create_graph=True)
-    return grad.flatten(1)
+    return grad.flatten(logits.dim())
 
 
 def r1_penalty(d: nn.Module, real: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """½·E_real ||∇_x D(x)||² (Mescheder et al. 2018). Returns (penalty, real logits)."""
     x = real.detach().requires_grad_(True)
     logits = d(x)
-    return 0.5 * input_gradient(logits, x).square().sum(1).mean(), logits
+    return 0.5 * input_gradient(logits, x).square().sum(-1).mean(-1), logits
 
 
 def r2_penalty(d: nn.Module, fake: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """½·E_fake ||∇_x D(x)||²: R1 on generated samples. Returns (penalty, fake logits)."""
     x = fake.detach().requires_grad_(True)
     logits = d(x)
-    return 0.5 * input_gradient(logits, x).square().sum(1).mean(), logits
+    return 0.5 * input_gradient(logits, x).square().sum(-1).mean(-1), logits
 
 
 def wgan_gp_penalty(d: nn.Module, real: torch.Tensor, fake: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
     """E_x̂ (||∇_x̂ D(x̂)||₂ − 1)², x̂ = α·real + (1 − α)·fake (Gulrajani et al. 2017).
 
     Args:
-        alpha: one mixing weight per sample, shape (N,), uniform on [0, 1] in training.
+        alpha: one mixing weight per sample, shape (N,) (a pack: (K, N)), uniform on
+            [0, 1] in training.
     """
-    a = alpha.view(-1, *([1] * (real.dim() - 1)))
+    a = alpha.view(*alpha.shape, *([1] * (real.dim() - alpha.dim())))
     x_hat = (a * real.detach() + (1 - a) * fake.detach()).requires_grad_(True)
-    norms = input_gradient(d(x_hat), x_hat).norm(dim=1)
-    return (norms - 1).square().mean()
+    norms = input_gradient(d(x_hat), x_hat).norm(dim=-1)
+    return (norms - 1).square().mean(-1)
 
 
 def consensus_penalty(
@@ -99,10 +108,16 @@ def consensus_penalty(
     g_params: Sequence[torch.Tensor],
     d_params: Sequence[torch.Tensor],
 ) -> torch.Tensor:
-    """½·||v||², v = (∇_θ L_G, ∇_φ L_D): the joint gradient field (Mescheder et al. 2017)."""
-    v_g = torch.autograd.grad(loss_g, g_params, create_graph=True)
-    v_d = torch.autograd.grad(loss_d, d_params, create_graph=True)
-    return 0.5 * torch.stack([v.square().sum() for v in (*v_g, *v_d)]).sum()
+    """½·||v||², v = (∇_θ L_G, ∇_φ L_D): the joint gradient field (Mescheder et al. 2017).
+
+    For a pack, the losses are one per member (K,) and every parameter is stacked (K, ...):
+    members share no parameter, so the gradient of the summed losses is each member's own,
+    and the norm is taken per member.
+    """
+    members = loss_g.dim()
+    v_g = torch.autograd.grad(loss_g.sum(), g_params, create_graph=True)
+    v_d = torch.autograd.grad(loss_d.sum(), d_params, create_graph=True)
+    return 0.5 * torch.stack([v.square().flatten(members).sum(-1) for v in (*v_g, *v_d)]).sum(0)
 
 
 # -- the terms each registry entry is made of -----------------------------------------------
@@ -112,14 +127,14 @@ def _fake(g: nn.Module, z: torch.Tensor) -> torch.Tensor:
 
 
 def _plain_d(
-    g: nn.Module, d: nn.Module, real: torch.Tensor, z: torch.Tensor, rng: torch.Generator | None, index: int
+    g: nn.Module, d: nn.Module, real: torch.Tensor, z: torch.Tensor, rng: Streams, index: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
     loss_d = d_gan_loss(d(real), d(_fake(g, z)))
-    return loss_d, torch.zeros((), device=real.device)
+    return loss_d, torch.zeros_like(loss_d)
 
 
 def _r1_d(
-    g: nn.Module, d: nn.Module, real: torch.Tensor, z: torch.Tensor, rng: torch.Generator | None, index: int
+    g: nn.Module, d: nn.Module, real: torch.Tensor, z: torch.Tensor, rng: Streams, index: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
     fake = _fake(g, z)
     reg, real_logits = r1_penalty(d, real)
@@ -130,7 +145,7 @@ R1_LAZY_INTERVAL = 16  # StyleGAN2's R1 interval (Karras et al. 2020, §3.1)
 
 
 def _r1_lazy_d(
-    g: nn.Module, d: nn.Module, real: torch.Tensor, z: torch.Tensor, rng: torch.Generator | None, index: int
+    g: nn.Module, d: nn.Module, real: torch.Tensor, z: torch.Tensor, rng: Streams, index: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """R1 with lazy regularisation (StyleGAN2): on the discriminator's step t,
 
@@ -146,19 +161,27 @@ def _r1_lazy_d(
 
 
 def _r2_d(
-    g: nn.Module, d: nn.Module, real: torch.Tensor, z: torch.Tensor, rng: torch.Generator | None, index: int
+    g: nn.Module, d: nn.Module, real: torch.Tensor, z: torch.Tensor, rng: Streams, index: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
     reg, fake_logits = r2_penalty(d, _fake(g, z))
     return d_gan_loss(d(real), fake_logits), reg
 
 
 def _wgan_gp_d(
-    g: nn.Module, d: nn.Module, real: torch.Tensor, z: torch.Tensor, rng: torch.Generator | None, index: int
+    g: nn.Module, d: nn.Module, real: torch.Tensor, z: torch.Tensor, rng: Streams, index: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
     fake = _fake(g, z)
-    loss_d = d_gan_loss(d(real), d(fake))
-    alpha = torch.rand(real.shape[0], device=real.device, generator=rng)
-    return loss_d, wgan_gp_penalty(d, real, fake, alpha)
+    real_logits = d(real)
+    loss_d = d_gan_loss(real_logits, d(fake))
+    return loss_d, wgan_gp_penalty(d, real, fake, uniform(real_logits.shape, real.device, rng))
+
+
+def uniform(shape: torch.Size, device: torch.device, rng: Streams) -> torch.Tensor:
+    """U[0, 1) of this shape from a run's stream, or for a pack (K, ...) a row from each
+    member's stream: a member draws what it would draw alone."""
+    if rng is None or isinstance(rng, torch.Generator):
+        return torch.rand(shape, device=device, generator=rng)
+    return torch.stack([torch.rand(shape[1:], device=device, generator=r) for r in rng])
 
 
 def _consensus(g: nn.Module, d: nn.Module, loss_d: torch.Tensor, loss_g: torch.Tensor) -> torch.Tensor:
@@ -166,7 +189,7 @@ def _consensus(g: nn.Module, d: nn.Module, loss_d: torch.Tensor, loss_g: torch.T
 
 
 def _consensus_d(
-    g: nn.Module, d: nn.Module, real: torch.Tensor, z: torch.Tensor, rng: torch.Generator | None, index: int
+    g: nn.Module, d: nn.Module, real: torch.Tensor, z: torch.Tensor, rng: Streams, index: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
     fake_logits = d(g(z))  # the generator's graph is kept: the penalty differentiates through it
     loss_d = d_gan_loss(d(real), fake_logits)
@@ -220,19 +243,22 @@ class GATLoss:
         ValueError: ``aux_loss`` names no regulariser.
     """
 
-    def __init__(self, g: nn.Module, d: nn.Module, aux_loss: str, lam: float) -> None:
+    def __init__(self, g: nn.Module, d: nn.Module, aux_loss: str, lam: float | torch.Tensor) -> None:
+        """``lam`` is a number for a run, one per member (K,) for a pack (trainer.packed),
+        whose members are either all regularised (λ > 0) or none."""
         entry = REGULARISERS.get(aux_loss)
         if entry is None:
             raise ValueError(f"aux_loss: '{aux_loss}' is not one of {', '.join(REGULARISERS)}")
         self.g, self.d = g, d
         self.aux_loss, self.lam = aux_loss, lam
-        self._d_term = entry.discriminator if lam != 0.0 else None
-        self._g_term = entry.generator if lam != 0.0 else None
+        regularised = bool((lam != 0).all()) if isinstance(lam, torch.Tensor) else lam != 0.0
+        self._d_term = entry.discriminator if regularised else None
+        self._g_term = entry.generator if regularised else None
         self.active = self._d_term is not None or self._g_term is not None
         self.generator_needs_real = self._g_term is not None and entry.generator_needs_real
 
     def discriminator(
-        self, real: torch.Tensor, z: torch.Tensor, rng: torch.Generator | None = None, index: int = 0
+        self, real: torch.Tensor, z: torch.Tensor, rng: Streams = None, index: int = 0
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Returns (total loss, L_GAN of D, L_A) for the discriminator's update.
 

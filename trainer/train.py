@@ -110,7 +110,11 @@ class _Evaluator:
 
     @torch.no_grad()
     def __call__(self, g: torch.nn.Module) -> tuple[dict[str, Any], torch.Tensor]:
-        samples = torch.cat([g(self.z[i : i + 1024]) for i in range(0, len(self.z), 1024)])
+        return self.measure(torch.cat([g(self.z[i : i + 1024]) for i in range(0, len(self.z), 1024)]))
+
+    @torch.no_grad()
+    def measure(self, samples: torch.Tensor) -> tuple[dict[str, Any], torch.Tensor]:
+        """The metrics of samples generated from this evaluator's noise ``z``."""
         if not torch.isfinite(samples).all():
             return {"fid": float("inf")}, samples
         mu, sigma = gaussian_stats(self.extract(samples))

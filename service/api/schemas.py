@@ -21,6 +21,7 @@ __all__ = [
     "EnqueuedTrial",
     "IntermediateValue",
     "LastFailure",
+    "QueueDemand",
     "StudyList",
     "StudyPublic",
     "StudySummary",
@@ -164,5 +165,14 @@ class WorkerPublic(_Read):
     seconds_since_heartbeat: float
 
 
+class QueueDemand(_Read):
+    """What the autoscaler sees (service/queue/demand.py; KEDA scales the workers on slots_wanted)."""
+
+    running: int = Field(description="trials a worker holds the lease of")
+    startable: int = Field(description="trials of running studies a claim could start now (max_parallel, n_trials)")
+    slots_wanted: int = Field(description="running + startable: the worker slots that would all be busy")
+
+
 class WorkerList(_Read):
     items: list[WorkerPublic] = Field(description="oldest first")
+    demand: QueueDemand

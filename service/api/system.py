@@ -11,6 +11,7 @@ from fastapi.responses import JSONResponse
 from service import db
 from service.api.deps import ReadAccess, StateDep
 from service.api.schemas import WorkerList
+from service.queue.demand import demand
 from service.tables import gt_workers
 
 router = APIRouter(tags=["system"])
@@ -39,10 +40,11 @@ def readyz(state: StateDep) -> JSONResponse:
 def list_workers(state: StateDep) -> dict[str, Any]:
     """A worker whose heartbeat is older than a lease (GAT_TUNE_LEASE_SECONDS, as this server
     reads it) is "lost": it died or cannot reach the database. The reaper takes it off the
-    list after WORKER_PRUNE_LEASES leases."""
+    list after WORKER_PRUNE_LEASES leases. ``demand``: the count the autoscaler reads."""
     with state.engine.connect() as conn:
         now = conn.execute(sa.select(sa.func.now())).scalar_one()
         rows = conn.execute(sa.select(gt_workers).order_by(gt_workers.c.started_at)).all()
+        wanted = demand(conn)
     lease = state.settings.lease_seconds
     return {
         "items": [
@@ -58,5 +60,6 @@ def list_workers(state: StateDep) -> dict[str, Any]:
                 "seconds_since_heartbeat": round((now - r.last_heartbeat).total_seconds(), 3),
             }
             for r in rows
-        ]
+        ],
+        "demand": {"running": wanted.running, "startable": wanted.startable, "slots_wanted": wanted.slots_wanted},
     }

@@ -155,7 +155,8 @@ def test_two_objectives_make_a_pareto_study(client: TestClient, database_url: st
 
 def test_health_and_workers(client: TestClient) -> None:
     assert client.get("/healthz").json() == {"status": "ok"}
-    assert client.get("/workers").json() == {"items": []}
+    empty = {"running": 0, "startable": 0, "slots_wanted": 0}
+    assert client.get("/workers").json() == {"items": [], "demand": empty}
     assert client.get("/docs").status_code == 200
     schema = client.get("/openapi.json").json()
     assert "StudySpec" in schema["components"]["schemas"]

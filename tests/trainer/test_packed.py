@@ -1,0 +1,87 @@
+"""Trial packing: K members trained as one batched model compute what K solo runs compute."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from trainer.config import TrainConfig
+from trainer.models import build_models
+from trainer.packed import MemberEnded, pack_key, pack_mlps, train_packed
+from trainer.train import Diverged, TrainResult, train
+
+QUICK = {"steps": 60, "eval_every": 30, "eval_samples": 300}
+# widths, λ, rates, betas and seeds all differ between members
+MEMBERS = [
+    {"seed": 0, "g_width": 64, "d_width": 128, "lambda": 10.0, "lr_g": 2e-4},
+    {"seed": 1, "g_width": 128, "d_width": 64, "lambda": 1.0, "lr_d": 5e-4, "beta1": 0.0},
+    {"seed": 2, "g_width": 96, "d_width": 96, "lambda": 5.0, "beta2": 0.99},
+    {"seed": 3, "g_width": 64, "d_width": 64, "lambda": 20.0, "lr_g": 1e-4},
+]
+
+
+def configs(**shared: object) -> list[TrainConfig]:
+    return [TrainConfig.from_dict({**QUICK, **m, **shared}) for m in MEMBERS]
+
+
+def test_a_packed_member_starts_from_its_solo_weights() -> None:
+    cs = configs()
+    g, d = pack_mlps(cs, (1, 8, 8))
+    z = torch.randn(len(cs), 16, 32)
+    x = torch.rand(len(cs), 16, 1, 8, 8) * 2 - 1
+    fake, logits = g(z), d(x)
+    for k, c in enumerate(cs):
+        torch.manual_seed(c.seed)
+        g_solo, d_solo = build_models(c, (1, 8, 8))
+        assert torch.allclose(fake[k], g_solo(z[k]), atol=1e-6)
+        assert torch.allclose(logits[k], d_solo(x[k]), atol=1e-5)
+
+
+@pytest.mark.parametrize("aux_loss", ["r1", "r2", "wgan-gp", "consensus", "r1-lazy", "none"])
+def test_packed_members_evaluate_as_their_solo_runs(aux_loss: str) -> None:
+    # The same algorithm, batched: the first eval agrees closely. (Later evals drift apart
+    # as GAN trajectories amplify float reassociation; bench/packing.py compares spreads.)
+    cs = configs(aux_loss=aux_loss)
+    packed = train_packed(cs)
+    for c, outcome in zip(cs, packed, strict=True):
+        assert isinstance(outcome, TrainResult), outcome
+        solo = train(c)
+        assert [m["step"] for m in outcome.history] == [30, 60]
+        first, first_solo = outcome.history[0]["fid"], solo.history[0]["fid"]
+        assert first == pytest.approx(first_solo, rel=1e-4), (c.seed, first, first_solo)
+
+
+def test_a_member_ended_by_its_hook_leaves_and_the_rest_go_on() -> None:
+    cs = configs()
+    reference = train_packed(cs)
+
+    def prune_at_first_eval(step: int, metrics: dict[str, object]) -> None:
+        raise MemberEnded(f"pruned at {step}")
+
+    outcomes = train_packed(cs, on_eval=[None, prune_at_first_eval, None, None])
+    assert isinstance(outcomes[1], MemberEnded) and str(outcomes[1]) == "pruned at 30"
+    for k in (0, 2, 3):
+        result, ref = outcomes[k], reference[k]
+        assert isinstance(result, TrainResult) and isinstance(ref, TrainResult)
+        assert result.steps == 60
+        assert result.fid == pytest.approx(ref.fid, rel=1e-4)
+
+
+def test_a_diverging_member_fails_alone() -> None:
+    cs = configs()
+    cs[2] = cs[2].replace(lr_g=1000.0, lr_d=1000.0, beta1=0.0, beta2=0.0)  # sign-SGD at lr 1000: overflows
+    outcomes = train_packed(cs)
+    assert isinstance(outcomes[2], Diverged), outcomes[2]
+    with pytest.raises(Diverged) as solo:
+        train(cs[2])
+    assert outcomes[2].step == solo.value.step
+    assert all(isinstance(outcomes[k], TrainResult) and outcomes[k].steps == 60 for k in (0, 1, 3))
+
+
+def test_members_that_differ_in_more_than_the_searched_knobs_do_not_pack() -> None:
+    a = TrainConfig.from_dict(QUICK)
+    assert pack_key(a) == pack_key(a.replace(g_width=32, lr_g=1e-3, seed=7, **{"lambda": 3.0}))
+    assert pack_key(a) != pack_key(a.replace(batch_size=32))
+    assert pack_key(a) != pack_key(a.replace(**{"lambda": 0.0}))  # the plain GAN draws nothing for L_A
+    with pytest.raises(ValueError, match="differ"):
+        train_packed([a, a.replace(depth=3)])
