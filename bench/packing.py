@@ -3,7 +3,7 @@
     .venv/bin/python -m bench.packing [--steps 3000] [--trials 16] [--spaces 64 128 256 mixed]
                                       [--ks 1 2 4 8 16] [--device cpu] [--threads 1]
 
-Trials are drawn at random (seeded) from the demo's search space (service.demo.DEMO_SPEC:
+Trials are drawn at random (seeded) from the demo's search space (service.demo.DIGITS_DEMO:
 λ, lr_g, lr_d log-uniform, widths from 64/128/256) on its base config (digits, MLP, R1,
 eval every 500 steps with FID), the widths fixed for the spaces 64, 128 and 256, drawn for
 ``mixed``. For each K the same trials run, K at a time, as one slot trains them: with
@@ -27,7 +27,7 @@ from typing import Any
 
 import torch
 
-from service.demo import DEMO_SPEC
+from service.demo import DIGITS_DEMO
 from service.worker import limit_threads
 from trainer.config import TrainConfig
 from trainer.packed import train_packed
@@ -37,7 +37,7 @@ from trainer.train import TrainResult, train
 def draw(space: str, n: int, steps: int, device: str) -> list[TrainConfig]:
     """n trials of the demo's space; ``space`` fixes both widths, or ``mixed`` draws them."""
     rng = random.Random(0)
-    search = DEMO_SPEC["search_space"]
+    search = DIGITS_DEMO["search_space"]
     out = []
     for i in range(n):
         params: dict[str, Any] = {"seed": i, "steps": steps, "eval_every": min(500, steps), "device": device}
@@ -46,7 +46,7 @@ def draw(space: str, n: int, steps: int, device: str) -> list[TrainConfig]:
             params[key] = 10 ** rng.uniform(math.log10(lo), math.log10(hi))
         for key in ("g_width", "d_width"):
             params[key] = rng.choice(search[key]["choices"]) if space == "mixed" else int(space)
-        out.append(TrainConfig.from_dict({**DEMO_SPEC["base"], **params}))
+        out.append(TrainConfig.from_dict({**DIGITS_DEMO["base"], **params}))
     return out
 
 

@@ -134,11 +134,14 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from service.demo import run_demo
+    from service.demo import DEMO_SPECS, run_demo
+    from trainer.data import DataError
 
+    if args.dataset not in DEMO_SPECS:
+        return _fail(f"demo: --dataset '{args.dataset}' is not one of {', '.join(DEMO_SPECS)}")
     try:
-        return run_demo(out=args.out, keep_serving=args.keep_serving)
-    except RuntimeError as exc:
+        return run_demo(out=args.out, keep_serving=args.keep_serving, dataset=args.dataset)
+    except (RuntimeError, DataError) as exc:
         return _fail(f"demo: {exc}")
 
 
@@ -255,7 +258,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=8080)
     p.set_defaults(func=cmd_dashboard)
 
-    p = sub.add_parser("demo", help="embedded database, API, a pool of 2 CPU slots, a digits study, the best config")
+    p = sub.add_parser("demo", help="embedded database, API, a pool of 2 CPU slots, a study, the best config")
+    p.add_argument("--dataset", default="digits", help="digits (bundled, the default) or fashion-mnist (real, 28x28)")
     p.add_argument("--out", type=Path, default=Path("best.yaml"), help="where to write the best config")
     p.add_argument("--keep-serving", action="store_true", help="keep the API and dashboard up afterwards")
     p.set_defaults(func=cmd_demo)

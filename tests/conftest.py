@@ -1,5 +1,5 @@
 """Shared fixtures. The data directory (classifier and statistics caches) is one per test
-session, so the digits classifier is trained once, not once per test."""
+session, so the digits (and Fashion-MNIST) classifier is trained once, not once per test."""
 
 from __future__ import annotations
 
@@ -10,6 +10,16 @@ from pathlib import Path
 import pytest
 
 from service.config import Settings
+from trainer.data import FILE_SETS, load_dataset
+
+# Real Fashion-MNIST from Debian's dataset-fashion-mnist, which CI installs (.ci/run).
+FASHION_MNIST = FILE_SETS["fashion-mnist"].system
+needs_fashion_mnist = pytest.mark.skipif(
+    FASHION_MNIST is None or not FILE_SETS["fashion-mnist"].has(FASHION_MNIST, "test"),
+    reason=f"real Fashion-MNIST is not installed at {FASHION_MNIST} (apt-get install dataset-fashion-mnist)",
+)
+# The first test to ask for fashion_mnist_cache trains the classifier (minutes on 2 cores).
+FASHION_MNIST_TIMEOUT = 900
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -22,6 +32,17 @@ def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
         os.environ.pop("GAT_TUNE_DATA_DIR", None)
     else:
         os.environ["GAT_TUNE_DATA_DIR"] = old
+
+
+@pytest.fixture(scope="session")
+def fashion_mnist_cache(data_dir: Path) -> Path:
+    """Fashion-MNIST's FID classifier and real statistics in the session's data directory,
+    made once per session; the worker pools' data directories get copies (``pool_env``)."""
+    from trainer.metrics import make_extractor, real_stats  # torch: only when asked for
+
+    data = load_dataset("fashion-mnist")
+    real_stats(data, make_extractor("classifier", data, data_dir), data_dir)
+    return data_dir
 
 
 def settings_variables() -> set[str]:

@@ -3,13 +3,35 @@
 Every image set is scaled to [-1, 1] and shaped (N, C, H, W); the 2-D mixtures are (N, 2).
 The registry :data:`DATASETS` maps each ``dataset`` name to its loader; the allowed names
 are its keys (trainer.config reads them; PyTorch and NumPy are imported on first use).
+
+``mnist``, ``fashion-mnist`` and ``cifar10`` are read from their standard files with numpy
+alone (the IDX ``.gz`` files; CIFAR-10's python pickle batches), looked up in this order:
+
+1. ``$GAT_TUNE_DATASETS/<name>/`` (a directory holding one sub-folder per set),
+2. ``<data_dir>/datasets/<name>/``,
+3. Debian's install location, for Fashion-MNIST only (``apt-get install
+   dataset-fashion-mnist``: ``/usr/share/datasets/fashion-mnist/``).
+
+Each base directory is also searched for the usual other spellings of the sub-folder:
+``fashion_mnist/``, torchvision's ``FashionMNIST/raw/`` and ``MNIST/raw/``, and the
+``cifar-10-batches-py/`` that CIFAR-10's archive extracts to (also under ``cifar10/``).
+Uncompressed IDX files are read too. Only when the files are nowhere and torchvision is
+installed does torchvision get a try (it downloads into ``<data_dir>/datasets`` where the
+network allows).
+
+The training data set is the standard training split (60,000 images; 50,000 for CIFAR-10).
+``split="test"`` loads the held-out split (10,000 images), which training never sees: the
+benchmarks use it for the classifier's accuracy and for the real-data FID floor (held-out
+images against the training set).
 """
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import math
 import os
+import pickle
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,19 +50,26 @@ else:
 
 __all__ = [
     "DATASETS",
+    "DATASETS_ENV",
+    "FILE_SETS",
     "POINT_SETS",
     "DataError",
     "DataSource",
     "Dataset",
+    "FileSet",
     "PointSet",
     "dataset_source",
     "default_data_dir",
     "load_dataset",
+    "read_cifar_batch",
+    "read_idx",
 ]
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 MIXTURE_POINTS = 20_000
 MIXTURE_SEED = 1234  # the data set is fixed; the run's seed only drives training
+DATASETS_ENV = "GAT_TUNE_DATASETS"
+SPLITS = ("train", "test")
 
 
 @dataclass(frozen=True)
@@ -106,7 +135,7 @@ def default_data_dir() -> Path:
     return Path(os.environ.get("GAT_TUNE_DATA_DIR") or ".gat-tune")
 
 
-def load_dataset(name: str, *, image_size: int = 0, data_dir: Path | None = None) -> Dataset:
+def load_dataset(name: str, *, image_size: int = 0, data_dir: Path | None = None, split: str = "train") -> Dataset:
     """Load a data set on the CPU (move it with :meth:`Dataset.to`).
 
     Args:
@@ -114,7 +143,9 @@ def load_dataset(name: str, *, image_size: int = 0, data_dir: Path | None = None
             ``fashion-mnist``, ``cifar10``) or ``folder:PATH``.
         image_size: resize images to this many pixels a side; 0 keeps the native size
             (32 for a folder).
-        data_dir: where downloaded data sets live (``<data_dir>/datasets``).
+        data_dir: where data sets are looked up (``<data_dir>/datasets``) and downloaded.
+        split: ``train`` (the data set every run trains on) or ``test``, the held-out split
+            of ``mnist``, ``fashion-mnist`` and ``cifar10`` (benchmarks only).
 
     Raises:
         DataError: one line saying what is missing and where to put it.
@@ -122,7 +153,11 @@ def load_dataset(name: str, *, image_size: int = 0, data_dir: Path | None = None
     source = dataset_source(name)
     if source is None:
         raise DataError(f"dataset: unknown data set '{name}'")
-    return source.load(name, data_dir or default_data_dir(), image_size)
+    if split not in SPLITS:
+        raise DataError(f"split: '{split}' is not one of {', '.join(SPLITS)}")
+    if split != "train" and source.files is None:
+        raise DataError(f"dataset '{name}' has no held-out split (only {', '.join(FILE_SETS)} have one)")
+    return source.load(name, data_dir or default_data_dir(), image_size, split)
 
 
 def _images(name: str, x: torch.Tensor, labels: torch.Tensor | None, image_size: int) -> Dataset:
@@ -134,11 +169,11 @@ def _images(name: str, x: torch.Tensor, labels: torch.Tensor | None, image_size:
 
 def _digest(x: torch.Tensor) -> str:
     h = hashlib.sha256(str(tuple(x.shape)).encode())
-    h.update(x.detach().cpu().contiguous().numpy().tobytes())
+    h.update(x.detach().cpu().contiguous().numpy().data)  # the buffer itself: no 200 MB copy
     return h.hexdigest()[:16]
 
 
-def _load_digits(name: str, data_dir: Path, image_size: int) -> Dataset:
+def _load_digits(name: str, data_dir: Path, image_size: int, split: str) -> Dataset:
     from sklearn.datasets import load_digits
 
     digits = load_digits()
@@ -146,7 +181,7 @@ def _load_digits(name: str, data_dir: Path, image_size: int) -> Dataset:
     return _images(name, x, torch.tensor(digits.target, dtype=torch.long), image_size)
 
 
-def _load_points(name: str, data_dir: Path, image_size: int) -> Dataset:
+def _load_points(name: str, data_dir: Path, image_size: int, split: str) -> Dataset:
     point_set = POINT_SETS[name]
     centres = np.array(point_set.centres, dtype=float)
     rng = np.random.default_rng(MIXTURE_SEED)
@@ -157,35 +192,177 @@ def _load_points(name: str, data_dir: Path, image_size: int) -> Dataset:
     return Dataset(name, x, torch.tensor(which), _digest(x), modes, point_set.std)
 
 
-def _torchvision(class_name: str) -> Loader:
-    def load(name: str, data_dir: Path, image_size: int) -> Dataset:
-        return _images(name, *_load_torchvision(name, class_name, data_dir / "datasets"), image_size)
+def read_idx(path: Path) -> np.ndarray:
+    """One IDX file (``.gz`` or not) as a uint8 array: (N,) labels or (N, H, W) images.
 
-    return load
-
-
-def _load_torchvision(name: str, class_name: str, root: Path) -> tuple[torch.Tensor, torch.Tensor]:
+    The format: two zero bytes, a type byte (0x08: unsigned byte), the number of
+    dimensions, then each dimension as a big-endian uint32, then the data.
+    """
+    opener = gzip.open if path.suffix == ".gz" else open
     try:
-        import torchvision.datasets as tvd
+        with opener(path, "rb") as f:
+            raw = f.read()
+    except (OSError, EOFError) as exc:
+        raise DataError(f"cannot read {path}: {exc}") from None
+    if len(raw) < 4 or raw[:2] != b"\0\0" or raw[2] != 0x08:
+        raise DataError(f"{path} is not an IDX file of unsigned bytes (bad magic number)")
+    ndim = raw[3]
+    shape = tuple(int(d) for d in np.frombuffer(raw, dtype=">u4", count=ndim, offset=4))
+    offset = 4 + 4 * ndim
+    if len(raw) - offset != math.prod(shape):
+        raise DataError(f"{path}: {len(raw) - offset} data bytes, the header says {shape} (truncated file?)")
+    return np.frombuffer(raw, dtype=np.uint8, offset=offset).reshape(shape)
+
+
+def read_cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """One CIFAR-10 python batch: images (N, 3, 32, 32) uint8 and labels (N,).
+
+    The format is a pickle, which can run code: it is only read from the data-set
+    directories above, which the operator controls (a study names a set, never a file).
+    """
+    try:
+        with open(path, "rb") as f:
+            batch = pickle.load(f, encoding="bytes")  # the batches were pickled by Python 2
+        data, labels = batch[b"data"], batch[b"labels"]
+    except (OSError, pickle.UnpicklingError, EOFError, KeyError, TypeError) as exc:
+        raise DataError(f"{path} is not a CIFAR-10 python batch ({type(exc).__name__}: {exc})") from None
+    return np.asarray(data, dtype=np.uint8).reshape(-1, 3, 32, 32), np.asarray(labels, dtype=np.int64)
+
+
+def _read_idx_pair(folder: Path, images: str, labels: str) -> tuple[np.ndarray, np.ndarray]:
+    x, y = read_idx(_idx_file(folder, images)), read_idx(_idx_file(folder, labels))
+    if x.ndim != 3 or y.ndim != 1 or len(x) != len(y):
+        raise DataError(f"{folder}: {images} holds {x.shape}, {labels} holds {y.shape}; expected (N, H, W) and (N,)")
+    return x[:, None], y.astype(np.int64)
+
+
+def _idx_file(folder: Path, name: str) -> Path:
+    packed = folder / name
+    return packed if packed.is_file() else folder / name.removesuffix(".gz")
+
+
+@dataclass(frozen=True)
+class FileSet:
+    """A data set read from its standard files.
+
+    Attributes:
+        files: per split, the files that make it up (IDX: the ``.gz`` name; the
+            uncompressed file is accepted too).
+        folders: sub-folder names it is found under in a data-sets directory, the first
+            being the canonical one.
+        read: (folder, split) -> uint8 images (N, C, H, W) and labels (N,).
+        get: how to get the files, for the error message ({dir}: where to put them).
+        system: a directory a system package installs them to, searched last.
+        torchvision: the torchvision class that can download it.
+    """
+
+    files: dict[str, tuple[str, ...]]
+    folders: tuple[str, ...]
+    read: Callable[[Path, str], tuple[np.ndarray, np.ndarray]]
+    get: str
+    torchvision: str
+    system: Path | None = None
+
+    def has(self, folder: Path, split: str) -> bool:
+        return all(_idx_file(folder, f).is_file() for f in self.files[split])
+
+    def search_bases(self, data_dir: Path) -> list[Path]:
+        env = os.environ.get(DATASETS_ENV)
+        return [*([Path(env)] if env else []), data_dir / "datasets"]
+
+    def find(self, data_dir: Path, split: str) -> Path | None:
+        candidates = [base / sub for base in self.search_bases(data_dir) for sub in self.folders]
+        for folder in [*candidates, *([self.system] if self.system else [])]:
+            if self.has(folder, split):
+                return folder
+        return None
+
+    def missing(self, name: str, data_dir: Path, split: str) -> DataError:
+        searched = [str(base / self.folders[0]) for base in self.search_bases(data_dir)]
+        if self.system:
+            searched.append(str(self.system))
+        env = "" if os.environ.get(DATASETS_ENV) else f" ({DATASETS_ENV} unset)"
+        where = data_dir / "datasets" / self.folders[0]
+        return DataError(
+            f"dataset '{name}': {', '.join(self.files[split])} not found in {', '.join(searched)}{env}; "
+            + self.get.format(dir=where)
+        )
+
+
+def _idx_reader(folder: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
+    prefix = "train" if split == "train" else "t10k"
+    return _read_idx_pair(folder, f"{prefix}-images-idx3-ubyte.gz", f"{prefix}-labels-idx1-ubyte.gz")
+
+
+def _cifar_reader(folder: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
+    batches = [read_cifar_batch(folder / f) for f in FILE_SETS["cifar10"].files[split]]
+    return np.concatenate([b[0] for b in batches]), np.concatenate([b[1] for b in batches])
+
+
+def _idx_files(prefix: str) -> tuple[str, ...]:
+    return (f"{prefix}-images-idx3-ubyte.gz", f"{prefix}-labels-idx1-ubyte.gz")
+
+
+# The data sets read from their standard files (see the module docstring for the lookup).
+FILE_SETS: dict[str, FileSet] = {
+    "mnist": FileSet(
+        {"train": _idx_files("train"), "test": _idx_files("t10k")},
+        ("mnist", "MNIST/raw", "MNIST"),
+        _idx_reader,
+        "put MNIST's four IDX .gz files (yann.lecun.com/exdb/mnist or a mirror) in {dir}/, "
+        f"or in mnist/ under ${DATASETS_ENV}",
+        "MNIST",
+    ),
+    "fashion-mnist": FileSet(
+        {"train": _idx_files("train"), "test": _idx_files("t10k")},
+        ("fashion-mnist", "fashion_mnist", "FashionMNIST/raw", "FashionMNIST"),
+        _idx_reader,
+        "install them with 'apt-get install dataset-fashion-mnist', or put the four IDX .gz files "
+        "(github.com/zalandoresearch/fashion-mnist) in {dir}/",
+        "FashionMNIST",
+        Path("/usr/share/datasets/fashion-mnist"),
+    ),
+    "cifar10": FileSet(
+        {"train": tuple(f"data_batch_{i}" for i in range(1, 6)), "test": ("test_batch",)},
+        ("cifar10", "cifar-10-batches-py", "cifar10/cifar-10-batches-py", "CIFAR10/cifar-10-batches-py"),
+        _cifar_reader,
+        "extract cifar-10-python.tar.gz (www.cs.toronto.edu/~kriz/cifar.html) and put the files of its "
+        "cifar-10-batches-py/ in {dir}/",
+        "CIFAR10",
+    ),
+}
+
+
+def _load_file_set(name: str, data_dir: Path, image_size: int, split: str) -> Dataset:
+    file_set = FILE_SETS[name]
+    folder = file_set.find(data_dir, split)
+    if folder is not None:
+        images, labels = file_set.read(folder, split)
+        x = torch.from_numpy(images.astype(np.float32)).div_(127.5).sub_(1)  # in place: one float copy
+        return _images(name, x, torch.from_numpy(labels), image_size)
+    try:
+        import torchvision  # noqa: F401  (only to know whether it can download)
     except ImportError:
-        raise DataError(f"dataset '{name}' needs torchvision: pip install 'gat-tune[vision]'") from None
-    cls = getattr(tvd, class_name)
+        raise file_set.missing(name, data_dir, split) from None
+    # The files are nowhere, but torchvision may download them (where the network allows).
+    return _images(name, *_load_torchvision(name, file_set, data_dir, split), image_size)
+
+
+def _load_torchvision(name: str, file_set: FileSet, data_dir: Path, split: str) -> tuple[torch.Tensor, torch.Tensor]:
+    import torchvision.datasets as tvd
+
+    cls = getattr(tvd, file_set.torchvision)
+    root, train = str(data_dir / "datasets"), split == "train"
     try:
-        ds = cls(str(root), train=True, download=False)
-    except RuntimeError:
-        try:
-            ds = cls(str(root), train=True, download=True)
-        except Exception:  # any download failure gets the same advice
-            raise DataError(
-                f"dataset '{name}': not found under {root / class_name} and could not be "
-                f"downloaded; put the torchvision files there (or set GAT_TUNE_DATA_DIR) and retry"
-            ) from None
+        ds = cls(root, train=train, download=True)
+    except Exception:  # any download failure gets the same advice
+        raise DataError(f"{file_set.missing(name, data_dir, split)} (torchvision could not download them)") from None
     data = torch.as_tensor(np.asarray(ds.data))
     x = data.unsqueeze(1) if data.dim() == 3 else data.permute(0, 3, 1, 2)
     return x.float() / 127.5 - 1, torch.as_tensor(np.asarray(ds.targets), dtype=torch.long)
 
 
-def _load_folder_set(name: str, data_dir: Path, image_size: int) -> Dataset:
+def _load_folder_set(name: str, data_dir: Path, image_size: int, split: str) -> Dataset:
     return _images(name, *_load_folder(Path(name[len("folder:") :]), image_size or 32), image_size)
 
 
@@ -216,8 +393,8 @@ def _load_folder(root: Path, size: int) -> tuple[torch.Tensor, torch.Tensor | No
     return x, labels
 
 
-# (name, data dir, image size) -> the data set
-Loader = Callable[[str, Path, int], Dataset]
+# (name, data dir, image size, split) -> the data set
+Loader = Callable[[str, Path, int, str], Dataset]
 
 
 @dataclass(frozen=True)
@@ -228,11 +405,13 @@ class DataSource:
         load: reads the data set.
         points: a 2-D point set (no images: no dcgan, no classifier or inception features).
         prefix: the key is a prefix, followed by a path (``folder:PATH``).
+        files: read from standard files, with a held-out ``test`` split (:data:`FILE_SETS`).
     """
 
     load: Loader
     points: bool = False
     prefix: bool = False
+    files: FileSet | None = None
 
     def shown(self, key: str) -> str:
         return f"{key}PATH" if self.prefix else key
@@ -242,9 +421,7 @@ class DataSource:
 DATASETS: dict[str, DataSource] = {
     "digits": DataSource(_load_digits),
     **{name: DataSource(_load_points, points=True) for name in POINT_SETS},
-    "mnist": DataSource(_torchvision("MNIST")),
-    "fashion-mnist": DataSource(_torchvision("FashionMNIST")),
-    "cifar10": DataSource(_torchvision("CIFAR10")),
+    **{name: DataSource(_load_file_set, files=file_set) for name, file_set in FILE_SETS.items()},
     "folder:": DataSource(_load_folder_set, prefix=True),
 }
 

@@ -338,7 +338,7 @@ def train_packed(
             continue
         m.out_dir.mkdir(parents=True, exist_ok=True)
         try:
-            state = _load_checkpoint(m.out_dir, m.config, device)
+            state = _load_checkpoint(m.out_dir, m.config, device, m.evaluator.features)
         except CheckpointMismatch as exc:
             m.outcome = exc
             continue

@@ -39,7 +39,7 @@ class Leases(QueueBase):
         """User attributes of a running trial (an eval's metrics, for the dashboard), in one
         autocommit statement."""
         with self.storage.autocommit_engine.connect() as conn:
-            set_trial_attrs(conn, claim.trial_id, attrs, {})
+            optuna_tables.set_trial_attrs(conn, claim.trial_id, attrs, {})
 
     def reload(self, claim: Claim) -> None:
         """Read the trial back as stored. After a write whose reply was lost (the database

@@ -3,11 +3,14 @@ for a server that has stopped."""
 
 from __future__ import annotations
 
+import argparse
 from pathlib import Path
 
 import pytest
 
 from service import demo
+from service.cli import cmd_demo
+from service.spec import StudySpec
 from tests.service.conftest import free_port
 
 TINY_DEMO = {
@@ -30,7 +33,7 @@ def test_demo_shows_progress_early_and_no_dead_address(
     for key, value in {"DATABASE_URL": database_url, "GAT_TUNE_DATA_DIR": str(tmp_path), "GAT_TUNE_PORT": str(port),
                        "GAT_TUNE_POLL_SECONDS": "0.3"}.items():  # fmt: skip
         monkeypatch.setenv(key, value)
-    monkeypatch.setattr(demo, "DEMO_SPEC", TINY_DEMO)
+    monkeypatch.setitem(demo.DEMO_SPECS, "digits", TINY_DEMO)
     assert demo.run_demo(out=tmp_path / "best.yaml") == 0
     lines = capsys.readouterr().out.splitlines()
     stages = ["starting the database", "starting the API", "study digits-demo-", "first trials training",
@@ -41,3 +44,13 @@ def test_demo_shows_progress_early_and_no_dead_address(
     assert not [line for line in lines[end:] if "http://" in line], "the API has stopped: print no address of it"
     assert any("gat-tune dashboard" in line for line in lines[end:])
     assert "lambda:" in (tmp_path / "best.yaml").read_text()
+
+
+def test_demo_data_sets_are_a_registry_and_others_are_one_line(capsys: pytest.CaptureFixture[str]) -> None:
+    assert list(demo.DEMO_SPECS) == ["digits", "fashion-mnist"]
+    for name, spec in demo.DEMO_SPECS.items():
+        assert spec["base"]["dataset"] == name
+        StudySpec.model_validate(spec)  # every demo's spec is one the API accepts
+    assert cmd_demo(argparse.Namespace(dataset="imagenet", out=Path("best.yaml"), keep_serving=False)) == 1
+    error = "gat-tune: error: demo: --dataset 'imagenet' is not one of digits, fashion-mnist"
+    assert capsys.readouterr().err.strip() == error

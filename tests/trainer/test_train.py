@@ -15,6 +15,7 @@ import torch
 from PIL import Image
 
 from bench.plain_loop import plain_gan
+from tests.conftest import FASHION_MNIST_TIMEOUT, needs_fashion_mnist
 from trainer import metrics
 from trainer.config import PRDC_METRICS, TrainConfig
 from trainer.data import load_dataset
@@ -220,6 +221,26 @@ def test_ring8_reports_modes_and_quality() -> None:
 def test_dcgan_on_digits() -> None:
     result = train(quick(model="dcgan", g_width=32, d_width=32, steps=20, eval_every=20, batch_size=16))
     assert result.fid > 0 and result.steps == 20
+
+
+@needs_fashion_mnist
+@pytest.mark.slow
+@pytest.mark.timeout(FASHION_MNIST_TIMEOUT)
+@pytest.mark.parametrize("model", ["mlp", "dcgan"])
+def test_trains_on_real_fashion_mnist_at_28_px(model: str, tmp_path: Path, fashion_mnist_cache: Path) -> None:
+    config = TrainConfig.from_dict(
+        {"dataset": "fashion-mnist", "model": model, "g_width": 32, "d_width": 32, "steps": 4, "eval_every": 4,
+         "eval_samples": 64, "batch_size": 16}
+    )  # fmt: skip
+    result = train(config, out_dir=tmp_path)
+    assert result.steps == 4 and math.isfinite(result.fid) and result.fid > 0
+    assert result.generator is not None
+    assert result.generator(torch.zeros(2, config.z_dim)).shape == (2, 1, 28, 28)
+    assert (tmp_path / "samples.png").is_file()
+    # FID's features come from a classifier trained on the set's labels (cached once per session)
+    saved = [json.loads(f.read_text()) for f in (fashion_mnist_cache / "features").glob("classifier*.json")]
+    (accuracy,) = [s["accuracy"] for s in saved if s["dataset"] == "fashion-mnist"]
+    assert accuracy > 0.85, accuracy
 
 
 def test_cli_json_last_line(tmp_path: Path) -> None:
