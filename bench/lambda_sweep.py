@@ -46,11 +46,12 @@ def main() -> None:
     parser.add_argument("--width", type=int, default=256, help="g_width and d_width")
     parser.add_argument("--steps", type=int, default=3000)
     parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--lambdas", type=float, nargs="+", default=list(LAMBDAS), help="must include 0 and 10")
     args = parser.parse_args()
     floor = real_floor(args.dataset)
     print(f"real-data floor (held-out images vs the training images): FID {floor:.2f}")
     means = {}
-    for lam in LAMBDAS:
+    for lam in args.lambdas:
         fids = []
         for seed in range(args.seeds):
             t = time.perf_counter()
