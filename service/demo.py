@@ -162,14 +162,14 @@ def run_demo(*, out: Path, keep_serving: bool = False, dataset: str = "digits") 
         out.write_text(best_yaml)
         print(f"\nstudy {study['status']} in {time.monotonic() - started:.0f}s; best config written to {out}:\n")
         print(best_yaml)
-        cli = Path(sys.argv[0]) if Path(sys.argv[0]).name == "gat-tune" else Path("gat-tune")  # as it was run
-        print(f"train from it:  {cli} train --config {out} --out runs/best")
+        command = sys.argv[0] if Path(sys.argv[0]).name == "gat-tune" else "gat-tune"  # as it was run
+        print(f"train from it:  {command} train --config {out} --out runs/best")
         if keep_serving:
             print(f"dashboard:      {base}/dashboard  (serving until Ctrl-C)", flush=True)
             api.wait()
         else:
             print("the API, the pool and the database stop with the demo; browse the study later with")
-            print(f"  GAT_TUNE_DATA_DIR={settings.data_dir} {cli} dashboard")
+            print(f"  GAT_TUNE_DATA_DIR={settings.data_dir} {command} dashboard")
         return 0
     finally:
         for proc in (pool, api):

@@ -34,6 +34,7 @@ from typing import Any, TypeVar
 
 import optuna
 import sqlalchemy as sa
+import torch
 from optuna.trial import TrialState
 
 from service import db
@@ -266,6 +267,8 @@ class Slot:
                 **where,
                 "train_seconds": round(result.train_seconds, 3),
                 "steps_per_second": round(result.steps / result.train_seconds, 2) if result.train_seconds else None,
+                # float sums depend on the thread count: `gat-tune train --threads N` replays it exactly
+                "cpu_threads": torch.get_num_threads(),
                 **eval_attrs(result.metrics),
             }
             links = self._upload_artifacts(claim, run_dir)

@@ -39,6 +39,11 @@ def add_train_parser(sub: Any) -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, help="train this many steps in all (overrides the config)")
     p.add_argument("--out", type=Path, help="run directory (default: $GAT_TUNE_DATA_DIR/runs/<time>)")
     p.add_argument("--json", action="store_true", help="print one JSON object with the result as the last line")
+    p.add_argument(
+        "--threads",
+        type=int,
+        help="CPU threads (default: torch's); a trial's cpu_threads attribute, to reproduce its FID exactly",
+    )
     p.set_defaults(func=run_train)
     return p
 
@@ -55,6 +60,15 @@ def run_train(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"gat-tune train: error: {exc}", file=sys.stderr)
         return 2
+    if args.threads is not None:
+        if args.threads < 1:
+            print("gat-tune train: error: --threads must be at least 1", file=sys.stderr)
+            return 2
+        import threadpoolctl
+        import torch
+
+        torch.set_num_threads(args.threads)  # as a worker slot limits itself (service.worker.limit_threads)
+        threadpoolctl.threadpool_limits(args.threads)
     out = args.out or default_data_dir() / "runs" / time.strftime("%Y%m%d-%H%M%S")
     bar = _progress_bar(config.steps)
     try:

@@ -31,7 +31,11 @@ from trainer.train import train
 
 @pytest.mark.slow
 def test_two_slots_finish_a_study_over_http(
-    client: TestClient, start_pool: Callable[..., subprocess.Popen[str]], database_url: str, tmp_path: Path
+    client: TestClient,
+    start_pool: Callable[..., subprocess.Popen[str]],
+    pool_env: dict[str, str],
+    database_url: str,
+    tmp_path: Path,
 ) -> None:
     assert client.post("/studies", json=tiny()).status_code == 201
     pool = start_pool("--per-device", "2", "--exit-when-idle", "3")
@@ -51,6 +55,7 @@ def test_two_slots_finish_a_study_over_http(
         assert t.value is not None and t.value > 0
         assert [s for s, _ in sorted(t.intermediate_values.items())] == [20, 40, 60]
         assert t.user_attrs["device"] == "cpu" and t.user_attrs["steps_per_second"] > 0
+        assert t.user_attrs["cpu_threads"] == max(1, (os.cpu_count() or 1) // 2)  # two slots share the cores
         metas = optuna.artifacts.get_all_artifact_meta(t, storage=load(database_url)._storage)
         assert {m.filename for m in metas} == {"samples.png", "curve.png", "metrics.jsonl"}
         with store.open_reader(next(m.artifact_id for m in metas if m.filename == "samples.png")) as f:
@@ -59,6 +64,15 @@ def test_two_slots_finish_a_study_over_http(
     best = client.get("/studies/tiny/best").json()
     result = train(TrainConfig.from_dict(best))
     assert result.steps == 60 and result.fid > 0
+    # The production handoff: `train --threads` as the trial ran gives its FID exactly.
+    best_trial = load(database_url).best_trial
+    (tmp_path / "best.json").write_text(json.dumps(best))
+    replay = subprocess.run(
+        [sys.executable, "-m", "service.cli", "train", "--config", str(tmp_path / "best.json"),
+         "--threads", str(best_trial.user_attrs["cpu_threads"]), "--out", str(tmp_path / "replay"), "--json"],
+        env=pool_env, capture_output=True, text=True, timeout=300, check=True,
+    )  # fmt: skip
+    assert json.loads(replay.stdout.splitlines()[-1])["fid"] == best_trial.value
     assert client.get("/workers").json()["items"] == []  # workers deregister on exit
 
 
