@@ -267,8 +267,8 @@ class FileSet:
         return all(_idx_file(folder, f).is_file() for f in self.files[split])
 
     def search_bases(self, data_dir: Path) -> list[Path]:
-        env = os.environ.get(DATASETS_ENV)
-        return [*([Path(env)] if env else []), data_dir / "datasets"]
+        env = os.environ.get(DATASETS_ENV)  # absolute: a message names the folder a worker looked in
+        return [*([Path(env).absolute()] if env else []), data_dir.absolute() / "datasets"]
 
     def find(self, data_dir: Path, split: str) -> Path | None:
         candidates = [base / sub for base in self.search_bases(data_dir) for sub in self.folders]
@@ -282,7 +282,7 @@ class FileSet:
         if self.system:
             searched.append(str(self.system))
         env = "" if os.environ.get(DATASETS_ENV) else f" ({DATASETS_ENV} unset)"
-        where = data_dir / "datasets" / self.folders[0]
+        where = data_dir.absolute() / "datasets" / self.folders[0]
         return DataError(
             f"dataset '{name}': {', '.join(self.files[split])} not found in {', '.join(searched)}{env}; "
             + self.get.format(dir=where)
