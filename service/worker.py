@@ -46,7 +46,7 @@ from service.tables import gt_workers
 from trainer.config import PRDC_K, PRDC_METRICS, ConfigError, TrainConfig
 from trainer.data import DataError
 from trainer.metrics import FeatureError
-from trainer.train import Diverged, train
+from trainer.train import Diverged, limit_threads, train
 
 __all__ = ["Interrupted", "limit_threads", "preload", "resolve_devices", "run_pool", "run_slot"]
 
@@ -426,17 +426,6 @@ def _one_line(exc: BaseException) -> str:
     if type(exc).__name__ == "OutOfMemoryError":
         return f"CUDA out of memory: {text}"[:500]
     return f"{type(exc).__name__}: {text}"[:500]
-
-
-def limit_threads(threads: int) -> None:
-    """A slot's share of the CPU cores, for torch and for the BLAS/OpenMP pools numpy and
-    scipy use (the FID's eigendecomposition): each would otherwise start a thread per core
-    in every slot, and K slots on a machine would oversubscribe it K times."""
-    import threadpoolctl
-    import torch
-
-    torch.set_num_threads(threads)
-    threadpoolctl.threadpool_limits(threads)
 
 
 def preload() -> None:

@@ -50,7 +50,7 @@ def add_train_parser(sub: Any) -> argparse.ArgumentParser:
 
 def run_train(args: argparse.Namespace) -> int:
     from trainer.data import default_data_dir
-    from trainer.train import train
+    from trainer.train import limit_threads, train
 
     user_errors = _user_errors()
     try:
@@ -64,11 +64,7 @@ def run_train(args: argparse.Namespace) -> int:
         if args.threads < 1:
             print("gat-tune train: error: --threads must be at least 1", file=sys.stderr)
             return 2
-        import threadpoolctl
-        import torch
-
-        torch.set_num_threads(args.threads)  # as a worker slot limits itself (service.worker.limit_threads)
-        threadpoolctl.threadpool_limits(args.threads)
+        limit_threads(args.threads)  # as a worker slot limits itself
     out = args.out or default_data_dir() / "runs" / time.strftime("%Y%m%d-%H%M%S")
     bar = _progress_bar(config.steps)
     try:

@@ -36,6 +36,7 @@ from trainer.train import (
     OnEval,
     TrainResult,
     _check_finite,
+    _eval_record,
     _Evaluator,
     _load_checkpoint,
     _save_checkpoint,
@@ -359,17 +360,22 @@ def train_packed(
     lam = torch.tensor([c.lam for c in configs], device=device)
     regulariser = first.aux_loss if first.lam != 0 else "none"
     losses = torch.zeros(FINITE_CHECK_EVERY, 3, k_all, device=device)
+    # Made again only when the pack shrinks (a GATLoss over a tensor λ syncs to check it).
+    loss = GATLoss(g, d, regulariser, lam)
+    g_params, d_params = list(g.parameters()), list(d.parameters())
 
     def keep(slots: list[int]) -> None:
         """Keep these pack slots (sorted), dropping the others' weights, state and cost."""
-        nonlocal live, lam, losses
+        nonlocal live, lam, losses, loss, g_params, d_params
         idx = torch.tensor(slots, dtype=torch.long, device=device)
         for module in (g, d):
             module.keep(idx)
-        opt_g.keep(idx, list(g.parameters()))
-        opt_d.keep(idx, list(d.parameters()))
+        g_params, d_params = list(g.parameters()), list(d.parameters())
+        opt_g.keep(idx, g_params)
+        opt_d.keep(idx, d_params)
         live = [live[s] for s in slots]
         lam, losses = lam[idx], losses[:, :, idx]
+        loss = GATLoss(g, d, regulariser, lam)
 
     if len(live) < k_all:
         keep([s for s in range(k_all) if members[s].outcome is None])
@@ -413,21 +419,20 @@ def train_packed(
                 finish(s, stopped=True)
             keep([s for s in range(len(live)) if s not in stopping])
             continue
-        loss = GATLoss(g, d, regulariser, lam)
         rngs = [members[i].rng for i in live]
         for j in range(first.d_steps):
             real = torch.stack([data.x[torch.randint(n, (batch,), device=device, generator=r)] for r in rngs])
             z = torch.stack([torch.randn(batch, z_dim, device=device, generator=r) for r in rngs])
             total_d, loss_d, reg = loss.discriminator(real, z, rngs, index=step * first.d_steps + j)
             opt_d.zero_grad()
-            total_d.sum().backward(inputs=list(d.parameters()))
+            total_d.sum().backward(inputs=d_params)
             opt_d.step()
         if loss.generator_needs_real:
             real = torch.stack([data.x[torch.randint(n, (batch,), device=device, generator=r)] for r in rngs])
         z = torch.stack([torch.randn(batch, z_dim, device=device, generator=r) for r in rngs])
         total_g, loss_g = loss.generator(real, z)
         opt_g.zero_grad()
-        total_g.sum().backward(inputs=list(g.parameters()))
+        total_g.sum().backward(inputs=g_params)
         opt_g.step()
         losses[step % FINITE_CHECK_EVERY, 0] = loss_d
         losses[step % FINITE_CHECK_EVERY, 1] = loss_g
@@ -456,15 +461,8 @@ def train_packed(
         ended = []
         for s, i in enumerate(live):
             m = members[i]
-            metrics, _ = m.evaluator.measure(samples[s])
-            metrics = {
-                "step": step,
-                **metrics,
-                "loss_d": float(loss_d[s]),
-                "loss_g": float(loss_g[s]),
-                "loss_aux": float(reg[s]),
-                "train_seconds": round(m.train_seconds + elapsed, 3),
-            }
+            measured, _ = m.evaluator.measure(samples[s])
+            metrics = _eval_record(step, measured, loss_d[s], loss_g[s], reg[s], m.train_seconds + elapsed)
             m.history.append(metrics)
             if m.out_dir is not None:
                 _write_eval(m.out_dir, metrics, samples[s], data, m.history)

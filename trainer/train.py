@@ -34,7 +34,7 @@ from trainer.metrics import (
 )
 from trainer.models import build_models
 
-__all__ = ["CheckpointMismatch", "Diverged", "TrainResult", "resolve_device", "train"]
+__all__ = ["CheckpointMismatch", "Diverged", "TrainResult", "limit_threads", "resolve_device", "train"]
 
 CHECKPOINT = "checkpoint.pt"
 FINITE_CHECK_EVERY = 32  # steps between looks at the losses: a look syncs with the device
@@ -98,6 +98,17 @@ class TrainResult:
             "stopped": self.stopped,
             "out_dir": str(self.out_dir) if self.out_dir else None,
         }
+
+
+def limit_threads(threads: int) -> None:
+    """A process's share of the CPU cores, for torch and for the BLAS/OpenMP pools numpy and
+    scipy use (the FID's eigendecomposition): each would otherwise start a thread per core,
+    and K worker slots on a machine would oversubscribe it K times. Float sums depend on the
+    count, so `gat-tune train --threads` uses it to replay a slot's trial exactly."""
+    import threadpoolctl
+
+    torch.set_num_threads(threads)
+    threadpoolctl.threadpool_limits(threads)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -245,15 +256,8 @@ def train(
             continue
 
         train_seconds += time.perf_counter() - tick
-        metrics, samples = evaluate(g)
-        metrics = {
-            "step": step,
-            **metrics,
-            "loss_d": float(loss_d),
-            "loss_g": float(loss_g),
-            "loss_aux": float(reg),
-            "train_seconds": round(train_seconds, 3),
-        }
+        measured, samples = evaluate(g)
+        metrics = _eval_record(step, measured, loss_d, loss_g, reg, train_seconds)
         history.append(metrics)
         last = metrics
         if run_dir is not None:
@@ -292,6 +296,25 @@ def train(
         torch.save({"g": g.state_dict(), "config": config.to_dict()}, run_dir / "generator.pt")
         (run_dir / "result.json").write_text(json.dumps(result.summary(), indent=2) + "\n")
     return result
+
+
+def _eval_record(
+    step: int,
+    measured: dict[str, Any],
+    loss_d: torch.Tensor,
+    loss_g: torch.Tensor,
+    reg: torch.Tensor,
+    train_seconds: float,
+) -> dict[str, Any]:
+    """One eval's line in the history and metrics.jsonl (a packed member's too)."""
+    return {
+        "step": step,
+        **measured,
+        "loss_d": float(loss_d),
+        "loss_g": float(loss_g),
+        "loss_aux": float(reg),
+        "train_seconds": round(train_seconds, 3),
+    }
 
 
 def _check_finite(losses: torch.Tensor, step: int) -> None:
