@@ -1,24 +1,25 @@
 """Trial packing: finished trials per hour at K = 1, 2, 4, 8, 16, as a ratio to K = 1.
 
     .venv/bin/python -m bench.packing [--steps 3000] [--trials 16] [--spaces 64 128 256 mixed]
-                                      [--ks 1 2 4 8 16] [--device cpu] [--threads 1]
+                                      [--ks 1 2 4 8 16] [--device cpu] [--threads 1] [--rounds 1]
 
 Trials are drawn at random (seeded) from the demo's search space (service.demo.DIGITS_DEMO:
 λ, lr_g, lr_d log-uniform, widths from 64/128/256) on its base config (digits, MLP, R1,
 eval every 500 steps with FID), the widths fixed for the spaces 64, 128 and 256, drawn for
 ``mixed``. For each K the same trials run, K at a time, as one slot trains them: with
-trainer.train one by one at K = 1, with trainer.packed.train_packed above, each group of
-K consecutive trials packed by shape (members of one (g_width, d_width) in one pack, the
-groups one after another; ``--pad`` packs the K together, padded to the widest). Evals and
-FID are included. One slot's thread budget (``--threads``, the worker's default for a CPU
-slot on this machine is 1). The K = 1 reference runs in the same process, interleaved
-with the packed runs (K = 1, K = 2, ..., then again), so machine noise falls on all.
+trainer.train one by one at K = 1, with trainer.packed.train_packed above, each K
+consecutive trials as one pack (grouped by width inside it). Evals and FID are included.
+One slot's thread budget (``--threads``, the worker's default for a CPU slot on this
+machine is 1). Each point runs in a fresh process (its peak memory is printed: the slot's
+at that K), one after another, K = 1 first (the reference), then K = 2, ..., then again
+with ``--rounds``, so machine noise falls on all.
 """
 
 from __future__ import annotations
 
 import argparse
 import math
+import multiprocessing as mp
 import random
 import resource
 import statistics
@@ -50,23 +51,35 @@ def draw(space: str, n: int, steps: int, device: str) -> list[TrainConfig]:
     return out
 
 
-def run(configs: list[TrainConfig], k: int, pad: bool) -> tuple[float, list[float]]:
+def run(configs: list[TrainConfig], k: int) -> tuple[float, list[float]]:
     """Seconds to finish every trial, K at a time, and the final FIDs in trial order."""
     t = time.perf_counter()
     fids: list[float] = [float("nan")] * len(configs)
     for start in range(0, len(configs), k):
-        chunk = list(range(start, min(start + k, len(configs))))
         if k == 1:
             fids[start] = train(configs[start]).fid
             continue
-        groups: dict[tuple[int, int], list[int]] = {}
-        for i in chunk:
-            shape = (0, 0) if pad else (configs[i].g_width, configs[i].d_width)
-            groups.setdefault(shape, []).append(i)
-        for members in groups.values():
-            for i, outcome in zip(members, train_packed([configs[i] for i in members]), strict=True):
-                fids[i] = outcome.fid if isinstance(outcome, TrainResult) else float("nan")
+        chunk = configs[start : start + k]
+        for i, outcome in enumerate(train_packed(chunk), start):
+            fids[i] = outcome.fid if isinstance(outcome, TrainResult) else float("nan")
     return time.perf_counter() - t, fids
+
+
+def run_apart(configs: list[TrainConfig], k: int, threads: int, device: str) -> tuple[float, list[float], str]:
+    """run() in a fresh process, so that its peak memory is its own: (seconds, FIDs, peak)."""
+    ctx = mp.get_context("spawn")
+    with ctx.Pool(1) as pool:
+        return pool.apply(_child, (configs, k, threads, device))
+
+
+def _child(configs: list[TrainConfig], k: int, threads: int, device: str) -> tuple[float, list[float], str]:
+    limit_threads(threads)
+    s, fids = run(configs, k)
+    if device.startswith("cuda"):
+        peak = f"{torch.cuda.max_memory_allocated() / 2**20:.0f} MiB GPU"
+    else:
+        peak = f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**10:.0f} MiB RSS"
+    return s, fids, peak
 
 
 def main() -> None:
@@ -77,7 +90,6 @@ def main() -> None:
     parser.add_argument("--ks", type=int, nargs="+", default=[1, 2, 4, 8, 16])
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--pad", action="store_true", help="pack each K together, padded to the widest")
     parser.add_argument("--rounds", type=int, default=1, help="repeat the K sweep, interleaved")
     args = parser.parse_args()
     limit_threads(args.threads)
@@ -89,15 +101,8 @@ def main() -> None:
         fids: dict[int, list[float]] = {}
         for _ in range(args.rounds):
             for k in args.ks:
-                if args.device.startswith("cuda"):
-                    torch.cuda.reset_peak_memory_stats()
-                s, fids[k] = run(configs, k, args.pad)
+                s, fids[k], peak = run_apart(configs, k, args.threads, args.device)
                 seconds[k].append(s)
-                peak = (
-                    f"{torch.cuda.max_memory_allocated() / 2**20:.0f} MiB GPU"
-                    if args.device.startswith("cuda")
-                    else f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**10:.0f} MiB RSS (process peak)"
-                )
                 per_hour = args.trials / s * 3600
                 print(f"space {space:>5} K={k:<2} {s:7.1f}s  {per_hour:7.0f} trials/h  peak {peak}", flush=True)
         base = statistics.median(seconds[args.ks[0]])

@@ -108,7 +108,12 @@ def cmd_worker(args: argparse.Namespace) -> int:
         return _fail(str(exc), 2)
     if args.per_device < 1:
         return _fail("--per-device must be at least 1", 2)
-    return run_pool(Settings(), devices, args.per_device, idle_exit=args.exit_when_idle)
+    if args.max_pack is not None and args.max_pack < 1:
+        return _fail("--max-pack must be at least 1", 2)
+    settings = Settings()
+    if args.max_pack is not None:
+        settings = settings.model_copy(update={"max_pack": args.max_pack})
+    return run_pool(settings, devices, args.per_device, idle_exit=args.exit_when_idle)
 
 
 def cmd_dashboard(args: argparse.Namespace) -> int:
@@ -248,6 +253,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("worker", help="run a worker pool: one process per device slot")
     p.add_argument("--devices", default="auto", help="auto (every GPU, else the CPU), cpu, or cuda:0,cuda:1,...")
     p.add_argument("--per-device", type=int, default=1, help="slots (processes) per device (default 1)")
+    p.add_argument(
+        "--max-pack",
+        type=int,
+        metavar="K",
+        help="trials a slot trains at once as one packed model, at most (default GAT_TUNE_MAX_PACK or the "
+        "device's: 8 on a CPU, 16 on a GPU; 1: no packing)",
+    )
     p.add_argument(
         "--exit-when-idle", type=float, metavar="SECONDS", help="exit once no trial was claimable for this long"
     )

@@ -41,6 +41,9 @@ class Settings(BaseSettings):
     artifact_s3_bucket: str | None = Field(default=None, description="store artifacts in this S3 bucket instead")
     lease_seconds: float = Field(default=60, gt=0, description="a trial's lease; a heartbeat renews it at 1/3")
     poll_seconds: float = Field(default=2, gt=0, description="how often an idle slot looks for a trial")
+    max_pack: int | None = Field(
+        default=None, ge=1, description="trials a slot trains at once as one packed model, at most (1: no packing)"
+    )
     data_roots: str | None = Field(
         default=None,
         description="directories a study's folder: dataset may lie under (os.pathsep- or comma-separated); "

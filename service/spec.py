@@ -134,6 +134,14 @@ class StudySpec(_Strict):
     pruner: Literal["none", "median", "hyperband", "successive-halving"] = "median"
     n_trials: int = Field(default=20, ge=1)
     max_parallel: int = Field(default=2, ge=1, le=1024, description="trials running at once, at most")
+    pack: int | None = Field(
+        default=None,
+        ge=1,
+        le=64,
+        description="trials a worker slot trains at once as one batched model (MLP studies); default: the "
+        "worker's for its device (8 on a CPU, 16 on a GPU), capped by its --max-pack; 1: never packed. "
+        "Each stays a trial of its own (reports, pruning, lease), counted in max_parallel",
+    )
     max_retries: int = Field(default=2, ge=0, le=100, description="re-runs of a trial whose worker died")
     max_failures: int | None = Field(
         default=None, ge=1, description="failed trials after which the study ends as 'failed' (default: n_trials)"

@@ -273,7 +273,8 @@ class StudyService:
         return body
 
     def best_config(self, name: str) -> dict[str, Any]:
-        """The best trial's complete trainer config.
+        """The best trial's complete trainer config (with ``pack``, how to replay it, when it
+        trained packed).
 
         Raises:
             Conflict: no trial has completed yet.
@@ -286,11 +287,13 @@ class StudyService:
                 raise Conflict(f"study '{name}' failed with no completed trial; `gat-tune status {name}` says why")
             raise Conflict(f"study '{name}' has no completed trial yet; try again when one has finished")
         try:
-            return config_from_params(load_spec(row), best["params"])
+            config = config_from_params(load_spec(row), best["params"])
         except ConfigError as exc:  # a trial run under another version's rules
             raise IncompatibleSpec(
                 f"study '{name}': trial {best['trial']}'s config is refused by this version of gat-tune ({exc})"
             ) from None
+        # A trial trained in a pack: how `gat-tune train` trains it again bit for bit.
+        return {**config, "pack": best["pack"]} if best["pack"] else config
 
     # -- control --------------------------------------------------------------------------
     def control(self, name: str, action: str) -> dict[str, Any]:

@@ -40,18 +40,25 @@ from optuna.trial import TrialState
 from service import db
 from service.artifacts import artifact_store
 from service.config import Settings
+from service.optuna_tables import PACK_REPLAY
 from service.queue import Claim, TrialQueue
 from service.spec import folder_refused, suggest_config
 from service.tables import gt_workers
 from trainer.config import PRDC_K, PRDC_METRICS, ConfigError, TrainConfig
 from trainer.data import DataError
 from trainer.metrics import FeatureError
-from trainer.train import Diverged, limit_threads, train
+from trainer.packed import pack_key, train_packed
+from trainer.train import CHECKPOINT, Diverged, TrainResult, limit_threads, train
 
 __all__ = ["Interrupted", "limit_threads", "preload", "resolve_devices", "run_pool", "run_slot"]
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+
+
+# Trials a slot packs into one model when the spec does not say (an MLP study): measured
+# with bench/packing.py (bench/RESULTS.md, "Trial packing"); the pool's max_pack caps it.
+PACK_DEFAULT = {"cpu": 8, "cuda": 16}
 
 
 class Interrupted(Exception):
@@ -94,7 +101,7 @@ class Slot:
         self.artifacts = artifact_store(settings, link_files=True)  # once: an S3 store builds a boto3 client
         self.shutdown = threading.Event()
         self.lost: set[int] = set()  # trials whose lease a reaper took
-        self.current: Claim | None = None
+        self.current: list[Claim] = []  # the trials it trains (more than one: a pack)
         self._stopping_since: float | None = None
         self.queue.give_up = self._giving_up
         self._said: set[str] = set()  # errors of the loop already logged
@@ -139,10 +146,9 @@ class Slot:
         """Renew the leases; a running trial whose lease a reaper took is lost."""
         # The trial is read before renewing: one claimed while renew() runs has a lease that
         # renew() did not see, and must not count as lost.
-        current = self.current
+        current = list(self.current)
         held = self.queue.renew()
-        if current is not None and current.trial_id not in held:
-            self.lost.add(current.trial_id)
+        self.lost.update(c.trial_id for c in current if c.trial_id not in held)
         if not self.queue.listed:  # taken off GET /workers while silent: listed again
             self.register()
 
@@ -182,7 +188,7 @@ class Slot:
                     self.shutdown.wait(self.settings.poll_seconds)
                     continue
                 try:
-                    self.run_trial(claim)
+                    self.run_claims(claim)
                 except Exception as exc:  # the slot outlives any trial and any study
                     self._log_once(f"study {claim.study_name}", exc)
                     self.queue.abandon(claim.trial_id)
@@ -210,97 +216,99 @@ class Slot:
         self._said.add(said)
         log.exception("%s", what)
 
-    def run_trial(self, claim: Claim) -> None:
-        """Train one claimed trial and tell Optuna how it ended. Never raises for the trial's
-        own failures: the slot goes on with the next one. The database's absence is not a
-        failure: training goes on, and the trial's end is told once it is back."""
-        self.current = claim
-        trial = claim.trial
-        run_dir = Path(claim.run_dir)
-        started = time.perf_counter()
-        where = {"device": self.device, "worker": self.worker_id}
-        pending: list[tuple[int, float]] = []  # evals not yet reported (the database was away)
+    def pack_size(self, run: TrialRun) -> int:
+        """How many trials to train with this one as one packed model: the spec's ``pack``,
+        else this device's default (PACK_DEFAULT), capped by the pool's max_pack; 1 for what
+        does not pack (a DCGAN, a run resuming from its checkpoint)."""
+        assert run.config is not None
+        if run.config.model != "mlp" or run.resumes:
+            return 1
+        wanted = run.claim.spec.pack or PACK_DEFAULT["cuda" if self.device.startswith("cuda") else "cpu"]
+        return max(1, min(wanted, self.settings.max_pack or wanted))
+
+    def run_claims(self, claim: Claim) -> None:
+        """Train a claimed trial, packed with more trials claimed from its study when it
+        packs (each claimed as a slot alone would claim it: the sampler sees the ones before
+        as running). Never raises for the trials' own failures."""
+        first = TrialRun(self, claim)
+        self.current = [claim]
         try:
-            config = TrainConfig.from_dict({**self._suggest(claim), "device": self.device})
-            refused = folder_refused(config.dataset, self.settings.folder_roots)
-            if refused:
-                raise DataError(refused)
-            self._retry(lambda: self._replay_history(claim, run_dir), f"trial {trial.number}: replay")
-            # Optuna prunes single-objective studies only; "none" has nothing to ask.
-            prunes = len(claim.spec.objectives) == 1 and not isinstance(claim.study.pruner, optuna.pruners.NopPruner)
-            first = claim.spec.objectives[0]  # what the intermediate values are, and pruners read
-            shown: dict[str, Any] = {}  # the latest eval's metrics, as trial user attributes
-
-            def on_eval(step: int, metrics: dict[str, Any]) -> None:
-                pending.append((step, objective_value(metrics, first)))
-                shown.update(eval_attrs(metrics))
+            if not first.prepare():
+                return
+            runs, wanted = [first], self.pack_size(first)
+            while len(runs) < wanted and not self.shutdown.is_set():
                 try:
-                    status = self._send(claim, pending)
-                    self.queue.set_attrs(claim, shown)
-                    # A trial that trained to its end is complete: its last FID is its result.
-                    prune = prunes and step < config.steps and trial.should_prune()
-                except Exception as exc:
-                    if not db.is_transient(exc):
-                        raise
-                    # Train on; the reports are sent at the next eval, no pruning until then.
-                    if len(pending) == 1:  # once per outage, not at every eval
-                        log.warning(
-                            "trial %s of %s: %s; training on, its reports kept until it is back",
-                            trial.number, claim.study_name, db.unavailable(exc),
-                        )  # fmt: skip
-                    return
-                self._check_interrupt(status)
-                if prune:
-                    raise optuna.TrialPruned(f"pruned at step {step} ({first} {objective_value(metrics, first):.3f})")
-
-            def should_stop() -> bool:
-                return self.shutdown.is_set() or claim.trial_id in self.lost
-
-            result = train(
-                config, on_eval=on_eval, should_stop=should_stop, out_dir=run_dir, data_dir=self.settings.data_dir
-            )
-            if result.stopped:
-                reason = "lease lost" if claim.trial_id in self.lost else "worker shut down"
-                raise Interrupted(f"{reason} at step {result.steps}; checkpointed", requeue=True)
-            self._retry(lambda: self._send(claim, pending), f"trial {trial.number}: reports")
-            attrs = {
-                **where,
-                "train_seconds": round(result.train_seconds, 3),
-                "steps_per_second": round(result.steps / result.train_seconds, 2) if result.train_seconds else None,
-                # float sums depend on the thread count: `gat-tune train --threads N` replays it exactly
-                "cpu_threads": torch.get_num_threads(),
-                **eval_attrs(result.metrics),
-            }
-            links = self._upload_artifacts(claim, run_dir)
-            final = {**result.metrics, "train_seconds": result.train_seconds}  # unrounded
-            values = [objective_value(final, name) for name in claim.spec.objectives]
-            self._end(
-                claim,
-                lambda: self.queue.finish(
-                    claim, state=TrialState.COMPLETE, values=values, attrs=attrs, system_attrs=links
-                ),
-            )
-        except optuna.TrialPruned:
-            self._end(claim, lambda: self._send(claim, pending))
-            links = self._upload_artifacts(claim, run_dir)
-            attrs = {**where, "train_seconds": round(time.perf_counter() - started, 3)}
-            self._end(claim, lambda: self.queue.finish(claim, state=TrialState.PRUNED, attrs=attrs, system_attrs=links))
-        except Interrupted as exc:
-            said = str(exc)
-            if exc.requeue:
-                self._end(claim, lambda: self.queue.interrupt(claim, said))
-            else:
-                fail = {**where, "fail_reason": said}
-                self._end(claim, lambda: self.queue.finish(claim, state=TrialState.FAIL, attrs=fail))
-        except Exception as exc:  # the slot must outlive any trial
-            if db.is_transient(exc):  # not the trial's fault: re-queued, to resume from its checkpoint
-                reason = f"{db.unavailable(exc)}; checkpointed"
-                self._end(claim, lambda: self.queue.interrupt(claim, reason))
-            else:
-                fail = {**where, "fail_reason": self._fail_reason(claim, exc)}
-                self._end(claim, lambda: self.queue.finish(claim, state=TrialState.FAIL, attrs=fail))
+                    # A trial an idle slot could train alone is left to it: a second core
+                    # gains more than a bigger pack.
+                    more = self.queue.claim(study=claim.study_name) if self.queue.spare() > 0 else None
+                except Exception as exc:  # the pack starts with what it has
+                    self._log_once("claim for a pack", exc)
+                    break
+                if more is None:
+                    break
+                self.current.append(more)
+                run = TrialRun(self, more)
+                if run.prepare():
+                    runs.append(run)
+            for group in _pack_groups(runs):
+                self._train(group)
         finally:
-            self.current = None
+            self.current = []
+
+    def _train(self, runs: list[TrialRun]) -> None:
+        """Train these trials, alone or as one pack, and tell each one's end."""
+        if len(runs) == 1:
+            (run,) = runs
+            assert run.config is not None
+            try:
+                outcome: TrainResult | BaseException = train(
+                    run.config,
+                    on_eval=run.on_eval,
+                    should_stop=run.should_stop,
+                    out_dir=run.run_dir,
+                    data_dir=self.settings.data_dir,
+                )
+            except Exception as exc:
+                outcome = exc
+            run.end(outcome)
+            return
+        configs = [r.config for r in runs if r.config is not None]
+        left: list[int | None] = [None] * len(runs)  # the step each member left at, when cut short
+        shown = {"size": len(runs), "trials": [r.claim.trial.number for r in runs]}
+
+        def on_end(j: int) -> Callable[[TrainResult | BaseException, int], None]:
+            def ended(outcome: TrainResult | BaseException, step: int) -> None:
+                run = runs[j]
+                run.pack = {**shown, "position": j}
+                if isinstance(outcome, TrainResult) and not outcome.stopped:
+                    # How to train this member again bit for bit: the whole pack, each
+                    # member leaving where it left (gat-tune train replays it).
+                    run.replay = {
+                        "position": j,
+                        "members": [c.to_dict() for c in configs],
+                        "left": list(left),
+                        "exact": not any(isinstance(r.outcome, TrainResult) and r.outcome.stopped for r in runs),
+                        "cpu_threads": torch.get_num_threads(),
+                    }
+                elif not isinstance(outcome, Diverged):  # a divergence happens again by itself
+                    left[j] = step
+                run.end(outcome)
+
+            return ended
+
+        try:
+            train_packed(
+                configs,
+                on_eval=[r.on_eval for r in runs],
+                should_stop=[r.should_stop for r in runs],
+                out_dirs=[r.run_dir for r in runs],
+                data_dir=self.settings.data_dir,
+                on_end=[on_end(j) for j in range(len(runs))],
+            )
+        except Exception as exc:  # the pack's own failure (its data, its device): every member's
+            for run in runs:
+                if run.outcome is None:
+                    run.end(exc)
 
     def _suggest(self, claim: Claim) -> dict[str, Any]:
         """The trial's parameters (written as they are sampled), tried again while the
@@ -390,6 +398,139 @@ class Slot:
                     mimetype=mimetype,
                 )
         return links.attrs
+
+
+class TrialRun:
+    """One claimed trial in a slot: its config, its hooks for the trainer (each eval reported,
+    pruning, the study's pause or stop, a lost lease) and its end, told to Optuna. A trial
+    lives the same life alone or as a member of a pack."""
+
+    def __init__(self, slot: Slot, claim: Claim) -> None:
+        self.slot, self.claim, self.trial = slot, claim, claim.trial
+        self.run_dir = Path(claim.run_dir)
+        self.started = time.perf_counter()
+        self.where = {"device": slot.device, "worker": slot.worker_id}
+        self.pending: list[tuple[int, float]] = []  # evals not yet reported (the database was away)
+        self.shown: dict[str, Any] = {}  # the latest eval's metrics, as trial user attributes
+        self.config: TrainConfig | None = None
+        self.outcome: TrainResult | BaseException | None = None
+        self.pack: dict[str, Any] | None = None  # the pack it trained in (a user attribute)
+        self.replay: dict[str, Any] | None = None  # how to train it again bit for bit, when packed
+        # Optuna prunes single-objective studies only; "none" has nothing to ask.
+        self.prunes = len(claim.spec.objectives) == 1 and not isinstance(claim.study.pruner, optuna.pruners.NopPruner)
+        self.first = claim.spec.objectives[0]  # what the intermediate values are, and pruners read
+
+    @property
+    def resumes(self) -> bool:
+        return (self.run_dir / CHECKPOINT).exists()
+
+    def prepare(self) -> bool:
+        """The trial's config, checked, and a resumed run's evals reported again (the pruner
+        reads them); False when the trial ended here (a bad config, data refused: told)."""
+        try:
+            config = TrainConfig.from_dict({**self.slot._suggest(self.claim), "device": self.slot.device})
+            refused = folder_refused(config.dataset, self.slot.settings.folder_roots)
+            if refused:
+                raise DataError(refused)
+            self.slot._retry(
+                lambda: self.slot._replay_history(self.claim, self.run_dir), f"trial {self.trial.number}: replay"
+            )
+        except Exception as exc:
+            self.end(exc)
+            return False
+        self.config = config
+        return True
+
+    def on_eval(self, step: int, metrics: dict[str, Any]) -> None:
+        slot, claim, first = self.slot, self.claim, self.first
+        self.pending.append((step, objective_value(metrics, first)))
+        self.shown.update(eval_attrs(metrics))
+        try:
+            status = slot._send(claim, self.pending)
+            slot.queue.set_attrs(claim, self.shown)
+            # A trial that trained to its end is complete: its last FID is its result.
+            assert self.config is not None
+            prune = self.prunes and step < self.config.steps and self.trial.should_prune()
+        except Exception as exc:
+            if not db.is_transient(exc):
+                raise
+            # Train on; the reports are sent at the next eval, no pruning until then.
+            if len(self.pending) == 1:  # once per outage, not at every eval
+                log.warning(
+                    "trial %s of %s: %s; training on, its reports kept until it is back",
+                    self.trial.number, claim.study_name, db.unavailable(exc),
+                )  # fmt: skip
+            return
+        slot._check_interrupt(status)
+        if prune:
+            raise optuna.TrialPruned(f"pruned at step {step} ({first} {objective_value(metrics, first):.3f})")
+
+    def should_stop(self) -> bool:
+        return self.slot.shutdown.is_set() or self.claim.trial_id in self.slot.lost
+
+    def end(self, outcome: TrainResult | BaseException) -> None:
+        """Tell Optuna how the trial ended. Never raises for the trial's own failures: the
+        slot goes on. The database's absence is not a failure: the end is told once it is back."""
+        self.outcome = outcome
+        slot, claim, trial, where = self.slot, self.claim, self.trial, self.where
+        packed = {"pack": self.pack} if self.pack else {}
+        try:
+            if isinstance(outcome, BaseException):
+                raise outcome
+            if outcome.stopped:
+                reason = "lease lost" if claim.trial_id in slot.lost else "worker shut down"
+                raise Interrupted(f"{reason} at step {outcome.steps}; checkpointed", requeue=True)
+            slot._retry(lambda: slot._send(claim, self.pending), f"trial {trial.number}: reports")
+            attrs = {
+                **where,
+                **packed,
+                "train_seconds": round(outcome.train_seconds, 3),
+                "steps_per_second": round(outcome.steps / outcome.train_seconds, 2) if outcome.train_seconds else None,
+                # float sums depend on the thread count: `gat-tune train --threads N` replays it exactly
+                "cpu_threads": torch.get_num_threads(),
+                **eval_attrs(outcome.metrics),
+            }
+            links = slot._upload_artifacts(claim, self.run_dir)
+            if self.replay is not None:
+                links[PACK_REPLAY] = self.replay
+            final = {**outcome.metrics, "train_seconds": outcome.train_seconds}  # unrounded
+            values = [objective_value(final, name) for name in claim.spec.objectives]
+            slot._end(
+                claim,
+                lambda: slot.queue.finish(
+                    claim, state=TrialState.COMPLETE, values=values, attrs=attrs, system_attrs=links
+                ),
+            )
+        except optuna.TrialPruned:
+            slot._end(claim, lambda: slot._send(claim, self.pending))
+            links = slot._upload_artifacts(claim, self.run_dir)
+            attrs = {**where, **packed, "train_seconds": round(time.perf_counter() - self.started, 3)}
+            slot._end(claim, lambda: slot.queue.finish(claim, state=TrialState.PRUNED, attrs=attrs, system_attrs=links))
+        except Interrupted as exc:
+            said = str(exc)
+            if exc.requeue:
+                slot._end(claim, lambda: slot.queue.interrupt(claim, said))
+            else:
+                fail = {**where, **packed, "fail_reason": said}
+                slot._end(claim, lambda: slot.queue.finish(claim, state=TrialState.FAIL, attrs=fail))
+        except Exception as exc:  # the slot must outlive any trial
+            if db.is_transient(exc):  # not the trial's fault: re-queued, to resume from its checkpoint
+                reason = f"{db.unavailable(exc)}; checkpointed"
+                slot._end(claim, lambda: slot.queue.interrupt(claim, reason))
+            else:
+                fail = {**where, **packed, "fail_reason": slot._fail_reason(claim, exc)}
+                slot._end(claim, lambda: slot.queue.finish(claim, state=TrialState.FAIL, attrs=fail))
+
+
+def _pack_groups(runs: list[TrialRun]) -> list[list[TrialRun]]:
+    """The claimed trials in groups that train as one pack each (trainer.packed.pack_key),
+    in claim order; a run resuming from its checkpoint trains alone."""
+    groups: dict[Any, list[TrialRun]] = {}
+    for i, run in enumerate(runs):
+        assert run.config is not None
+        key = ("alone", i) if run.resumes or run.config.model != "mlp" else pack_key(run.config)
+        groups.setdefault(key, []).append(run)
+    return list(groups.values())
 
 
 class _ArtifactLinks:

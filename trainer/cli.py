@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from trainer.config import ConfigError, TrainConfig
+from trainer.config import ConfigError, TrainConfig, load_run
 
 __all__ = ["add_train_parser", "main", "run_train"]
 
@@ -54,21 +54,24 @@ def run_train(args: argparse.Namespace) -> int:
 
     user_errors = _user_errors()
     try:
-        config = TrainConfig.load(args.config) if args.config else TrainConfig()
+        config, pack = load_run(args.config) if args.config else (TrainConfig(), None)
         if args.steps is not None:
+            if pack is not None:
+                raise ConfigError("--steps: a packed trial's config replays its pack as it ran; drop its 'pack' key")
             config = config.replace(steps=args.steps)
     except ConfigError as exc:
         print(f"gat-tune train: error: {exc}", file=sys.stderr)
         return 2
-    if args.threads is not None:
-        if args.threads < 1:
-            print("gat-tune train: error: --threads must be at least 1", file=sys.stderr)
-            return 2
-        limit_threads(args.threads)  # as a worker slot limits itself
+    if args.threads is not None and args.threads < 1:
+        print("gat-tune train: error: --threads must be at least 1", file=sys.stderr)
+        return 2
+    threads = args.threads or (pack.cpu_threads if pack is not None else None)
+    if threads is not None:
+        limit_threads(threads)  # as a worker slot limits itself
     out = args.out or default_data_dir() / "runs" / time.strftime("%Y%m%d-%H%M%S")
     bar = _progress_bar(config.steps)
     try:
-        result = train(config, out_dir=out, progress=bar)
+        result = train(config, out_dir=out, progress=bar) if pack is None else _replay(pack, config, out, bar)
     except user_errors as exc:
         print(f"gat-tune train: error: {exc}", file=sys.stderr)
         return 1
@@ -90,6 +93,22 @@ def run_train(args: argparse.Namespace) -> int:
         where = f"after {result.steps} steps in {result.seconds:.1f}s{extra}; run in {out}"
         print(f"FID {result.fid:.3f} on {result.features} features {where}")
     return 0
+
+
+def _replay(pack: Any, config: TrainConfig, out: Path, bar: Any) -> Any:
+    """Train the pack a packed trial ran in again, to reproduce that trial exactly."""
+    from trainer.packed import replay
+    from trainer.train import CHECKPOINT
+
+    if (out / CHECKPOINT).exists():
+        raise ConfigError(f"--out {out}: holds a checkpoint; a pack replays from its first step: give a new --out")
+    others = len(pack.members) - 1
+    print(
+        f"gat-tune train: this trial trained packed with {others} other(s); training the pack again "
+        f"to reproduce it exactly{'' if pack.exact else ' (as near as it can: a member was stopped mid-run)'}",
+        file=sys.stderr,
+    )
+    return replay(pack, out_dir=out, device=config.device, on_eval=bar)
 
 
 class _Bar:

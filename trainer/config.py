@@ -35,8 +35,10 @@ __all__ = [
     "PRDC_K",
     "PRDC_METRICS",
     "ConfigError",
+    "PackReplay",
     "TrainConfig",
     "json_schema",
+    "load_run",
     "load_yaml",
     "unknown_key",
     "yaml_error",
@@ -180,6 +182,60 @@ class TrainConfig:
         """Write as JSON for a .json path, YAML otherwise."""
         path = Path(path)
         path.write_text(self.to_json() if path.suffix == ".json" else self.to_yaml())
+
+
+@dataclasses.dataclass(frozen=True)
+class PackReplay:
+    """How a trial that trained in a pack trains again bit for bit: the ``pack`` key of its
+    best config (written by the worker; trainer.packed.replay runs it). A member's numbers
+    depend on which others share its batched kernels, so the whole pack trains again, each
+    member leaving at the step it left at (pruned, its study paused or stopped)."""
+
+    position: int  # this trial's place among the members
+    members: tuple[TrainConfig, ...]
+    left: tuple[int | None, ...]  # per member: the eval step it left at, None when it trained on
+    exact: bool = True  # False: a member was stopped between evals, which a replay does not redo
+    cpu_threads: int | None = None  # the slot's thread count (float sums depend on it)
+
+    @classmethod
+    def from_dict(cls, data: Any, config: TrainConfig) -> PackReplay:
+        """Read a config file's ``pack`` key, checked against the file's config."""
+        if not isinstance(data, Mapping):
+            raise ConfigError("pack: a mapping with position, members and left (as GET /best writes it)")
+        try:
+            members = tuple(TrainConfig.from_dict(m) for m in data["members"])
+            left = tuple(None if x is None else int(x) for x in data["left"])
+            replay = cls(int(data["position"]), members, left, bool(data.get("exact", True)),
+                         None if data.get("cpu_threads") is None else int(data["cpu_threads"]))  # fmt: skip
+        except KeyError as exc:
+            raise ConfigError(f"pack: missing key {exc}") from None
+        except ConfigError as exc:
+            raise ConfigError(f"pack: a member: {exc}") from None
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"pack: {exc}") from None
+        if not 0 <= replay.position < len(members) or len(left) != len(members):
+            raise ConfigError(f"pack: position {replay.position} and {len(left)} left steps for {len(members)} members")
+        mine = {**members[replay.position].to_dict(), "device": config.device}
+        if mine != config.to_dict():
+            differ = sorted(k for k, v in config.to_dict().items() if mine[k] != v)
+            raise ConfigError(f"pack: member {replay.position} is not this config (differs in {', '.join(differ)})")
+        return replay
+
+
+def load_run(path: str | Path) -> tuple[TrainConfig, PackReplay | None]:
+    """A config file, with the ``pack`` key a packed trial's best config has (else None)."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read ({exc.strerror})") from None
+    try:
+        data = load_yaml(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML or JSON: {yaml_error(exc)}") from None
+    pack = data.pop("pack", None) if isinstance(data, dict) else None
+    config = TrainConfig.from_dict(data if data is not None else {})
+    return config, None if pack is None else PackReplay.from_dict(pack, config)
 
 
 _KEYS = {f.name: f.metadata["key"] or f.name for f in dataclasses.fields(TrainConfig)}  # field → key

@@ -107,17 +107,26 @@ def consensus_penalty(
     loss_d: torch.Tensor,
     g_params: Sequence[torch.Tensor],
     d_params: Sequence[torch.Tensor],
+    slots: Sequence[torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """½·||v||², v = (∇_θ L_G, ∇_φ L_D): the joint gradient field (Mescheder et al. 2017).
 
-    For a pack, the losses are one per member (K,) and every parameter is stacked (K, ...):
-    members share no parameter, so the gradient of the summed losses is each member's own,
-    and the norm is taken per member.
+    For a pack, the losses are one per member (K,) and every parameter is stacked over
+    members: members share no parameter, so the gradient of the summed losses is each
+    member's own, and the norm is taken per member. ``slots``: for each parameter (g's then
+    d's), the members its leading dimension holds, when not all of them (a pack grouped by
+    width).
     """
     members = loss_g.dim()
     v_g = torch.autograd.grad(loss_g.sum(), g_params, create_graph=True)
     v_d = torch.autograd.grad(loss_d.sum(), d_params, create_graph=True)
-    return 0.5 * torch.stack([v.square().flatten(members).sum(-1) for v in (*v_g, *v_d)]).sum(0)
+    squares = [v.square().flatten(members).sum(-1) for v in (*v_g, *v_d)]
+    if slots is None:
+        return 0.5 * torch.stack(squares).sum(0)
+    total = loss_g.new_zeros(loss_g.shape)
+    for square, at in zip(squares, slots, strict=True):
+        total = total.index_add(0, at, square)
+    return 0.5 * total
 
 
 # -- the terms each registry entry is made of -----------------------------------------------
@@ -185,7 +194,10 @@ def uniform(shape: torch.Size, device: torch.device, rng: Streams) -> torch.Tens
 
 
 def _consensus(g: nn.Module, d: nn.Module, loss_d: torch.Tensor, loss_g: torch.Tensor) -> torch.Tensor:
-    return consensus_penalty(loss_g, loss_d, list(g.parameters()), list(d.parameters()))
+    slots = None
+    if hasattr(g, "param_slots"):  # a pack grouped by width (trainer.packed.GroupedMLP)
+        slots = [*g.param_slots(), *d.param_slots()]
+    return consensus_penalty(loss_g, loss_d, list(g.parameters()), list(d.parameters()), slots)
 
 
 def _consensus_d(

@@ -2,11 +2,13 @@
 
 Each member's weights are a slice of stacked tensors (K, fan_in, fan_out), and one
 ``baddbmm`` runs a layer for every member, so K small matrix products cost about one kernel
-launch instead of K. Members may differ in width: the stacked tensors take the widest, and
-a narrower member's extra units have zero weights in and out. Those units stay exactly zero
-through training (their activations are 0, so every gradient into or out of them is 0, and
-Adam moves no weight whose gradient has always been 0), so a member computes what it would
-alone; only the order of float additions differs.
+launch instead of K. Members may differ in width: the generators are grouped by width and
+the discriminators too, each group one stack, so a layer costs one ``baddbmm`` per width in
+the pack and no member pays for a wider one's arithmetic (padding every member to the
+widest was measured first and cost more than it saved on the demo's mixed widths:
+bench/RESULTS.md). A member computes what it would alone; only the order of float additions
+differs (and, the batched kernels being what they are, a member's numbers depend on which
+others share its pack: a pack is replayed whole to reproduce one member bit for bit).
 
 Every member keeps its own seed (its initial weights are built exactly as a solo run builds
 them), its own random stream, λ, learning rates and betas, and its own Adam state.
@@ -25,7 +27,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from trainer.config import TrainConfig
+from trainer.config import PackReplay, TrainConfig
 from trainer.data import default_data_dir, load_dataset
 from trainer.losses import GATLoss
 from trainer.models import MLPDiscriminator, MLPGenerator, build_models
@@ -44,7 +46,18 @@ from trainer.train import (
     resolve_device,
 )
 
-__all__ = ["MemberEnded", "PackedAdam", "PackedLinear", "PackedMLP", "pack_key", "pack_mlps", "train_packed"]
+__all__ = [
+    "GroupedAdam",
+    "GroupedMLP",
+    "MemberEnded",
+    "PackedAdam",
+    "PackedLinear",
+    "PackedMLP",
+    "pack_key",
+    "pack_mlps",
+    "replay",
+    "train_packed",
+]
 
 
 class PackedLinear(nn.Module):
@@ -95,25 +108,34 @@ def _linears(module: nn.Module) -> list[nn.Linear]:
 def _stack(
     solos: Sequence[nn.Module], hidden: nn.Module, last: nn.Module | None, out_shape: tuple[int, ...]
 ) -> PackedMLP:
-    """Stack K solo MLPs (same depth) into one PackedMLP, zero-padding to the widest."""
-    per_member = [_linears(m) for m in solos]
+    """Stack solo MLPs of one shape into one PackedMLP."""
     layers = []
-    for depth_index in range(len(per_member[0])):
-        members = [lin[depth_index] for lin in per_member]
-        fan_in = max(m.in_features for m in members)
-        fan_out = max(m.out_features for m in members)
-        weight = torch.zeros(len(members), fan_in, fan_out)
-        bias = torch.zeros(len(members), 1, fan_out)
-        for k, m in enumerate(members):
-            weight[k, : m.in_features, : m.out_features] = m.weight.detach().T
-            bias[k, 0, : m.out_features] = m.bias.detach()
+    for members in zip(*(_linears(m) for m in solos), strict=True):
+        weight = torch.stack([m.weight.detach().T for m in members]).contiguous()  # (K, fan_in, fan_out)
+        bias = torch.stack([m.bias.detach() for m in members])[:, None, :].contiguous()
         layers.append(PackedLinear(weight, bias))
     return PackedMLP(layers, hidden, last, out_shape)
 
 
-def pack_mlps(configs: Sequence[TrainConfig], sample_shape: tuple[int, ...]) -> tuple[PackedMLP, PackedMLP]:
+def _grouped(
+    solos: Sequence[nn.Module],
+    widths: Sequence[int],
+    hidden: nn.Module,
+    last: nn.Module | None,
+    out_shape: tuple[int, ...],
+) -> GroupedMLP:
+    """Stack solo MLPs into a GroupedMLP: one PackedMLP per width, its members in pack order."""
+    by_width: dict[int, list[int]] = {}
+    for s, w in enumerate(widths):
+        by_width.setdefault(w, []).append(s)
+    slots = list(by_width.values())
+    return GroupedMLP([_stack([solos[s] for s in group], hidden, last, out_shape) for group in slots], slots)
+
+
+def pack_mlps(configs: Sequence[TrainConfig], sample_shape: tuple[int, ...]) -> tuple[GroupedMLP, GroupedMLP]:
     """The packed (generator, discriminator) of these members, each initialised exactly as a
-    solo run with its config initialises it (``torch.manual_seed(seed)`` then build_models).
+    solo run with its config initialises it (``torch.manual_seed(seed)`` then build_models),
+    grouped by width (the generators by g_width, the discriminators by d_width).
 
     The members must share model (mlp), depth and z_dim; widths may differ.
     """
@@ -130,8 +152,8 @@ def pack_mlps(configs: Sequence[TrainConfig], sample_shape: tuple[int, ...]) -> 
             gs.append(g)
             ds.append(d)
     bounded = isinstance(gs[0].net[-1], nn.Tanh)
-    g_packed = _stack(gs, nn.ReLU(), nn.Tanh() if bounded else None, sample_shape)
-    d_packed = _stack(ds, nn.LeakyReLU(0.2), None, ())  # one logit per sample: (K, B)
+    g_packed = _grouped(gs, [c.g_width for c in configs], nn.ReLU(), nn.Tanh() if bounded else None, sample_shape)
+    d_packed = _grouped(ds, [c.d_width for c in configs], nn.LeakyReLU(0.2), None, ())  # one logit per sample
     return g_packed, d_packed
 
 
@@ -193,6 +215,95 @@ class PackedAdam:
         self._consts = None
 
 
+class GroupedMLP(nn.Module):
+    """A pack's generators or discriminators, grouped by width: each group is one PackedMLP
+    whose members share a width, so a layer costs one ``baddbmm`` per width in the pack and
+    no member pays for a wider one. Input and output are in pack-slot order (K, B, ...)."""
+
+    def __init__(self, groups: Sequence[PackedMLP], slots: Sequence[Sequence[int]]) -> None:
+        super().__init__()
+        self.groups: Sequence[PackedMLP] = nn.ModuleList(groups)  # type: ignore[assignment]
+        self.slots = [list(s) for s in slots]  # each group's members, as pack slots in order
+        self._index()
+
+    def _index(self) -> None:
+        self.where = {s: (j, p) for j, slots in enumerate(self.slots) for p, s in enumerate(slots)}
+        if not self.groups:  # every member has left
+            return
+        device = self.groups[0].layers[0].weight.device
+        self._take = [torch.tensor(s, device=device) for s in self.slots]
+        order = torch.tensor([s for slots in self.slots for s in slots], device=device)
+        self._back = torch.argsort(order)
+
+    def _apply(self, fn: Any, recurse: bool = True) -> GroupedMLP:  # .to(device) moves the indices too
+        super()._apply(fn, recurse)
+        self._index()
+        return self
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if len(self.groups) == 1:
+            return self.groups[0](x)
+        parts = [group(x.index_select(0, take)) for group, take in zip(self.groups, self._take, strict=True)]
+        return torch.cat(parts).index_select(0, self._back)
+
+    def param_slots(self) -> list[torch.Tensor]:
+        """For each of parameters(), the pack slots its leading dimension holds."""
+        return [take for group, take in zip(self.groups, self._take, strict=True) for _ in group.parameters()]
+
+    def keep(self, kept: Sequence[int]) -> list[list[int]]:
+        """Keep these pack slots (sorted; they are numbered 0.. after), dropping the rest;
+        returns each group's kept positions (empty for a group now gone)."""
+        renumber = {s: i for i, s in enumerate(kept)}
+        local = [[p for p, s in enumerate(slots) if s in renumber] for slots in self.slots]
+        groups, slots = [], []
+        for group, old, positions in zip(self.groups, self.slots, local, strict=True):
+            if positions:
+                group.keep(torch.tensor(positions, device=group.layers[0].weight.device))
+                groups.append(group)
+                slots.append([renumber[old[p]] for p in positions])
+        self.groups = nn.ModuleList(groups)  # type: ignore[assignment]
+        self.slots = slots
+        self._index()
+        return local
+
+
+class GroupedAdam:
+    """PackedAdam for a GroupedMLP: one per width group, each member with its own lr and betas."""
+
+    def __init__(self, model: GroupedMLP, lr: Sequence[float], betas: Sequence[tuple[float, float]]) -> None:
+        self.opts = [
+            PackedAdam(list(group.parameters()), [lr[s] for s in slots], [betas[s] for s in slots])
+            for group, slots in zip(model.groups, model.slots, strict=True)
+        ]
+
+    @property
+    def t(self) -> int:
+        return self.opts[0].t
+
+    @t.setter
+    def t(self, value: int) -> None:
+        for opt in self.opts:
+            opt.t = value
+
+    def zero_grad(self) -> None:
+        for opt in self.opts:
+            opt.zero_grad()
+
+    def step(self) -> None:
+        for opt in self.opts:
+            opt.step()
+
+    def keep(self, local: Sequence[Sequence[int]], model: GroupedMLP) -> None:
+        """Follow ``model.keep``: ``local`` is what it returned."""
+        kept = [(opt, positions) for opt, positions in zip(self.opts, local, strict=True) if positions]
+        for (opt, positions), group in zip(kept, model.groups, strict=True):
+            opt.keep(torch.tensor(positions, device=group.layers[0].weight.device), list(group.parameters()))
+        self.opts = [opt for opt, _ in kept]
+
+
+OnEnd = Callable[[TrainResult | BaseException, int], None]
+
+
 class MemberEnded(Exception):
     """Raised by a member's ``on_eval`` hook to take it out of the pack (a pruner's verdict);
     the exception is that member's outcome and the rest of the pack trains on."""
@@ -221,9 +332,16 @@ class _Member:
     on_eval: OnEval | None = None
     should_stop: Callable[[], bool] | None = None
     out_dir: Path | None = None
+    on_end: OnEnd | None = None
     history: list[dict[str, Any]] = dataclasses.field(default_factory=list)
     train_seconds: float = 0.0  # before this call (a resumed member's)
     outcome: TrainResult | BaseException | None = None
+
+    def settle(self, outcome: TrainResult | BaseException, step: int) -> None:
+        """The member's end: its outcome kept and told."""
+        self.outcome = outcome
+        if self.on_end is not None:
+            self.on_end(outcome, step)
 
 
 def _pairs(
@@ -247,41 +365,45 @@ def _pairs(
 
 
 def _to_solo(
-    packed: PackedMLP, opt: PackedAdam, s: int, solo: nn.Module, lr: float, betas: tuple[float, float]
+    packed: GroupedMLP, opt: GroupedAdam, s: int, solo: nn.Module, lr: float, betas: tuple[float, float]
 ) -> dict[str, Any]:
     """Member s's slice of a packed model and its Adam state, written into the solo module
     and returned as a solo run's optimiser state dict (torch.optim.Adam's format)."""
+    j, position = packed.where[s]
+    group, group_opt = packed.groups[j], opt.opts[j]
     adam = torch.optim.Adam(solo.parameters(), lr=lr, betas=betas)
-    stacked = list(packed.parameters())
+    stacked = list(group.parameters())
     with torch.no_grad():
-        for p, i, part in _pairs(packed, solo, s):
+        for p, i, part in _pairs(group, solo, position):
             p.copy_(part(stacked[i]))
             adam.state[p] = {
-                "step": torch.tensor(float(opt.t)),
-                "exp_avg": part(opt.exp_avg[i]).clone(),
-                "exp_avg_sq": part(opt.exp_avg_sq[i]).clone(),
+                "step": torch.tensor(float(group_opt.t)),
+                "exp_avg": part(group_opt.exp_avg[i]).clone(),
+                "exp_avg_sq": part(group_opt.exp_avg_sq[i]).clone(),
             }
     return adam.state_dict()
 
 
 def _from_solo(
-    packed: PackedMLP, opt: PackedAdam, s: int, solo: nn.Module, model: dict[str, Any], opt_state: dict[str, Any]
+    packed: GroupedMLP, opt: GroupedAdam, s: int, solo: nn.Module, model: dict[str, Any], opt_state: dict[str, Any]
 ) -> int:
     """Load a solo run's module and Adam state dicts into member s's slice; returns Adam's
     step count (0 before the first step)."""
+    j, position = packed.where[s]
+    group, group_opt = packed.groups[j], opt.opts[j]
     solo.load_state_dict(model)
     adam = torch.optim.Adam(solo.parameters())
     adam.load_state_dict(opt_state)
-    stacked = list(packed.parameters())
+    stacked = list(group.parameters())
     t = 0
     with torch.no_grad():
-        for p, i, part in _pairs(packed, solo, s):
+        for p, i, part in _pairs(group, solo, position):
             part(stacked[i]).copy_(p)
             state = adam.state.get(p)
             if state:
                 t = int(state["step"])
-                part(opt.exp_avg[i]).copy_(state["exp_avg"])
-                part(opt.exp_avg_sq[i]).copy_(state["exp_avg_sq"])
+                part(group_opt.exp_avg[i]).copy_(state["exp_avg"])
+                part(group_opt.exp_avg_sq[i]).copy_(state["exp_avg_sq"])
     return t
 
 
@@ -292,10 +414,13 @@ def train_packed(
     should_stop: Sequence[Callable[[], bool] | None] | None = None,
     out_dirs: Sequence[str | Path | None] | None = None,
     data_dir: str | Path | None = None,
+    on_end: Sequence[OnEnd | None] | None = None,
 ) -> list[TrainResult | BaseException]:
     """Train these members as one pack; each member's outcome, in order: its TrainResult
     (``stopped`` set when its ``should_stop`` ended it), or the exception that ended it
-    (Diverged, CheckpointMismatch, or what its ``on_eval`` raised).
+    (Diverged, CheckpointMismatch, or what its ``on_eval`` raised). A member's ``on_end``
+    is called with its outcome and the step it left at as soon as it leaves (its files
+    written), while the others train on: a pruned trial is told at once.
 
     A member is the run ``train(config, on_eval=..., should_stop=..., out_dir=...)`` would
     make: its initial weights, batches, noise and evaluations, and the same files in its
@@ -311,6 +436,7 @@ def train_packed(
     hooks = list(on_eval) if on_eval is not None else [None] * k_all
     stops = list(should_stop) if should_stop is not None else [None] * k_all
     dirs = [Path(p) if p else None for p in (out_dirs if out_dirs is not None else [None] * k_all)]
+    ends = list(on_end) if on_end is not None else [None] * k_all
     started = time.perf_counter()
     first = configs[0]
     device = resolve_device(first.device)
@@ -319,15 +445,16 @@ def train_packed(
     g, d = pack_mlps(configs, data.sample_shape)
     g, d = g.to(device), d.to(device)
     betas = [(c.beta1, c.beta2) for c in configs]
-    opt_g = PackedAdam(list(g.parameters()), [c.lr_g for c in configs], betas)
-    opt_d = PackedAdam(list(d.parameters()), [c.lr_d for c in configs], betas)
+    opt_g = GroupedAdam(g, [c.lr_g for c in configs], betas)
+    opt_d = GroupedAdam(d, [c.lr_d for c in configs], betas)
     members = []
+    evaluator = _Evaluator(first, data, device, data_dir)  # the extractor and real statistics, once
     for k, c in enumerate(configs):
         solo_g, solo_d = build_models(c, data.sample_shape)
         members.append(
             _Member(
-                c, torch.Generator(device).manual_seed(c.seed), _Evaluator(c, data, device, data_dir),
-                solo_g.to(device), solo_d.to(device), hooks[k], stops[k], dirs[k],
+                c, torch.Generator(device).manual_seed(c.seed), evaluator.sibling(c, device),
+                solo_g.to(device), solo_d.to(device), hooks[k], stops[k], dirs[k], ends[k],
             )
         )  # fmt: skip
 
@@ -341,7 +468,7 @@ def train_packed(
         try:
             state = _load_checkpoint(m.out_dir, m.config, device, m.evaluator.features)
         except CheckpointMismatch as exc:
-            m.outcome = exc
+            m.settle(exc, 0)
             continue
         if state is None:
             steps.add(0)
@@ -368,11 +495,9 @@ def train_packed(
         """Keep these pack slots (sorted), dropping the others' weights, state and cost."""
         nonlocal live, lam, losses, loss, g_params, d_params
         idx = torch.tensor(slots, dtype=torch.long, device=device)
-        for module in (g, d):
-            module.keep(idx)
+        opt_g.keep(g.keep(slots), g)
+        opt_d.keep(d.keep(slots), d)
         g_params, d_params = list(g.parameters()), list(d.parameters())
-        opt_g.keep(idx, g_params)
-        opt_d.keep(idx, d_params)
         live = [live[s] for s in slots]
         lam, losses = lam[idx], losses[:, :, idx]
         loss = GATLoss(g, d, regulariser, lam)
@@ -398,14 +523,15 @@ def train_packed(
         last = m.history[-1] if m.history else {}
         if m.out_dir is not None:
             _to_solo(g, opt_g, slot, m.g, m.config.lr_g, (m.config.beta1, m.config.beta2))
-        m.outcome = TrainResult(
+        result = TrainResult(
             fid=float(last.get("fid", float("nan"))), steps=step, seconds=time.perf_counter() - started,
             train_seconds=m.train_seconds + elapsed, metrics=last, history=m.history, config=m.config,
             out_dir=m.out_dir, stopped=stopped, generator=m.g,
         )  # fmt: skip
         if m.out_dir is not None:
             torch.save({"g": m.g.state_dict(), "config": m.config.to_dict()}, m.out_dir / "generator.pt")
-            (m.out_dir / "result.json").write_text(json.dumps(m.outcome.summary(), indent=2) + "\n")
+            (m.out_dir / "result.json").write_text(json.dumps(result.summary(), indent=2) + "\n")
+        m.settle(result, step)
 
     while live and step < first.steps:
         stopping = [s for s in range(len(live)) if (stop := members[live[s]].should_stop) is not None and stop()]
@@ -445,7 +571,7 @@ def train_packed(
                 try:
                     _check_finite(losses[:, :, s], step)
                 except Diverged as exc:
-                    members[i].outcome = exc
+                    members[i].settle(exc, step)
                     diverged.append(s)
             if diverged:
                 keep([s for s in range(len(live)) if s not in diverged])
@@ -458,10 +584,12 @@ def train_packed(
         with torch.no_grad():
             z_eval = torch.stack([members[i].evaluator.z for i in live])
             samples = torch.cat([g(z_eval[:, b : b + 1024]) for b in range(0, z_eval.shape[1], 1024)], dim=1)
+            # Every member's features in one batched call of the shared extractor.
+            features = evaluator.extract(samples.flatten(0, 1)).view(len(live), samples.shape[1], -1)
         ended = []
         for s, i in enumerate(live):
             m = members[i]
-            measured, _ = m.evaluator.measure(samples[s])
+            measured, _ = m.evaluator.measure(samples[s], features[s])
             metrics = _eval_record(step, measured, loss_d[s], loss_g[s], reg[s], m.train_seconds + elapsed)
             m.history.append(metrics)
             if m.out_dir is not None:
@@ -471,7 +599,7 @@ def train_packed(
                 try:
                     m.on_eval(step, metrics)
                 except Exception as exc:  # the hook's verdict on this member alone
-                    m.outcome = exc
+                    m.settle(exc, step)
                     ended.append(s)
         if ended:
             keep([s for s in range(len(live)) if s not in ended])
@@ -482,3 +610,31 @@ def train_packed(
     for s in range(len(live)):
         finish(s, stopped=False)
     return [m.outcome if m.outcome is not None else RuntimeError("member never ran") for m in members]
+
+
+def replay(
+    pack: PackReplay,
+    *,
+    out_dir: str | Path | None = None,
+    data_dir: str | Path | None = None,
+    device: str | None = None,
+    on_eval: OnEval | None = None,
+) -> TrainResult:
+    """Train a pack again as it ran, and return its member ``pack.position``'s result: the
+    trial's, bit for bit (on the same thread count). Only that member writes to out_dir."""
+    configs = [m.replace(device=device) if device else m for m in pack.members]
+
+    def leave_at(at: int) -> OnEval:
+        def hook(step: int, metrics: dict[str, Any]) -> None:
+            if step >= at:
+                raise MemberEnded(f"left the pack at step {at}")
+
+        return hook
+
+    hooks: list[OnEval | None] = [None if at is None else leave_at(at) for at in pack.left]
+    hooks[pack.position] = on_eval
+    dirs = [out_dir if j == pack.position else None for j in range(len(configs))]
+    outcome = train_packed(configs, on_eval=hooks, out_dirs=dirs, data_dir=data_dir)[pack.position]
+    if isinstance(outcome, BaseException):
+        raise outcome
+    return outcome

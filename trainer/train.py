@@ -7,6 +7,7 @@ evaluates or resumes never changes its trajectory.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import os
@@ -138,20 +139,34 @@ class _Evaluator:
         self.real = None
         if min(config.eval_samples, len(data.x)) > PRDC_K:
             self.real = real_neighbours(data, self.extract, data_dir, config.eval_samples)
+        self.z = self._noise(config, device)
+
+    @staticmethod
+    def _noise(config: TrainConfig, device: torch.device) -> torch.Tensor:
         noise = torch.Generator().manual_seed(config.seed + 1_000_003)
-        self.z = torch.randn(config.eval_samples, config.z_dim, generator=noise).to(device)
+        return torch.randn(config.eval_samples, config.z_dim, generator=noise).to(device)
+
+    def sibling(self, config: TrainConfig, device: torch.device) -> _Evaluator:
+        """The evaluator of another run on the same data, features and eval_samples (a pack's
+        member): the extractor and real statistics shared, the noise its own seed's."""
+        other = copy.copy(self)
+        other.z = self._noise(config, device)
+        return other
 
     @torch.no_grad()
     def __call__(self, g: torch.nn.Module) -> tuple[dict[str, Any], torch.Tensor]:
         return self.measure(torch.cat([g(self.z[i : i + 1024]) for i in range(0, len(self.z), 1024)]))
 
     @torch.no_grad()
-    def measure(self, samples: torch.Tensor) -> tuple[dict[str, Any], torch.Tensor]:
-        """The metrics of samples generated from this evaluator's noise ``z``."""
+    def measure(
+        self, samples: torch.Tensor, features: torch.Tensor | None = None
+    ) -> tuple[dict[str, Any], torch.Tensor]:
+        """The metrics of samples generated from this evaluator's noise ``z``; ``features``:
+        their features when already extracted (a pack extracts its members' in one call)."""
         if not torch.isfinite(samples).all():  # the worst on every measure
             worst = dict.fromkeys(PRDC_METRICS, 0.0) if self.real is not None else {}
             return {"features": self.features, "fid": float("inf"), **worst}, samples
-        fake = self.extract(samples).double().cpu().numpy()
+        fake = (self.extract(samples) if features is None else features).double().cpu().numpy()
         mu, sigma = gaussian_stats(fake)
         metrics: dict[str, Any] = {"features": self.features, "fid": frechet_distance(mu, sigma, self.mu, self.sigma)}
         if self.real is not None:

@@ -146,10 +146,22 @@ class EnqueuedTrial(_Read):
     params: dict[str, ParamValue] = Field(description="its fixed parameters, by Optuna's names")
 
 
+class PackReplayPublic(_Read):
+    """How a trial that trained in a pack trains again bit for bit (trainer.config.PackReplay)."""
+
+    position: int = Field(description="this trial's place among the members")
+    members: list[dict[str, Any]] = Field(description="the pack's members' complete configs, in pack order")
+    left: list[int | None] = Field(description="per member: the eval step it left the pack at (pruned), or null")
+    exact: bool = Field(description="false: a member was stopped between evals, which a replay does not redo")
+    cpu_threads: int | None = Field(description="the slot's CPU threads; `gat-tune train` uses them")
+
+
 def _config_model() -> type[BaseModel]:
-    """The trainer config's keys, each of its default's type, read off TrainConfig."""
+    """The trainer config's keys, each of its default's type, read off TrainConfig; and
+    ``pack`` for a trial that trained packed."""
     keys = TrainConfig().to_dict()
     fields: dict[str, Any] = {key: (type(value), ...) for key, value in keys.items()}
+    fields["pack"] = (PackReplayPublic | None, Field(default=None, description="present when it trained packed"))
     return create_model(
         "BestConfig",
         __config__=ConfigDict(extra="forbid"),

@@ -25,6 +25,7 @@ from service.optuna_tables.queue import (
     orphaned_trials,
     release,
     running_and_startable,
+    spare_trials,
 )
 from service.optuna_tables.responses import TRIAL_STATES, studies_json, study_json, trials_json
 from service.optuna_tables.schema import schema_version
@@ -39,6 +40,7 @@ from service.optuna_tables.studies import (
 from service.optuna_tables.trials import (
     ATTEMPT,
     FAIL_REASON,
+    PACK_REPLAY,
     RESUME_FROM,
     RETRY_OF,
     RUN_DIR,
@@ -61,6 +63,7 @@ __all__ = [
     "ATTEMPT",
     "FAIL_FAST",
     "FAIL_REASON",
+    "PACK_REPLAY",
     "RESUME_FROM",
     "RETRY_OF",
     "RUN_DIR",
@@ -86,6 +89,7 @@ __all__ = [
     "set_intermediate_value",
     "set_state_values",
     "set_trial_attrs",
+    "spare_trials",
     "state_and_study_distribution",
     "studies_json",
     "study_artifact_ids",

@@ -80,7 +80,12 @@ def open_lease(
 _RELEASE_SQL = sa.text(
     f"""
 WITH lease AS (DELETE FROM gt_trial_leases WHERE optuna_trial_id = :tid),
-worker AS (UPDATE gt_workers SET status = 'idle', current_trial_id = NULL WHERE id = :worker)
+-- idle unless the worker trains other trials still (a packed slot); the DELETE above is
+-- not visible to this statement, hence the trial excluded by hand
+others AS (SELECT min(optuna_trial_id) AS tid FROM gt_trial_leases
+           WHERE worker_id = :worker AND optuna_trial_id <> :tid),
+worker AS (UPDATE gt_workers SET status = CASE WHEN others.tid IS NULL THEN 'idle' ELSE 'training' END,
+           current_trial_id = others.tid FROM others WHERE id = :worker)
 UPDATE gt_studies s SET status = 'completed', updated_at = now()
 WHERE :mark AND s.name = :name AND s.status = 'running' AND (
   SELECT {study_completed("s.n_trials")} FROM trials t WHERE t.study_id = s.optuna_study_id)
@@ -89,7 +94,8 @@ WHERE :mark AND s.name = :name AND s.status = 'running' AND (
 
 
 def release(conn: Connection, *, trial_id: int, worker_id: str, study_name: str, mark_completed: bool) -> None:
-    """In one statement: drop the trial's lease, mark ``worker_id`` idle, and (after a
+    """In one statement: drop the trial's lease, mark ``worker_id`` idle (or training the
+    next trial it holds, in a pack), and (after a
     finished trial, ``mark_completed``) mark the study completed once n_trials trials have
     finished."""
     conn.execute(_RELEASE_SQL, {"tid": trial_id, "worker": worker_id, "name": study_name, "mark": mark_completed})
@@ -136,6 +142,21 @@ _RUNNING = "(SELECT count(*) FROM gt_trial_leases)"
 SLOTS_WANTED_SQL = f"{_RUNNING_STUDIES}SELECT {_RUNNING}\n  + {_STARTABLE} AS slots_wanted"
 
 _DEMAND_SQL = sa.text(f"{_RUNNING_STUDIES}SELECT {_RUNNING} AS running, {_STARTABLE} AS startable")
+
+
+# What a packing slot may still take: startable trials beyond one for each other idle
+# worker (a slot that could train one alone gets it before a pack grows).
+_SPARE_SQL = sa.text(
+    f"""{_RUNNING_STUDIES}SELECT {_STARTABLE} - (SELECT count(*) FROM gt_workers w
+  WHERE w.status = 'idle' AND w.id <> :worker AND w.last_heartbeat > now() - make_interval(secs => :lease))"""
+)
+
+
+def spare_trials(conn: Connection, worker_id: str, lease_seconds: float) -> int:
+    """Trials of running studies a claim could start now, less one for each other idle
+    worker that beat within a lease: what a slot may add to its pack without keeping an
+    idle slot waiting."""
+    return int(conn.execute(_SPARE_SQL, {"worker": worker_id, "lease": float(lease_seconds)}).scalar_one())
 
 
 def running_and_startable(conn: Connection) -> tuple[int, int]:

@@ -15,7 +15,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from service import optuna_compat as compat
-from service.optuna_tables.trials import lock_study
+from service.optuna_tables.trials import PACK_REPLAY, lock_study
 
 
 def finished_trials(t: str = "t") -> str:
@@ -99,8 +99,9 @@ def trial_count(conn: Connection, study_id: int) -> int:
 
 
 def best_trial(conn: Connection, study_id: int) -> dict[str, Any] | None:
-    """The best finished trial (BEST_TRIAL) as {trial, value, params}, params in Optuna's
-    external representation; None before one has completed."""
+    """The best finished trial (BEST_TRIAL) as {trial, value, params, pack}, params in
+    Optuna's external representation, pack its replay record when it trained packed (else
+    None); None before one has completed."""
     best = conn.execute(sa.text(BEST_TRIAL.format(study_id=":sid")), {"sid": study_id}).first()
     if best is None:
         return None
@@ -113,7 +114,11 @@ def best_trial(conn: Connection, study_id: int) -> dict[str, Any] | None:
     )
     to_dist = optuna.distributions.json_to_distribution
     values = {p.param_name: to_dist(p.distribution_json).to_external_repr(p.param_value) for p in params}
-    return {"trial": best.number, "value": best.value, "params": values}
+    pack = conn.execute(
+        sa.text("SELECT value_json FROM trial_system_attributes WHERE trial_id = :tid AND key = :key"),
+        {"tid": best.trial_id, "key": PACK_REPLAY},
+    ).scalar()
+    return {"trial": best.number, "value": best.value, "params": values, "pack": json.loads(pack) if pack else None}
 
 
 def study_artifact_ids(conn: Connection, study_id: int) -> list[str]:

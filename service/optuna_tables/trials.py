@@ -27,6 +27,8 @@ RESUME_FROM = "gat_tune_resume_from"
 RETRY_OF = "gat_tune_retry_of"
 RUN_DIR = "run_dir"
 FAIL_REASON = "fail_reason"
+# a trial system attribute: how a packed trial trains again bit for bit (GET /best's "pack")
+PACK_REPLAY = "gat_tune_pack_replay"
 
 _Value = ValueModel
 _Intermediate = IntermediateValueModel

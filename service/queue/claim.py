@@ -20,10 +20,13 @@ from service.queue.base import QueueBase, log
 from service.spec import StudySpec, load_stored_spec, make_pruner, make_sampler
 from service.tables import gt_studies
 
-# The oldest running study not yet tried by this claim, locked (blocking, as it is here, or
-# SKIP LOCKED); :tried is a text[] of study names.
-_NEXT_STUDY = """
-SELECT * FROM gt_studies WHERE status = 'running' AND name <> ALL(CAST(:tried AS text[]))
+# The oldest running study not yet tried by this claim (and :only, when not null: a packed
+# slot adding members from its first one's study), locked (blocking, as it is here, or SKIP
+# LOCKED); :tried is a text[] of study names.
+_RUNNING = """status = 'running' AND name <> ALL(CAST(:tried AS text[]))
+  AND (CAST(:only AS text) IS NULL OR name = CAST(:only AS text))"""
+_NEXT_STUDY = f"""
+SELECT * FROM gt_studies WHERE {_RUNNING}
 ORDER BY created_at LIMIT 1 FOR UPDATE"""
 
 # The same study, skipping one another worker holds, in one row with the number of gt_studies
@@ -31,8 +34,7 @@ ORDER BY created_at LIMIT 1 FOR UPDATE"""
 _NEXT_STUDY_SQL = sa.text(
     f"""
 SELECT c.candidates, s.* FROM (
-  SELECT count(*) AS candidates FROM gt_studies
-  WHERE status = 'running' AND name <> ALL(CAST(:tried AS text[]))) c
+  SELECT count(*) AS candidates FROM gt_studies WHERE {_RUNNING}) c
 LEFT JOIN LATERAL ({_NEXT_STUDY} SKIP LOCKED) s ON true
 """
 )
@@ -71,8 +73,9 @@ class Claim:
 class Claiming(QueueBase):
     """TrialQueue's claim."""
 
-    def claim(self) -> Claim | None:
-        """Take the next trial of the oldest running study with room, or None.
+    def claim(self, study: str | None = None) -> Claim | None:
+        """Take the next trial of the oldest running study with room (of ``study`` only,
+        when given), or None.
 
         In one transaction holding the study's row lock: the counts, the new RUNNING trial
         (a queued one popped, else a new one) and its lease, so max_parallel and n_trials
@@ -91,7 +94,7 @@ class Claiming(QueueBase):
         with self.engine.begin() as conn:
             opened, tried, busy = None, list[str](), 0
             while opened is None:
-                row: Any = conn.execute(_NEXT_STUDY_SQL, {"tried": tried}).one()
+                row: Any = conn.execute(_NEXT_STUDY_SQL, {"tried": tried, "only": study}).one()
                 if row.name is None:  # none left that no other worker is claiming from
                     busy = row.candidates
                     break
@@ -103,7 +106,7 @@ class Claiming(QueueBase):
                 wait = f"SAVEPOINT claim_wait; SET LOCAL lock_timeout = {int(self.lock_wait * 1000)}; "
                 started = time.perf_counter()
                 try:
-                    row = conn.execute(sa.text(wait + _NEXT_STUDY), {"tried": tried}).first()
+                    row = conn.execute(sa.text(wait + _NEXT_STUDY), {"tried": tried, "only": study}).first()
                 except sa.exc.OperationalError as exc:
                     if not isinstance(exc.orig, psycopg2.errors.LockNotAvailable):
                         raise
@@ -130,6 +133,11 @@ class Claiming(QueueBase):
             self.abandon(trial_id)
             raise
         return Claim(opened.study_name, opened.spec, study, trial, opened.attempt, opened.run_dir, waited)
+
+    def spare(self) -> int:
+        """Trials a packing slot may add to its pack now (optuna_tables.spare_trials)."""
+        with self.engine.connect() as conn:
+            return optuna_tables.spare_trials(conn, self.worker_id, self.lease_seconds)
 
     def _open_or_skip(self, conn: Connection, row: Any) -> Opened | None:
         """_open_in, where an error of this study's own (its spec, its Optuna study) skips it
