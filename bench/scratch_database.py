@@ -14,9 +14,9 @@ ADMIN_URL = "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres"
 
 
 @contextlib.contextmanager
-def scratch_database(admin_url: str = ADMIN_URL) -> Iterator[str]:
+def scratch_database(admin_url: str = ADMIN_URL, *, prefix: str = "gt_bench_") -> Iterator[str]:
     """Create a database, yield its URL, drop it (closing this process's pools first)."""
-    name = f"gt_bench_{uuid.uuid4().hex[:8]}"
+    name = f"{prefix}{uuid.uuid4().hex[:8]}"
     admin = sa.create_engine(admin_url, isolation_level="AUTOCOMMIT")
     with admin.connect() as conn:
         conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
