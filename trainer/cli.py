@@ -56,8 +56,10 @@ def run_train(args: argparse.Namespace) -> int:
     try:
         config, pack = load_run(args.config) if args.config else (TrainConfig(), None)
         if args.steps is not None:
-            if pack is not None:
-                raise ConfigError("--steps: a packed trial's config replays its pack as it ran; drop its 'pack' key")
+            if pack is not None:  # production training from a packed trial's config: alone
+                print(f"gat-tune train: --steps {args.steps}: training this config alone (its pack replay "
+                      "reproduces the trial only at its own steps)", file=sys.stderr)  # fmt: skip
+                pack = None
             config = config.replace(steps=args.steps)
     except ConfigError as exc:
         print(f"gat-tune train: error: {exc}", file=sys.stderr)

@@ -161,7 +161,7 @@ def _config_model() -> type[BaseModel]:
     ``pack`` for a trial that trained packed."""
     keys = TrainConfig().to_dict()
     fields: dict[str, Any] = {key: (type(value), ...) for key, value in keys.items()}
-    fields["pack"] = (PackReplayPublic | None, Field(default=None, description="present when it trained packed"))
+    fields["pack"] = (PackReplayPublic | None, Field(description="null when the trial trained alone"))
     return create_model(
         "BestConfig",
         __config__=ConfigDict(extra="forbid"),

@@ -135,30 +135,35 @@ def test_a_study_whose_trials_keep_failing_ends(client: TestClient, settings: Se
     assert client.get("/studies/tiny").json()["status"] == "failed"
 
 
-def test_a_trial_claimed_during_a_heartbeat_is_not_lost(client: TestClient, settings: Settings) -> None:
+@pytest.mark.parametrize("packed", [False, True])
+def test_a_trial_claimed_during_a_heartbeat_is_not_lost(client: TestClient, settings: Settings, packed: bool) -> None:
     """The heartbeat must not take a trial claimed while renew() ran for one it failed to
-    renew (that trial would be interrupted as 'lease lost' and re-run)."""
-    client.post("/studies", json=spec(n_trials=2, max_parallel=1))
+    renew (that trial would be interrupted as 'lease lost' and re-run): the next trial after
+    one that ended, or (packed) a member added to the slot's pack."""
+    client.post("/studies", json=spec(n_trials=2, max_parallel=2 if packed else 1))
     slot = Slot(settings, "cpu")
     slot.register()
     first = slot.queue.claim()
     assert first is not None
-    slot.current = first
+    slot.current = [first]
     renew = slot.queue.renew
 
     def renew_while_the_next_trial_is_claimed() -> set[int]:
         held = renew()
-        assert slot.current is not None and slot.queue.finish(slot.current, state=TrialState.COMPLETE, values=[1.0])
-        slot.current = slot.queue.claim()  # after renew's statement: its lease is not in `held`
+        if not packed:
+            assert slot.queue.finish(slot.current[0], state=TrialState.COMPLETE, values=[1.0])
+        more = slot.queue.claim()  # after renew's statement: its lease is not in `held`
+        assert more is not None
+        slot.current = [*slot.current, more] if packed else [more]
         return held
 
     slot.queue.renew = renew_while_the_next_trial_is_claimed  # type: ignore[method-assign]
     slot.beat()
-    assert slot.current is not None and slot.current.trial_id != first.trial_id
-    assert slot.current.trial_id not in slot.lost
+    latest = slot.current[-1]
+    assert latest.trial_id != first.trial_id and latest.trial_id not in slot.lost
     slot.queue.renew = renew  # type: ignore[method-assign]
     slot.beat()
-    assert slot.current.trial_id not in slot.lost, "its lease is renewed at the next beat"
+    assert not slot.lost, "its lease is renewed at the next beat"
 
 
 def _hold_claim_lock(settings: Settings, study: str) -> Any:

@@ -62,7 +62,7 @@ def test_two_slots_finish_a_study_over_http(
             assert f.read(8) == b"\x89PNG\r\n\x1a\n"
 
     best = client.get("/studies/tiny/best").json()
-    result = train(TrainConfig.from_dict(best))
+    result = train(TrainConfig.from_dict({k: v for k, v in best.items() if k != "pack"}))
     assert result.steps == 60 and result.fid > 0
     # The production handoff: `train --threads` as the trial ran gives its FID exactly.
     best_trial = load(database_url).best_trial
@@ -182,12 +182,14 @@ def test_two_pools_never_run_the_same_trial(
     database_url: str,
     tmp_path: Path,
 ) -> None:
-    client.post("/studies", json=tiny(n_trials=8, max_parallel=4))
     other_dir = tmp_path / "second-pool"
     shutil.copytree(tmp_path / "features", other_dir / "features")
     shutil.copytree(tmp_path / "stats", other_dir / "stats")
-    a = start_pool("--per-device", "1", "--exit-when-idle", "3")
-    b = start_pool("--per-device", "1", "--exit-when-idle", "3", env={**pool_env, "GAT_TUNE_DATA_DIR": str(other_dir)})
+    a = start_pool("--per-device", "1", "--exit-when-idle", "10")
+    b = start_pool("--per-device", "1", "--exit-when-idle", "10", env={**pool_env, "GAT_TUNE_DATA_DIR": str(other_dir)})
+    # Both idle before the study exists: a packing slot leaves a trial to an idle one.
+    wait_for(lambda: len(client.get("/workers").json()["items"]) == 2, what="both pools' slots")
+    client.post("/studies", json=tiny(n_trials=8, max_parallel=4))
     finish(a)
     finish(b)
     trials = load(database_url).trials

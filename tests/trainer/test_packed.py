@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from trainer.config import TrainConfig
+from trainer.config import ConfigError, PackReplay, TrainConfig
 from trainer.models import build_models
-from trainer.packed import MemberEnded, pack_key, pack_mlps, train_packed
+from trainer.packed import MemberEnded, pack_key, pack_mlps, replay, train_packed
 from trainer.train import Diverged, TrainResult, train
 
 QUICK = {"steps": 60, "eval_every": 30, "eval_samples": 300}
@@ -121,3 +121,40 @@ def test_a_stopped_pack_resumes_exactly_and_its_checkpoints_resume_alone(tmp_pat
     assert alone.history[0]["fid"] == whole[0].history[0]["fid"]  # the eval the pack made
     assert alone.fid == pytest.approx(whole[0].fid, rel=0.05)  # trained on alone from step 40
     assert (alone_dir / "generator.pt").exists() and (alone_dir / "samples.png").exists()
+
+
+def test_a_replay_of_the_pack_reproduces_a_member_bit_for_bit(tmp_path: Path) -> None:
+    # A member's numbers depend on which others share its kernels: the pack trains again,
+    # each member leaving where it left, and the member's FID comes back exactly.
+    cs = configs()
+
+    def prune_at_30(step: int, metrics: dict[str, object]) -> None:
+        if step >= 30:
+            raise MemberEnded("pruned")
+
+    ran = train_packed(cs, on_eval=[None, prune_at_30, None, None])
+    assert isinstance(ran[1], MemberEnded)
+    for position in (0, 3):
+        record = {
+            "position": position,
+            "members": [c.to_dict() for c in cs],
+            "left": [None, 30, None, None],
+            "cpu_threads": torch.get_num_threads(),
+        }
+        pack = PackReplay.from_dict(record, cs[position])
+        again = replay(pack, out_dir=tmp_path / f"replay{position}")
+        result = ran[position]
+        assert isinstance(result, TrainResult)
+        assert again.fid == result.fid and [m["fid"] for m in again.history] == [m["fid"] for m in result.history]
+        assert (tmp_path / f"replay{position}" / "generator.pt").exists()
+
+
+def test_a_pack_record_that_does_not_match_its_config_is_refused() -> None:
+    cs = configs()
+    record = {"position": 1, "members": [c.to_dict() for c in cs], "left": [None] * 4}
+    with pytest.raises(ConfigError, match="member 1 is not this config"):
+        PackReplay.from_dict(record, cs[0])
+    with pytest.raises(ConfigError, match="position 7"):
+        PackReplay.from_dict({**record, "position": 7}, cs[1])
+    with pytest.raises(ConfigError, match="missing key 'left'"):
+        PackReplay.from_dict({"position": 0, "members": []}, cs[0])

@@ -1,0 +1,172 @@
+"""Trial packing in the worker: a slot trains several trials of a study as one batched model,
+and each stays a trial of its own (its report, its end, its lease, its replay), through
+crashes and shutdowns too. Real pools against real PostgreSQL."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import optuna
+import pytest
+from fastapi.testclient import TestClient
+from optuna.trial import TrialState
+
+from tests.service.conftest import finish, load, tiny, wait_for
+
+GOOD = {"lr_g": 2e-4, "lr_d": 2e-4, "beta1": 0.5, "beta2": 0.999}
+BAD = {"lr_g": 1000.0, "lr_d": 1000.0, "beta1": 0.0, "beta2": 0.0}  # sign-SGD at lr 1000: overflows
+
+
+def packed_spec(**changes: Any) -> dict[str, Any]:
+    """Four trials of mixed widths, λ and rates: one pack of four in one slot."""
+    space = {
+        "lambda": {"type": "float", "low": 0.1, "high": 10, "log": True},
+        "g_width": {"type": "categorical", "choices": [32, 64]},
+        "d_width": {"type": "categorical", "choices": [32, 64]},
+    }
+    return tiny(**{"search_space": space, "n_trials": 4, "max_parallel": 4, "pack": 4, **changes})
+
+
+@pytest.mark.slow
+def test_a_slot_packs_trials_and_each_member_is_a_trial_of_its_own(
+    client: TestClient,
+    start_pool: Callable[..., subprocess.Popen[str]],
+    pool_env: dict[str, str],
+    database_url: str,
+    tmp_path: Path,
+) -> None:
+    spec = packed_spec(
+        search_space={
+            **packed_spec()["search_space"],
+            **{k: {"type": "categorical", "choices": [GOOD[k], BAD[k]]} for k in GOOD},
+        },
+        enqueue=[GOOD, {**BAD, "g_width": 64, "d_width": 64}, {**GOOD, "g_width": 64}, {**GOOD, "d_width": 64}],
+    )
+    assert client.post("/studies", json=spec).status_code == 201
+    finish(start_pool("--per-device", "1", "--exit-when-idle", "3"))
+
+    everything = sorted(load(database_url).trials, key=lambda t: t.number)
+    # A failed trial does not count to n_trials: a fifth ran after the pack, alone.
+    trials, fifth = everything[:4], everything[4:]
+    assert len(fifth) == 1 and fifth[0].state == TrialState.COMPLETE and "pack" not in fifth[0].user_attrs
+    assert {t.user_attrs["pack"]["size"] for t in trials} == {4}, "one pack of four"
+    assert [t.user_attrs["pack"]["position"] for t in trials] == [0, 1, 2, 3]
+    assert all(t.user_attrs["pack"]["trials"] == [0, 1, 2, 3] for t in trials)
+    # The diverging member failed alone, with its step; the others trained on to the end.
+    failed = [t for t in trials if t.state == TrialState.FAIL]
+    assert [t.number for t in failed] == [1] and failed[0].user_attrs["fail_reason"].startswith("diverged at step")
+    for t in trials:
+        if t.state == TrialState.COMPLETE:
+            assert sorted(t.intermediate_values) == [20, 40, 60] and t.value == t.intermediate_values[60]
+            assert t.user_attrs["fid"] == t.value
+    assert [t.number for t in trials if t.state == TrialState.COMPLETE] == [0, 2, 3]
+
+    # The production handoff: the best config carries its pack; `gat-tune train` replays it
+    # (on the slot's thread count, read from the record) and gets the trial's FID exactly.
+    best = client.get("/studies/tiny/best").json()
+    best_trial = load(database_url).best_trial
+    assert best_trial.number != 4, "the best trained in the pack"
+    assert best["pack"]["position"] == best_trial.user_attrs["pack"]["position"]
+    assert best["pack"]["left"] == [None, None, None, None] and best["pack"]["exact"] is True
+    (tmp_path / "best.json").write_text(json.dumps(best))
+    replay = subprocess.run(
+        [sys.executable, "-m", "service.cli", "train", "--config", str(tmp_path / "best.json"),
+         "--out", str(tmp_path / "replay"), "--json"],
+        env=pool_env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert replay.returncode == 0, replay.stderr
+    assert "training the pack again" in replay.stderr
+    assert json.loads(replay.stdout.splitlines()[-1])["fid"] == best_trial.value
+
+
+@pytest.mark.slow
+def test_packing_does_not_bend_the_search(
+    client: TestClient, start_pool: Callable[..., subprocess.Popen[str]], database_url: str
+) -> None:
+    # The sampler proposes what it would without packing: the same trials, by number.
+    params = {}
+    for pack in (1, 4):
+        name = f"tiny-pack{pack}"
+        assert client.post("/studies", json=packed_spec(name=name, pack=pack, n_trials=4)).status_code == 201
+        finish(start_pool("--per-device", "1", "--exit-when-idle", "3"))
+        trials = load(database_url, name).trials
+        assert all(t.state == TrialState.COMPLETE for t in trials)
+        assert {t.user_attrs.get("pack", {}).get("size", 1) for t in trials} == {pack}
+        params[pack] = {t.number: t.params for t in trials}
+    assert params[1] == params[4]
+
+
+@pytest.mark.slow
+def test_max_pack_caps_what_a_slot_packs(
+    client: TestClient, start_pool: Callable[..., subprocess.Popen[str]], database_url: str
+) -> None:
+    assert client.post("/studies", json=packed_spec()).status_code == 201
+    finish(start_pool("--per-device", "1", "--max-pack", "2", "--exit-when-idle", "3"))
+    trials = load(database_url).trials
+    assert all(t.state == TrialState.COMPLETE for t in trials)
+    assert sorted(t.user_attrs["pack"]["size"] for t in trials) == [2, 2, 2, 2]
+
+
+@pytest.mark.slow
+def test_kill_9_mid_pack_retries_every_member_from_its_checkpoint(
+    client: TestClient, start_pool: Callable[..., subprocess.Popen[str]], database_url: str, tmp_path: Path
+) -> None:
+    spec = packed_spec(base={"steps": 1500, "eval_every": 100}, n_trials=3, max_parallel=3, pack=3)
+    client.post("/studies", json=spec)
+    pool = start_pool("--per-device", "1", "--exit-when-idle", "4")
+    runs = tmp_path / "runs" / "tiny"
+
+    def every_checkpoint() -> bool:
+        return all((runs / f"trial-{n:05d}" / "checkpoint.pt").exists() for n in range(3))
+
+    wait_for(every_checkpoint, what="a checkpoint of each member")
+    os.kill(client.get("/workers").json()["items"][0]["pid"], signal.SIGKILL)
+    out = finish(pool, timeout=300)
+    assert "died with -9; starting another" in out
+
+    trials = load(database_url).trials
+    failed = [t for t in trials if t.state == TrialState.FAIL]
+    assert sorted(t.number for t in failed) == [0, 1, 2]
+    assert all(t.user_attrs["fail_reason"].startswith("lease expired") for t in failed)
+    done = [t for t in trials if t.state == TrialState.COMPLETE]
+    assert len(done) == 3
+    for retry in done:
+        origin = next(t for t in failed if t.number == retry.user_attrs["gat_tune_retry_of"])
+        assert retry.params == origin.params and retry.user_attrs["run_dir"] == origin.user_attrs["run_dir"]
+        lines = (Path(retry.user_attrs["run_dir"]) / "metrics.jsonl").read_text().splitlines()
+        steps = [json.loads(line)["step"] for line in lines]
+        assert steps == sorted(set(steps)) and steps[-1] == 1500, "no step trained twice, none lost"
+
+
+@pytest.mark.slow
+def test_sigterm_mid_pack_requeues_every_member_and_they_resume(
+    client: TestClient, start_pool: Callable[..., subprocess.Popen[str]], database_url: str, tmp_path: Path
+) -> None:
+    spec = packed_spec(base={"steps": 1500, "eval_every": 100}, n_trials=3, max_parallel=3, pack=3)
+    client.post("/studies", json=spec)
+    pool = start_pool("--per-device", "1")
+    runs = tmp_path / "runs" / "tiny"
+    wait_for(lambda: all((runs / f"trial-{n:05d}" / "checkpoint.pt").exists() for n in range(3)), what="checkpoints")
+    pool.send_signal(signal.SIGTERM)
+    finish(pool, timeout=120)
+    stopped = [t for t in load(database_url).trials if t.state == TrialState.FAIL]
+    assert sorted(t.number for t in stopped) == [0, 1, 2]
+    assert all(t.user_attrs["fail_reason"].startswith("worker shut down at step") for t in stopped)
+
+    finish(start_pool("--per-device", "1", "--exit-when-idle", "3"), timeout=300)
+    trials = load(database_url).trials
+    done = [t for t in trials if t.state == TrialState.COMPLETE]
+    assert len(done) == 3 and client.get("/studies/tiny").json()["status"] == "completed"
+    for t in done:
+        steps = [
+            json.loads(x)["step"] for x in (Path(t.user_attrs["run_dir"]) / "metrics.jsonl").read_text().splitlines()
+        ]
+        assert steps == sorted(set(steps)) and steps[-1] == 1500
+    assert optuna.trial.TrialState.RUNNING not in {t.state for t in trials}
