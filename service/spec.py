@@ -150,6 +150,11 @@ class StudySpec(_Strict):
     enqueue: list[dict[str, Any]] = Field(
         default_factory=list, max_length=MAX_ENQUEUE, description="configs to try first"
     )
+    priors: bool = Field(
+        default=False,
+        description="try first the settings GAN papers train with (R1 γ=10 with Adam 2e-4, TTUR, StyleGAN2-ADA's "
+        "γ rule, WGAN-GP λ=10; service/priors.py), moved into the search space, before enqueue's",
+    )
 
     @field_validator("objective", mode="before")
     @classmethod
@@ -366,7 +371,8 @@ def check_spec(spec: StudySpec, *, max_trials: int, data_roots: DataRoots | None
         data_roots: where a ``folder:`` dataset may lie; None: anywhere.
 
     Returns:
-        The enqueue entries as Optuna parameters (:func:`enqueue_params`), in order.
+        The entries to enqueue as Optuna parameters (:func:`enqueue_params`), in order: the
+        GAN priors when the spec asks for them, then its enqueue list.
 
     Raises:
         SpecIssue: the first problem, with its location in the request body.
@@ -408,7 +414,10 @@ def check_spec(spec: StudySpec, *, max_trials: int, data_roots: DataRoots | None
     if multi and spec.pruner != "none":
         raise SpecIssue(("pruner",), "pruner: Optuna cannot prune multi-objective studies; use 'none'")
     _check_corners(spec)
-    return [enqueue_params(spec, params, loc=("enqueue", i)) for i, params in enumerate(spec.enqueue)]
+    from service.priors import gan_priors  # it reads this module's models
+
+    priors = [enqueue_params(spec, params, loc=("priors",)) for params in gan_priors(spec)] if spec.priors else []
+    return [*priors, *(enqueue_params(spec, params, loc=("enqueue", i)) for i, params in enumerate(spec.enqueue))]
 
 
 def check_folders(spec: StudySpec, roots: DataRoots, values: dict[str, Any] | None = None) -> None:

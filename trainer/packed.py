@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 from trainer.config import PackReplay, TrainConfig
-from trainer.data import default_data_dir, load_dataset
+from trainer.data import default_data_dir
 from trainer.losses import GATLoss
 from trainer.models import MLPDiscriminator, MLPGenerator, build_models
 from trainer.train import (
@@ -38,6 +38,7 @@ from trainer.train import (
     OnEval,
     TrainResult,
     _check_finite,
+    _data_and_evaluator,
     _eval_record,
     _Evaluator,
     _load_checkpoint,
@@ -441,14 +442,13 @@ def train_packed(
     first = configs[0]
     device = resolve_device(first.device)
     data_dir = Path(data_dir) if data_dir else default_data_dir()
-    data = load_dataset(first.dataset, image_size=first.image_size, data_dir=data_dir).to(device)
+    data, evaluator = _data_and_evaluator(first, device, data_dir)  # the extractor and real statistics, once
     g, d = pack_mlps(configs, data.sample_shape)
     g, d = g.to(device), d.to(device)
     betas = [(c.beta1, c.beta2) for c in configs]
     opt_g = GroupedAdam(g, [c.lr_g for c in configs], betas)
     opt_d = GroupedAdam(d, [c.lr_d for c in configs], betas)
     members = []
-    evaluator = _Evaluator(first, data, device, data_dir)  # the extractor and real statistics, once
     for k, c in enumerate(configs):
         solo_g, solo_d = build_models(c, data.sample_shape)
         members.append(

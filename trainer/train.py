@@ -27,6 +27,7 @@ from trainer.metrics import (
     PRDC_K,
     frechet_distance,
     gaussian_stats,
+    inception_weights,
     make_extractor,
     mode_coverage,
     prdc,
@@ -176,6 +177,30 @@ class _Evaluator:
         return metrics, samples
 
 
+# A worker slot trains run after run on one data set: the data on its device, the feature
+# extractor and the real statistics are kept between runs instead of loaded for each (a few
+# most recent kinds; a run's own evaluation noise is made for it).
+_SETUPS: dict[tuple[Any, ...], tuple[Dataset, _Evaluator]] = {}
+_SETUPS_KEPT = 4
+
+
+def _data_and_evaluator(config: TrainConfig, device: torch.device, data_dir: Path) -> tuple[Dataset, _Evaluator]:
+    """The run's data on its device and its evaluator, from the process's cache when a run
+    before it used the same data, features and eval_samples."""
+    # "auto" features resolve anew at each start: Inception weights put in place since count
+    key = (config.dataset, config.image_size, str(data_dir), config.feature_extractor, config.eval_samples,
+           config.z_dim, str(device), inception_weights(data_dir))  # fmt: skip
+    kept = _SETUPS.pop(key, None)
+    if kept is None:
+        data = load_dataset(config.dataset, image_size=config.image_size, data_dir=data_dir).to(device)
+        kept = (data, _Evaluator(config, data, device, data_dir))
+        while len(_SETUPS) >= _SETUPS_KEPT:
+            _SETUPS.pop(next(iter(_SETUPS)))  # the least recently used
+    _SETUPS[key] = kept  # most recent last
+    data, evaluator = kept
+    return data, evaluator.sibling(config, device)
+
+
 def train(
     config: TrainConfig,
     *,
@@ -209,8 +234,7 @@ def train(
     data_dir = Path(data_dir) if data_dir else default_data_dir()
     run_dir = Path(out_dir) if out_dir else None
 
-    data = load_dataset(config.dataset, image_size=config.image_size, data_dir=data_dir).to(device)
-    evaluate = _Evaluator(config, data, device, data_dir)
+    data, evaluate = _data_and_evaluator(config, device, data_dir)
     torch.manual_seed(config.seed)
     g, d = build_models(config, data.sample_shape)
     g, d = g.to(device), d.to(device)
