@@ -273,8 +273,8 @@ class StudyService:
         return body
 
     def best_config(self, name: str) -> dict[str, Any]:
-        """The best trial's complete trainer config, and ``pack``: how to replay it when it
-        trained packed, else None.
+        """The best trial's complete trainer config; with ``pack`` (how to replay it) when it
+        trained packed.
 
         Raises:
             Conflict: no trial has completed yet.
@@ -292,9 +292,9 @@ class StudyService:
             raise IncompatibleSpec(
                 f"study '{name}': trial {best['trial']}'s config is refused by this version of gat-tune ({exc})"
             ) from None
-        # A trial trained in a pack: how `gat-tune train` trains it again bit for bit (null
-        # for a trial that trained alone).
-        return {**config, "pack": best["pack"]}
+        # A trial trained in a pack: how `gat-tune train` trains it again bit for bit. One
+        # that trained alone answers the config alone, as DESIGN.md's interface says.
+        return {**config, "pack": best["pack"]} if best["pack"] else config
 
     # -- control --------------------------------------------------------------------------
     def control(self, name: str, action: str) -> dict[str, Any]:

@@ -232,6 +232,7 @@ class Slot:
         as running). Never raises for the trials' own failures."""
         first = TrialRun(self, claim)
         self.current = [claim]
+        made = [first]  # every run claimed here, told or not
         try:
             if not first.prepare():
                 return
@@ -248,12 +249,18 @@ class Slot:
                     break
                 self.current.append(more)
                 run = TrialRun(self, more)
+                made.append(run)
                 if run.prepare():
                     runs.append(run)
             for group in _pack_groups(runs):
                 self._train(group)
         finally:
             self.current = []
+            # An unexpected error left these untold: their leases dropped, so a reaper fails
+            # and re-queues them instead of this slot's heartbeat keeping them RUNNING.
+            for run in made[1:]:
+                if run.outcome is None:
+                    self.queue.abandon(run.claim.trial_id)
 
     def _train(self, runs: list[TrialRun]) -> None:
         """Train these trials, alone or as one pack, and tell each one's end."""

@@ -5,8 +5,8 @@ Each member's weights are a slice of stacked tensors (K, fan_in, fan_out), and o
 launch instead of K. Members may differ in width: the generators are grouped by width and
 the discriminators too, each group one stack, so a layer costs one ``baddbmm`` per width in
 the pack and no member pays for a wider one's arithmetic (padding every member to the
-widest was measured first and cost more than it saved on the demo's mixed widths:
-bench/RESULTS.md). A member computes what it would alone; only the order of float additions
+widest costs a 256-wide member's arithmetic for each, more than the demo's widths cost
+alone: bench/RESULTS.md). A member computes what it would alone; only the order of float additions
 differs (and, the batched kernels being what they are, a member's numbers depend on which
 others share its pack: a pack is replayed whole to reproduce one member bit for bit).
 

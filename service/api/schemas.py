@@ -158,10 +158,11 @@ class PackReplayPublic(_Read):
 
 def _config_model() -> type[BaseModel]:
     """The trainer config's keys, each of its default's type, read off TrainConfig; and
-    ``pack`` for a trial that trained packed."""
+    ``pack``, present only for a trial that trained packed."""
     keys = TrainConfig().to_dict()
     fields: dict[str, Any] = {key: (type(value), ...) for key, value in keys.items()}
-    fields["pack"] = (PackReplayPublic | None, Field(description="null when the trial trained alone"))
+    # Only for a trial that trained packed: one that trained alone answers the config alone.
+    fields["pack"] = (PackReplayPublic | None, Field(default=None, description="only when the trial trained packed"))
     return create_model(
         "BestConfig",
         __config__=ConfigDict(extra="forbid"),

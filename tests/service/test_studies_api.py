@@ -89,7 +89,7 @@ def test_best_is_a_complete_trainer_config(client: TestClient, settings: Setting
     assert study["trial_counts"]["COMPLETE"] == 3
 
     best = client.get("/studies/digits-gat/best").json()
-    config = TrainConfig.from_dict({k: v for k, v in best.items() if k != "pack"})  # pack: how to replay it
+    config = TrainConfig.from_dict(best)
     assert config.to_dict() == best
     assert best["steps"] == 600 and best["dataset"] == "digits"
     assert best["aux_loss"] in ("r1", "wgan-gp", "none")

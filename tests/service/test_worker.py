@@ -62,7 +62,7 @@ def test_two_slots_finish_a_study_over_http(
             assert f.read(8) == b"\x89PNG\r\n\x1a\n"
 
     best = client.get("/studies/tiny/best").json()
-    result = train(TrainConfig.from_dict({k: v for k, v in best.items() if k != "pack"}))
+    result = train(TrainConfig.from_dict(best))
     assert result.steps == 60 and result.fid > 0
     # The production handoff: `train --threads` as the trial ran gives its FID exactly.
     best_trial = load(database_url).best_trial
