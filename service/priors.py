@@ -66,7 +66,7 @@ def gan_priors(spec: StudySpec) -> list[dict[str, Any]]:
         searched_loss = spec.search_space.get("aux_loss")
         if searched_loss is None and prior["aux_loss"] != base.aux_loss:
             continue
-        entry = {}
+        entry: dict[str, Any] = {}
         for key, value in prior.items():
             param = spec.search_space.get(key)
             if isinstance(param, ConditionalParam):  # the case of the value the entry has for `on`

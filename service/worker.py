@@ -241,7 +241,7 @@ class Slot:
                 try:
                     # A trial an idle slot could train alone is left to it: a second core
                     # gains more than a bigger pack.
-                    more = self.queue.claim(study=claim.study_name) if self.queue.spare() > 0 else None
+                    more = self.queue.claim(from_study=claim.study_name) if self.queue.spare() > 0 else None
                 except Exception as exc:  # the pack starts with what it has
                     self._log_once("claim for a pack", exc)
                     break

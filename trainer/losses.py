@@ -195,8 +195,9 @@ def uniform(shape: torch.Size, device: torch.device, rng: Streams) -> torch.Tens
 
 def _consensus(g: nn.Module, d: nn.Module, loss_d: torch.Tensor, loss_g: torch.Tensor) -> torch.Tensor:
     slots = None
-    if hasattr(g, "param_slots"):  # a pack grouped by width (trainer.packed.GroupedMLP)
-        slots = [*g.param_slots(), *d.param_slots()]
+    g_slots, d_slots = getattr(g, "param_slots", None), getattr(d, "param_slots", None)
+    if g_slots is not None and d_slots is not None:  # a pack grouped by width (trainer.packed.GroupedMLP)
+        slots = [*g_slots(), *d_slots()]
     return consensus_penalty(loss_g, loss_d, list(g.parameters()), list(d.parameters()), slots)
 
 

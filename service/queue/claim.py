@@ -73,9 +73,9 @@ class Claim:
 class Claiming(QueueBase):
     """TrialQueue's claim."""
 
-    def claim(self, study: str | None = None) -> Claim | None:
-        """Take the next trial of the oldest running study with room (of ``study`` only,
-        when given), or None.
+    def claim(self, from_study: str | None = None) -> Claim | None:
+        """Take the next trial of the oldest running study with room (of ``from_study``
+        only, when given: a packing slot adding members), or None.
 
         In one transaction holding the study's row lock: the counts, the new RUNNING trial
         (a queued one popped, else a new one) and its lease, so max_parallel and n_trials
@@ -94,7 +94,7 @@ class Claiming(QueueBase):
         with self.engine.begin() as conn:
             opened, tried, busy = None, list[str](), 0
             while opened is None:
-                row: Any = conn.execute(_NEXT_STUDY_SQL, {"tried": tried, "only": study}).one()
+                row: Any = conn.execute(_NEXT_STUDY_SQL, {"tried": tried, "only": from_study}).one()
                 if row.name is None:  # none left that no other worker is claiming from
                     busy = row.candidates
                     break
@@ -106,7 +106,7 @@ class Claiming(QueueBase):
                 wait = f"SAVEPOINT claim_wait; SET LOCAL lock_timeout = {int(self.lock_wait * 1000)}; "
                 started = time.perf_counter()
                 try:
-                    row = conn.execute(sa.text(wait + _NEXT_STUDY), {"tried": tried, "only": study}).first()
+                    row = conn.execute(sa.text(wait + _NEXT_STUDY), {"tried": tried, "only": from_study}).first()
                 except sa.exc.OperationalError as exc:
                     if not isinstance(exc.orig, psycopg2.errors.LockNotAvailable):
                         raise
