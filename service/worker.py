@@ -116,7 +116,8 @@ class Slot:
             self._stopping_since = time.monotonic()
         return time.monotonic() - self._stopping_since > self.settings.lease_seconds
 
-    def _retry(self, fn: Callable[[], T], what: str) -> T:
+    def retry(self, fn: Callable[[], T], what: str) -> T:
+        """fn, tried again while the database is away (db.retry), until a shutdown gives up."""
         return db.retry(fn, what, give_up=self._giving_up)
 
     # -- liveness -------------------------------------------------------------------------
@@ -155,7 +156,7 @@ class Slot:
     # -- the loop -------------------------------------------------------------------------
     def run(self) -> None:
         try:
-            self._retry(self.register, "worker registration")
+            self.retry(self.register, "worker registration")
         except Exception as exc:
             if not db.is_transient(exc):
                 raise
@@ -317,6 +318,128 @@ class Slot:
                 if run.outcome is None:
                     run.end(exc)
 
+
+class TrialRun:
+    """One claimed trial in a slot: its config, its hooks for the trainer (each eval reported,
+    pruning, the study's pause or stop, a lost lease) and its end, told to Optuna. A trial
+    lives the same life alone or as a member of a pack."""
+
+    def __init__(self, slot: Slot, claim: Claim) -> None:
+        self.slot, self.claim, self.trial = slot, claim, claim.trial
+        self.run_dir = Path(claim.run_dir)
+        self.started = time.perf_counter()
+        self.where = {"device": slot.device, "worker": slot.worker_id}
+        self.pending: list[tuple[int, float]] = []  # evals not yet reported (the database was away)
+        self.shown: dict[str, Any] = {}  # the latest eval's metrics, as trial user attributes
+        self.config: TrainConfig | None = None
+        self.outcome: TrainResult | BaseException | None = None
+        self.pack: dict[str, Any] | None = None  # the pack it trained in (a user attribute)
+        self.replay: dict[str, Any] | None = None  # how to train it again bit for bit, when packed
+        # Optuna prunes single-objective studies only; "none" has nothing to ask.
+        self.prunes = len(claim.spec.objectives) == 1 and not isinstance(claim.study.pruner, optuna.pruners.NopPruner)
+        self.first = claim.spec.objectives[0]  # what the intermediate values are, and pruners read
+
+    @property
+    def resumes(self) -> bool:
+        return (self.run_dir / CHECKPOINT).exists()
+
+    def prepare(self) -> bool:
+        """The trial's config, checked, and a resumed run's evals reported again (the pruner
+        reads them); False when the trial ended here (a bad config, data refused: told)."""
+        try:
+            config = TrainConfig.from_dict({**self._suggest(self.claim), "device": self.slot.device})
+            refused = folder_refused(config.dataset, self.slot.settings.folder_roots)
+            if refused:
+                raise DataError(refused)
+            self.slot.retry(
+                lambda: self._replay_history(self.claim, self.run_dir), f"trial {self.trial.number}: replay"
+            )
+        except Exception as exc:
+            self.end(exc)
+            return False
+        self.config = config
+        return True
+
+    def on_eval(self, step: int, metrics: dict[str, Any]) -> None:
+        slot, claim, first = self.slot, self.claim, self.first
+        self.pending.append((step, objective_value(metrics, first)))
+        self.shown.update(eval_attrs(metrics))
+        try:
+            status = self._send(claim, self.pending)
+            slot.queue.set_attrs(claim, self.shown)
+            # A trial that trained to its end is complete: its last FID is its result.
+            assert self.config is not None
+            prune = self.prunes and step < self.config.steps and self.trial.should_prune()
+        except Exception as exc:
+            if not db.is_transient(exc):
+                raise
+            # Train on; the reports are sent at the next eval, no pruning until then.
+            if len(self.pending) == 1:  # once per outage, not at every eval
+                log.warning(
+                    "trial %s of %s: %s; training on, its reports kept until it is back",
+                    self.trial.number, claim.study_name, db.unavailable(exc),
+                )  # fmt: skip
+            return
+        self._check_interrupt(status)
+        if prune:
+            raise optuna.TrialPruned(f"pruned at step {step} ({first} {objective_value(metrics, first):.3f})")
+
+    def should_stop(self) -> bool:
+        return self.slot.shutdown.is_set() or self.claim.trial_id in self.slot.lost
+
+    def end(self, outcome: TrainResult | BaseException) -> None:
+        """Tell Optuna how the trial ended. Never raises for the trial's own failures: the
+        slot goes on. The database's absence is not a failure: the end is told once it is back."""
+        self.outcome = outcome
+        slot, claim, trial, where = self.slot, self.claim, self.trial, self.where
+        packed = {"pack": self.pack} if self.pack else {}
+        try:
+            if isinstance(outcome, BaseException):
+                raise outcome
+            if outcome.stopped:
+                reason = "lease lost" if claim.trial_id in slot.lost else "worker shut down"
+                raise Interrupted(f"{reason} at step {outcome.steps}; checkpointed", requeue=True)
+            slot.retry(lambda: self._send(claim, self.pending), f"trial {trial.number}: reports")
+            attrs = {
+                **where,
+                **packed,
+                "train_seconds": round(outcome.train_seconds, 3),
+                "steps_per_second": round(outcome.steps / outcome.train_seconds, 2) if outcome.train_seconds else None,
+                # float sums depend on the thread count: `gat-tune train --threads N` replays it exactly
+                "cpu_threads": torch.get_num_threads(),
+                **eval_attrs(outcome.metrics),
+            }
+            links = self._upload_artifacts(claim, self.run_dir)
+            if self.replay is not None:
+                links[PACK_REPLAY] = self.replay
+            final = {**outcome.metrics, "train_seconds": outcome.train_seconds}  # unrounded
+            values = [objective_value(final, name) for name in claim.spec.objectives]
+            self._end(
+                claim,
+                lambda: slot.queue.finish(
+                    claim, state=TrialState.COMPLETE, values=values, attrs=attrs, system_attrs=links
+                ),
+            )
+        except optuna.TrialPruned:
+            self._end(claim, lambda: self._send(claim, self.pending))
+            links = self._upload_artifacts(claim, self.run_dir)
+            attrs = {**where, **packed, "train_seconds": round(time.perf_counter() - self.started, 3)}
+            self._end(claim, lambda: slot.queue.finish(claim, state=TrialState.PRUNED, attrs=attrs, system_attrs=links))
+        except Interrupted as exc:
+            said = str(exc)
+            if exc.requeue:
+                self._end(claim, lambda: slot.queue.interrupt(claim, said))
+            else:
+                fail = {**where, **packed, "fail_reason": said}
+                self._end(claim, lambda: slot.queue.finish(claim, state=TrialState.FAIL, attrs=fail))
+        except Exception as exc:  # the slot must outlive any trial
+            if db.is_transient(exc):  # not the trial's fault: re-queued, to resume from its checkpoint
+                reason = f"{db.unavailable(exc)}; checkpointed"
+                self._end(claim, lambda: slot.queue.interrupt(claim, reason))
+            else:
+                fail = {**where, **packed, "fail_reason": self._fail_reason(claim, exc)}
+                self._end(claim, lambda: slot.queue.finish(claim, state=TrialState.FAIL, attrs=fail))
+
     def _suggest(self, claim: Claim) -> dict[str, Any]:
         """The trial's parameters (written as they are sampled), tried again while the
         database is away; each try after a failed one first reads back what committed."""
@@ -325,11 +448,11 @@ class Slot:
         def attempt() -> dict[str, Any]:
             nonlocal failed
             if failed:
-                self.queue.reload(claim)
+                self.slot.queue.reload(claim)
             failed = True
             return suggest_config(claim.trial, claim.spec)
 
-        return self._retry(attempt, f"trial {claim.trial.number}: parameters")
+        return self.slot.retry(attempt, f"trial {claim.trial.number}: parameters")
 
     def _send(self, claim: Claim, pending: list[tuple[int, float]]) -> str:
         """Report the kept evals in order (each removed once stored); the study's status
@@ -337,7 +460,7 @@ class Slot:
         status = "running"
         while pending:
             step, fid = pending[0]
-            status = self.queue.report(claim, step, fid)
+            status = self.slot.queue.report(claim, step, fid)
             pending.pop(0)
         return status
 
@@ -345,7 +468,7 @@ class Slot:
         """A trial's ending call, tried again while the database is away. Given up only when
         a shutdown outlasted the lease: the reaper then re-queues the trial."""
         try:
-            self._retry(fn, f"trial {claim.trial.number} of {claim.study_name}")
+            self.slot.retry(fn, f"trial {claim.trial.number} of {claim.study_name}")
         except Exception as exc:
             if not db.is_transient(exc):
                 raise
@@ -384,7 +507,7 @@ class Slot:
         for line in metrics.read_text().splitlines():
             if line.strip():
                 m = json.loads(line)
-                self.queue.report(claim, int(m["step"]), objective_value(m, first))
+                self.slot.queue.report(claim, int(m["step"]), objective_value(m, first))
 
     def _upload_artifacts(self, claim: Claim, run_dir: Path) -> dict[str, Any]:
         """Write the trial's files to the artifact store; returns the trial system attributes
@@ -398,135 +521,13 @@ class Slot:
             path = run_dir / name
             if path.exists():
                 optuna.artifacts.upload_artifact(
-                    artifact_store=self.artifacts,
+                    artifact_store=self.slot.artifacts,
                     file_path=str(path),
                     study_or_trial=claim.trial,
                     storage=links,  # type: ignore[arg-type]
                     mimetype=mimetype,
                 )
         return links.attrs
-
-
-class TrialRun:
-    """One claimed trial in a slot: its config, its hooks for the trainer (each eval reported,
-    pruning, the study's pause or stop, a lost lease) and its end, told to Optuna. A trial
-    lives the same life alone or as a member of a pack."""
-
-    def __init__(self, slot: Slot, claim: Claim) -> None:
-        self.slot, self.claim, self.trial = slot, claim, claim.trial
-        self.run_dir = Path(claim.run_dir)
-        self.started = time.perf_counter()
-        self.where = {"device": slot.device, "worker": slot.worker_id}
-        self.pending: list[tuple[int, float]] = []  # evals not yet reported (the database was away)
-        self.shown: dict[str, Any] = {}  # the latest eval's metrics, as trial user attributes
-        self.config: TrainConfig | None = None
-        self.outcome: TrainResult | BaseException | None = None
-        self.pack: dict[str, Any] | None = None  # the pack it trained in (a user attribute)
-        self.replay: dict[str, Any] | None = None  # how to train it again bit for bit, when packed
-        # Optuna prunes single-objective studies only; "none" has nothing to ask.
-        self.prunes = len(claim.spec.objectives) == 1 and not isinstance(claim.study.pruner, optuna.pruners.NopPruner)
-        self.first = claim.spec.objectives[0]  # what the intermediate values are, and pruners read
-
-    @property
-    def resumes(self) -> bool:
-        return (self.run_dir / CHECKPOINT).exists()
-
-    def prepare(self) -> bool:
-        """The trial's config, checked, and a resumed run's evals reported again (the pruner
-        reads them); False when the trial ended here (a bad config, data refused: told)."""
-        try:
-            config = TrainConfig.from_dict({**self.slot._suggest(self.claim), "device": self.slot.device})
-            refused = folder_refused(config.dataset, self.slot.settings.folder_roots)
-            if refused:
-                raise DataError(refused)
-            self.slot._retry(
-                lambda: self.slot._replay_history(self.claim, self.run_dir), f"trial {self.trial.number}: replay"
-            )
-        except Exception as exc:
-            self.end(exc)
-            return False
-        self.config = config
-        return True
-
-    def on_eval(self, step: int, metrics: dict[str, Any]) -> None:
-        slot, claim, first = self.slot, self.claim, self.first
-        self.pending.append((step, objective_value(metrics, first)))
-        self.shown.update(eval_attrs(metrics))
-        try:
-            status = slot._send(claim, self.pending)
-            slot.queue.set_attrs(claim, self.shown)
-            # A trial that trained to its end is complete: its last FID is its result.
-            assert self.config is not None
-            prune = self.prunes and step < self.config.steps and self.trial.should_prune()
-        except Exception as exc:
-            if not db.is_transient(exc):
-                raise
-            # Train on; the reports are sent at the next eval, no pruning until then.
-            if len(self.pending) == 1:  # once per outage, not at every eval
-                log.warning(
-                    "trial %s of %s: %s; training on, its reports kept until it is back",
-                    self.trial.number, claim.study_name, db.unavailable(exc),
-                )  # fmt: skip
-            return
-        slot._check_interrupt(status)
-        if prune:
-            raise optuna.TrialPruned(f"pruned at step {step} ({first} {objective_value(metrics, first):.3f})")
-
-    def should_stop(self) -> bool:
-        return self.slot.shutdown.is_set() or self.claim.trial_id in self.slot.lost
-
-    def end(self, outcome: TrainResult | BaseException) -> None:
-        """Tell Optuna how the trial ended. Never raises for the trial's own failures: the
-        slot goes on. The database's absence is not a failure: the end is told once it is back."""
-        self.outcome = outcome
-        slot, claim, trial, where = self.slot, self.claim, self.trial, self.where
-        packed = {"pack": self.pack} if self.pack else {}
-        try:
-            if isinstance(outcome, BaseException):
-                raise outcome
-            if outcome.stopped:
-                reason = "lease lost" if claim.trial_id in slot.lost else "worker shut down"
-                raise Interrupted(f"{reason} at step {outcome.steps}; checkpointed", requeue=True)
-            slot._retry(lambda: slot._send(claim, self.pending), f"trial {trial.number}: reports")
-            attrs = {
-                **where,
-                **packed,
-                "train_seconds": round(outcome.train_seconds, 3),
-                "steps_per_second": round(outcome.steps / outcome.train_seconds, 2) if outcome.train_seconds else None,
-                # float sums depend on the thread count: `gat-tune train --threads N` replays it exactly
-                "cpu_threads": torch.get_num_threads(),
-                **eval_attrs(outcome.metrics),
-            }
-            links = slot._upload_artifacts(claim, self.run_dir)
-            if self.replay is not None:
-                links[PACK_REPLAY] = self.replay
-            final = {**outcome.metrics, "train_seconds": outcome.train_seconds}  # unrounded
-            values = [objective_value(final, name) for name in claim.spec.objectives]
-            slot._end(
-                claim,
-                lambda: slot.queue.finish(
-                    claim, state=TrialState.COMPLETE, values=values, attrs=attrs, system_attrs=links
-                ),
-            )
-        except optuna.TrialPruned:
-            slot._end(claim, lambda: slot._send(claim, self.pending))
-            links = slot._upload_artifacts(claim, self.run_dir)
-            attrs = {**where, **packed, "train_seconds": round(time.perf_counter() - self.started, 3)}
-            slot._end(claim, lambda: slot.queue.finish(claim, state=TrialState.PRUNED, attrs=attrs, system_attrs=links))
-        except Interrupted as exc:
-            said = str(exc)
-            if exc.requeue:
-                slot._end(claim, lambda: slot.queue.interrupt(claim, said))
-            else:
-                fail = {**where, **packed, "fail_reason": said}
-                slot._end(claim, lambda: slot.queue.finish(claim, state=TrialState.FAIL, attrs=fail))
-        except Exception as exc:  # the slot must outlive any trial
-            if db.is_transient(exc):  # not the trial's fault: re-queued, to resume from its checkpoint
-                reason = f"{db.unavailable(exc)}; checkpointed"
-                slot._end(claim, lambda: slot.queue.interrupt(claim, reason))
-            else:
-                fail = {**where, **packed, "fail_reason": slot._fail_reason(claim, exc)}
-                slot._end(claim, lambda: slot.queue.finish(claim, state=TrialState.FAIL, attrs=fail))
 
 
 def _pack_groups(runs: list[TrialRun]) -> list[list[TrialRun]]:

@@ -366,18 +366,21 @@ def test_pruners_read_a_maximised_objective_upward(client: TestClient, database_
 
 @pytest.mark.slow
 @pytest.mark.timeout(600)
+@pytest.mark.parametrize("packed", [False, True], ids=["two-slots", "one-slot-packing-three"])
 def test_nothing_is_lost_when_postgresql_restarts(
-    private_pg: PrivatePostgres, digits_cache: Path, tmp_path: Path
+    private_pg: PrivatePostgres, digits_cache: Path, tmp_path: Path, packed: bool
 ) -> None:
     """The database goes away while the slots start (they register), and again mid-study
     while trials report their evals. A 0.33 s restart used to fail a trial for good
     (StorageInternalError) and a longer one crashed the slots: now the slots wait and try
-    again, training goes on, and every trial ends COMPLETE or PRUNED."""
+    again, training goes on, and every trial ends COMPLETE or PRUNED; alike when one slot
+    trains three trials as a pack."""
     url = private_pg.database()
     for sub in ("features", "stats"):
         shutil.copytree(digits_cache / sub, tmp_path / sub)
     settings = Settings(DATABASE_URL=url, data_dir=tmp_path, token="t")
-    spec = tiny(base={"steps": 300, "eval_every": 10}, pruner="median", n_trials=6, max_parallel=2, max_failures=1)
+    parallel = {"max_parallel": 3, "pack": 3} if packed else {"max_parallel": 2}
+    spec = tiny(base={"steps": 300, "eval_every": 10}, pruner="median", n_trials=6, max_failures=1, **parallel)
     with TestClient(create_app(settings), headers={"Authorization": "Bearer t"}) as client:
         assert client.post("/studies", json=spec).status_code == 201
     db.dispose_all()
@@ -391,7 +394,7 @@ def test_nothing_is_lost_when_postgresql_restarts(
     log_path = tmp_path / "pool.log"
     with log_path.open("w") as log_file:
         pool = subprocess.Popen(
-            [sys.executable, "-m", "service.cli", "worker", "--devices", "cpu", "--per-device", "2",
+            [sys.executable, "-m", "service.cli", "worker", "--devices", "cpu", "--per-device", "1" if packed else "2",
              "--exit-when-idle", "5"],
             env=env, stdout=log_file, stderr=subprocess.STDOUT, text=True,
         )  # fmt: skip
@@ -432,6 +435,8 @@ def test_nothing_is_lost_when_postgresql_restarts(
     ]
     for t in trials:
         assert sorted(t.intermediate_values) == list(range(10, max(t.intermediate_values) + 1, 10)), "no eval missed"
+    if packed:
+        assert any(t.user_attrs.get("pack", {}).get("size") == 3 for t in trials), "a pack of three trained"
     with sa.create_engine(url, poolclass=sa.pool.NullPool).connect() as conn:
         assert conn.execute(sa.text("SELECT status FROM gt_studies")).scalar_one() == "completed"
 
