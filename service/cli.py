@@ -108,10 +108,10 @@ def cmd_worker(args: argparse.Namespace) -> int:
         return _fail(str(exc), 2)
     if args.per_device < 1:
         return _fail("--per-device must be at least 1", 2)
-    if args.max_pack is not None and args.max_pack < 1:
-        return _fail("--max-pack must be at least 1", 2)
     settings = Settings()
     if args.max_pack is not None:
+        if args.max_pack < 1:
+            return _fail("--max-pack must be at least 1", 2)
         settings = settings.model_copy(update={"max_pack": args.max_pack})
     return run_pool(settings, devices, args.per_device, idle_exit=args.exit_when_idle)
 

@@ -221,8 +221,7 @@ class Slot:
         """How many trials to train with this one as one packed model: the spec's ``pack``,
         else this device's default (PACK_DEFAULT), capped by the pool's max_pack; 1 for what
         does not pack (a DCGAN, a run resuming from its checkpoint)."""
-        assert run.config is not None
-        if run.config.model != "mlp" or run.resumes:
+        if not run.packs:
             return 1
         wanted = run.claim.spec.pack or PACK_DEFAULT["cuda" if self.device.startswith("cuda") else "cpu"]
         return max(1, min(wanted, self.settings.max_pack or wanted))
@@ -342,6 +341,13 @@ class TrialRun:
     @property
     def resumes(self) -> bool:
         return (self.run_dir / CHECKPOINT).exists()
+
+    @property
+    def packs(self) -> bool:
+        """Whether it may train in a pack: an MLP (trainer.packed packs no DCGAN), starting
+        from step 0 (members of a pack resume at one step; a resumed run trains alone)."""
+        assert self.config is not None
+        return self.config.model == "mlp" and not self.resumes
 
     def prepare(self) -> bool:
         """The trial's config, checked, and a resumed run's evals reported again (the pruner
@@ -532,11 +538,11 @@ class TrialRun:
 
 def _pack_groups(runs: list[TrialRun]) -> list[list[TrialRun]]:
     """The claimed trials in groups that train as one pack each (trainer.packed.pack_key),
-    in claim order; a run resuming from its checkpoint trains alone."""
+    in claim order; one that does not pack (TrialRun.packs) trains alone."""
     groups: dict[Any, list[TrialRun]] = {}
     for i, run in enumerate(runs):
         assert run.config is not None
-        key = ("alone", i) if run.resumes or run.config.model != "mlp" else pack_key(run.config)
+        key = pack_key(run.config) if run.packs else ("alone", i)
         groups.setdefault(key, []).append(run)
     return list(groups.values())
 

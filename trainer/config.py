@@ -163,20 +163,12 @@ class TrainConfig:
     @classmethod
     def from_text(cls, text: str, *, source: str = "config") -> TrainConfig:
         """Parse YAML or JSON text (JSON is YAML, so one parser reads both)."""
-        try:
-            data = load_yaml(text)
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"{source}: not valid YAML or JSON: {yaml_error(exc)}") from None
+        data = _parse(text, source)
         return cls.from_dict(data if data is not None else {})
 
     @classmethod
     def load(cls, path: str | Path) -> TrainConfig:
-        path = Path(path)
-        try:
-            text = path.read_text()
-        except OSError as exc:
-            raise ConfigError(f"{path}: cannot read ({exc.strerror})") from None
-        return cls.from_text(text, source=str(path))
+        return cls.from_text(_read(path), source=str(path))
 
     def save(self, path: str | Path) -> None:
         """Write as JSON for a .json path, YAML otherwise."""
@@ -222,17 +214,23 @@ class PackReplay:
         return replay
 
 
-def load_run(path: str | Path) -> tuple[TrainConfig, PackReplay | None]:
-    """A config file, with the ``pack`` key a packed trial's best config has (else None)."""
-    path = Path(path)
+def _read(path: str | Path) -> str:
     try:
-        text = path.read_text()
+        return Path(path).read_text()
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read ({exc.strerror})") from None
+
+
+def _parse(text: str, source: str) -> Any:
     try:
-        data = load_yaml(text)
+        return load_yaml(text)
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML or JSON: {yaml_error(exc)}") from None
+        raise ConfigError(f"{source}: not valid YAML or JSON: {yaml_error(exc)}") from None
+
+
+def load_run(path: str | Path) -> tuple[TrainConfig, PackReplay | None]:
+    """A config file, with the ``pack`` key a packed trial's best config has (else None)."""
+    data = _parse(_read(path), str(path))
     pack = data.pop("pack", None) if isinstance(data, dict) else None
     config = TrainConfig.from_dict(data if data is not None else {})
     return config, None if pack is None else PackReplay.from_dict(pack, config)

@@ -365,13 +365,18 @@ def _pairs(
     return out
 
 
+def _member(packed: GroupedMLP, opt: GroupedAdam, s: int) -> tuple[PackedMLP, PackedAdam, int]:
+    """Pack slot s's width group, that group's optimiser, and its position in the group."""
+    j, position = packed.where[s]
+    return packed.groups[j], opt.opts[j], position
+
+
 def _to_solo(
     packed: GroupedMLP, opt: GroupedAdam, s: int, solo: nn.Module, lr: float, betas: tuple[float, float]
 ) -> dict[str, Any]:
     """Member s's slice of a packed model and its Adam state, written into the solo module
     and returned as a solo run's optimiser state dict (torch.optim.Adam's format)."""
-    j, position = packed.where[s]
-    group, group_opt = packed.groups[j], opt.opts[j]
+    group, group_opt, position = _member(packed, opt, s)
     adam = torch.optim.Adam(solo.parameters(), lr=lr, betas=betas)
     stacked = list(group.parameters())
     with torch.no_grad():
@@ -390,8 +395,7 @@ def _from_solo(
 ) -> int:
     """Load a solo run's module and Adam state dicts into member s's slice; returns Adam's
     step count (0 before the first step)."""
-    j, position = packed.where[s]
-    group, group_opt = packed.groups[j], opt.opts[j]
+    group, group_opt, position = _member(packed, opt, s)
     solo.load_state_dict(model)
     adam = torch.optim.Adam(solo.parameters())
     adam.load_state_dict(opt_state)

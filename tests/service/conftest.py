@@ -4,6 +4,7 @@ template (CI: the machine's server on 127.0.0.1:5432; override with GAT_TUNE_TES
 from __future__ import annotations
 
 import copy
+import json
 import os
 import shutil
 import signal
@@ -206,6 +207,12 @@ def finish(proc: subprocess.Popen[str], timeout: float = 240) -> str:
     out, _ = proc.communicate(timeout=timeout)
     assert proc.returncode == 0, out
     return out
+
+
+def eval_steps(run_dir: str | Path) -> list[int]:
+    """The steps of a run directory's evals, in the order metrics.jsonl has them."""
+    lines = (Path(run_dir) / "metrics.jsonl").read_text().splitlines()
+    return [json.loads(line)["step"] for line in lines]
 
 
 def load(database_url: str, name: str = "tiny") -> optuna.Study:

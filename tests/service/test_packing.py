@@ -18,7 +18,7 @@ import pytest
 from fastapi.testclient import TestClient
 from optuna.trial import TrialState
 
-from tests.service.conftest import finish, load, tiny, wait_for
+from tests.service.conftest import eval_steps, finish, load, tiny, wait_for
 
 GOOD = {"lr_g": 2e-4, "lr_d": 2e-4, "beta1": 0.5, "beta2": 0.999}
 BAD = {"lr_g": 1000.0, "lr_d": 1000.0, "beta1": 0.0, "beta2": 0.0}  # sign-SGD at lr 1000: overflows
@@ -114,19 +114,27 @@ def test_max_pack_caps_what_a_slot_packs(
     assert sorted(t.user_attrs["pack"]["size"] for t in trials) == [2, 2, 2, 2]
 
 
+def a_pack_of_three_checkpointed(
+    client: TestClient, start_pool: Callable[..., subprocess.Popen[str]], tmp_path: Path, *pool_args: str
+) -> subprocess.Popen[str]:
+    """A pool whose one slot trains three 1,500-step trials as a pack, once each member has
+    written a checkpoint."""
+    spec = packed_spec(base={"steps": 1500, "eval_every": 100}, n_trials=3, max_parallel=3, pack=3)
+    client.post("/studies", json=spec)
+    pool = start_pool("--per-device", "1", *pool_args)
+    runs = tmp_path / "runs" / "tiny"
+    wait_for(
+        lambda: all((runs / f"trial-{n:05d}" / "checkpoint.pt").exists() for n in range(3)),
+        what="a checkpoint of each member",
+    )
+    return pool
+
+
 @pytest.mark.slow
 def test_kill_9_mid_pack_retries_every_member_from_its_checkpoint(
     client: TestClient, start_pool: Callable[..., subprocess.Popen[str]], database_url: str, tmp_path: Path
 ) -> None:
-    spec = packed_spec(base={"steps": 1500, "eval_every": 100}, n_trials=3, max_parallel=3, pack=3)
-    client.post("/studies", json=spec)
-    pool = start_pool("--per-device", "1", "--exit-when-idle", "4")
-    runs = tmp_path / "runs" / "tiny"
-
-    def every_checkpoint() -> bool:
-        return all((runs / f"trial-{n:05d}" / "checkpoint.pt").exists() for n in range(3))
-
-    wait_for(every_checkpoint, what="a checkpoint of each member")
+    pool = a_pack_of_three_checkpointed(client, start_pool, tmp_path, "--exit-when-idle", "4")
     os.kill(client.get("/workers").json()["items"][0]["pid"], signal.SIGKILL)
     out = finish(pool, timeout=300)
     assert "died with -9; starting another" in out
@@ -140,8 +148,7 @@ def test_kill_9_mid_pack_retries_every_member_from_its_checkpoint(
     for retry in done:
         origin = next(t for t in failed if t.number == retry.user_attrs["gat_tune_retry_of"])
         assert retry.params == origin.params and retry.user_attrs["run_dir"] == origin.user_attrs["run_dir"]
-        lines = (Path(retry.user_attrs["run_dir"]) / "metrics.jsonl").read_text().splitlines()
-        steps = [json.loads(line)["step"] for line in lines]
+        steps = eval_steps(retry.user_attrs["run_dir"])
         assert steps == sorted(set(steps)) and steps[-1] == 1500, "no step trained twice, none lost"
 
 
@@ -149,11 +156,7 @@ def test_kill_9_mid_pack_retries_every_member_from_its_checkpoint(
 def test_sigterm_mid_pack_requeues_every_member_and_they_resume(
     client: TestClient, start_pool: Callable[..., subprocess.Popen[str]], database_url: str, tmp_path: Path
 ) -> None:
-    spec = packed_spec(base={"steps": 1500, "eval_every": 100}, n_trials=3, max_parallel=3, pack=3)
-    client.post("/studies", json=spec)
-    pool = start_pool("--per-device", "1")
-    runs = tmp_path / "runs" / "tiny"
-    wait_for(lambda: all((runs / f"trial-{n:05d}" / "checkpoint.pt").exists() for n in range(3)), what="checkpoints")
+    pool = a_pack_of_three_checkpointed(client, start_pool, tmp_path)
     pool.send_signal(signal.SIGTERM)
     finish(pool, timeout=120)
     stopped = [t for t in load(database_url).trials if t.state == TrialState.FAIL]
@@ -165,8 +168,6 @@ def test_sigterm_mid_pack_requeues_every_member_and_they_resume(
     done = [t for t in trials if t.state == TrialState.COMPLETE]
     assert len(done) == 3 and client.get("/studies/tiny").json()["status"] == "completed"
     for t in done:
-        steps = [
-            json.loads(x)["step"] for x in (Path(t.user_attrs["run_dir"]) / "metrics.jsonl").read_text().splitlines()
-        ]
+        steps = eval_steps(t.user_attrs["run_dir"])
         assert steps == sorted(set(steps)) and steps[-1] == 1500
     assert optuna.trial.TrialState.RUNNING not in {t.state for t in trials}

@@ -24,7 +24,7 @@ from service.app import create_app
 from service.config import Settings
 from service.spec import StudySpec, make_pruner, suggest_config
 from service.worker import RestartBackoff, Slot, _one_line
-from tests.service.conftest import PrivatePostgres, finish, load, tiny, wait_for
+from tests.service.conftest import PrivatePostgres, eval_steps, finish, load, tiny, wait_for
 from trainer.config import TrainConfig
 from trainer.train import train
 
@@ -107,8 +107,7 @@ def test_kill_9_mid_trial_is_failed_retried_and_resumed(
     retry = next(t for t in trials if t.user_attrs.get("gat_tune_retry_of") == 0)
     assert retry.params == failed[0].params and retry.user_attrs["gat_tune_attempt"] == 1
     assert retry.user_attrs["run_dir"] == failed[0].user_attrs["run_dir"]  # resumed from its checkpoint
-    lines = (Path(retry.user_attrs["run_dir"]) / "metrics.jsonl").read_text().splitlines()
-    steps = [json.loads(line)["step"] for line in lines]
+    steps = eval_steps(retry.user_attrs["run_dir"])
     assert steps == sorted(set(steps)) and steps[-1] == 1500, "no step trained twice, none lost"
     assert client.get("/studies/tiny").json()["finished"] == 2
 
@@ -239,8 +238,7 @@ def test_best_config_reproduces_the_trial(
     assert abs(same["fid"] - best_fid) / best_fid <= 0.01, (same["fid"], best_fid)
     longer = train_cli("--steps", "400", "--out", str(tmp_path / "prod"))  # trains on from the checkpoint
     assert longer["steps"] == 400
-    lines = (tmp_path / "prod" / "metrics.jsonl").read_text().splitlines()
-    assert [json.loads(line)["step"] for line in lines] == [100, 200, 300, 400]
+    assert eval_steps(tmp_path / "prod") == [100, 200, 300, 400]
     for name in ("checkpoint.pt", "samples.png", "curve.png"):
         assert (tmp_path / "prod" / name).is_file()
 
