@@ -21,6 +21,7 @@ from pydantic_core import PydanticCustomError
 
 from service.config import DataRoots
 from service.errors import IncompatibleSpec
+from service.pruning import FarAboveBestPruner
 from trainer.config import FIELDS, PRDC_K, PRDC_METRICS, ConfigError, TrainConfig, json_schema, unknown_key
 
 __all__ = [
@@ -50,7 +51,7 @@ __all__ = [
 ]
 
 SAMPLERS = ("tpe", "random", "cmaes", "gp", "qmc", "nsga2")
-PRUNERS = ("none", "median", "hyperband", "successive-halving")
+PRUNERS = ("none", "median", "hyperband", "successive-halving", "far-above-best")
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$"
 MAX_COMBINATIONS = 4096  # categorical combinations checked one by one before creating a study
 MAX_ENQUEUE = 1000  # entries of a spec's enqueue list
@@ -131,7 +132,7 @@ class StudySpec(_Strict):
         "is what pruners read and what the study's best is by",
     )
     sampler: Literal["tpe", "random", "cmaes", "gp", "qmc", "nsga2"] = "tpe"
-    pruner: Literal["none", "median", "hyperband", "successive-halving"] = "median"
+    pruner: Literal["none", "median", "hyperband", "successive-halving", "far-above-best"] = "median"
     n_trials: int = Field(default=20, ge=1)
     max_parallel: int = Field(default=2, ge=1, le=1024, description="trials running at once, at most")
     pack: int | None = Field(
@@ -594,4 +595,6 @@ def make_pruner(spec: StudySpec) -> optuna.pruners.BasePruner:
             max_resource="auto" if "steps" in spec.search_space else config.steps,
             reduction_factor=3,
         )
+    if spec.pruner == "far-above-best":
+        return FarAboveBestPruner()
     return optuna.pruners.SuccessiveHalvingPruner(min_resource=config.eval_every, reduction_factor=3)
