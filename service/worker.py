@@ -47,7 +47,7 @@ from service.tables import gt_workers
 from trainer.config import PRDC_K, PRDC_METRICS, ConfigError, TrainConfig
 from trainer.data import DataError
 from trainer.metrics import FeatureError
-from trainer.packed import pack_key, train_packed
+from trainer.packed import Joining, pack_key, train_packed
 from trainer.train import CHECKPOINT, Diverged, TrainResult, limit_threads, train
 
 __all__ = ["Interrupted", "limit_threads", "preload", "resolve_devices", "run_pool", "run_slot"]
@@ -102,6 +102,7 @@ class Slot:
         self.shutdown = threading.Event()
         self.lost: set[int] = set()  # trials whose lease a reaper took
         self.current: list[Claim] = []  # the trials it trains (more than one: a pack)
+        self._claimed: list[TrialRun] = []  # the runs claimed for the pack it trains
         self._stopping_since: float | None = None
         self.queue.give_up = self._giving_up
         self._said: set[str] = set()  # errors of the loop already logged
@@ -229,41 +230,50 @@ class Slot:
     def run_claims(self, claim: Claim) -> None:
         """Train a claimed trial, packed with more trials claimed from its study when it
         packs (each claimed as a slot alone would claim it: the sampler sees the ones before
-        as running). Never raises for the trials' own failures."""
+        as running), the pack kept full as members leave. Never raises for the trials' own
+        failures."""
         first = TrialRun(self, claim)
         self.current = [claim]
-        made = [first]  # every run claimed here, told or not
+        self._claimed = [first]  # every run claimed here, told or not
         try:
             if not first.prepare():
                 return
-            runs, wanted = [first], self.pack_size(first)
-            while len(runs) < wanted and not self.shutdown.is_set():
-                try:
-                    # A trial an idle slot could train alone is left to it: a second core
-                    # gains more than a bigger pack.
-                    more = self.queue.claim(from_study=claim.study_name) if self.queue.spare() > 0 else None
-                except Exception as exc:  # the pack starts with what it has
-                    self._log_once("claim for a pack", exc)
-                    break
-                if more is None:
-                    break
-                self.current.append(more)
-                run = TrialRun(self, more)
-                made.append(run)
-                if run.prepare():
-                    runs.append(run)
-            for group in _pack_groups(runs):
-                self._train(group)
+            waiting = _pack_groups([first, *self._claim_more(claim.study_name, self.pack_size(first) - 1)])
+            while waiting:
+                waiting += _pack_groups(self._train(waiting.pop(0)))
         finally:
             self.current = []
             # An unexpected error left these untold: their leases dropped, so a reaper fails
             # and re-queues them instead of this slot's heartbeat keeping them RUNNING.
-            for run in made[1:]:
+            for run in self._claimed[1:]:
                 if run.outcome is None:
                     self.queue.abandon(run.claim.trial_id)
 
-    def _train(self, runs: list[TrialRun]) -> None:
-        """Train these trials, alone or as one pack, and tell each one's end."""
+    def _claim_more(self, study_name: str, n: int) -> list[TrialRun]:
+        """Up to n more trials of this study for a pack, each claimed as a slot alone would
+        claim it and prepared (those that ended in preparing are told, not returned)."""
+        runs: list[TrialRun] = []
+        while len(runs) < n and not self.shutdown.is_set():
+            try:
+                # A trial an idle slot could train alone is left to it: a second core gains
+                # more than a bigger pack.
+                more = self.queue.claim(from_study=study_name) if self.queue.spare() > 0 else None
+            except Exception as exc:  # the pack goes on with what it has
+                self._log_once("claim for a pack", exc)
+                break
+            if more is None:
+                break
+            self.current.append(more)
+            run = TrialRun(self, more)
+            self._claimed.append(run)
+            if run.prepare():
+                runs.append(run)
+        return runs
+
+    def _train(self, runs: list[TrialRun]) -> list[TrialRun]:
+        """Train these trials, alone or as one pack (kept at its size by trials claimed as
+        members leave), and tell each one's end; returns the trials claimed for the pack
+        that cannot join it (they train next)."""
         if len(runs) == 1:
             (run,) = runs
             assert run.config is not None
@@ -278,15 +288,17 @@ class Slot:
             except Exception as exc:
                 outcome = exc
             run.end(outcome)
-            return
+            return []
         configs = [r.config for r in runs if r.config is not None]
         left: list[int | None] = [None] * len(runs)  # the step each member left at, when cut short
-        shown = {"size": len(runs), "trials": [r.claim.trial.number for r in runs]}
+        joined = [0] * len(runs)  # the pack's step when each member joined
+        shown: dict[str, Any] = {"size": len(runs), "trials": [r.claim.trial.number for r in runs]}
+        key, later = pack_key(configs[0]), []
 
         def on_end(j: int) -> Callable[[TrainResult | BaseException, int], None]:
             def ended(outcome: TrainResult | BaseException, step: int) -> None:
                 run = runs[j]
-                run.pack = {**shown, "position": j}
+                run.pack = {**shown, "position": j, "joined": joined[j]}
                 if isinstance(outcome, TrainResult) and not outcome.stopped:
                     # How to train this member again bit for bit: the whole pack, each
                     # member leaving where it left (gat-tune train replays it).
@@ -294,6 +306,7 @@ class Slot:
                         "position": j,
                         "members": [c.to_dict() for c in configs],
                         "left": list(left),
+                        "joined": list(joined),
                         "exact": not any(isinstance(r.outcome, TrainResult) and r.outcome.stopped for r in runs),
                         "cpu_threads": torch.get_num_threads(),
                     }
@@ -303,6 +316,23 @@ class Slot:
 
             return ended
 
+        def refill(free: int, step: int) -> list[Joining]:
+            """Trials claimed into the places members left: fresh ones of the pack's kind
+            join, from their own step 0; any other trains after the pack."""
+            joining = []
+            for run in self._claim_more(runs[0].claim.study_name, free):
+                assert run.config is not None
+                if not (run.packs and pack_key(run.config) == key):
+                    later.append(run)
+                    continue
+                runs.append(run)
+                configs.append(run.config)
+                left.append(None)
+                joined.append(step)
+                shown["trials"].append(run.claim.trial.number)
+                joining.append(Joining(run.config, run.on_eval, run.should_stop, run.run_dir, on_end(len(runs) - 1)))
+            return joining
+
         try:
             train_packed(
                 configs,
@@ -311,11 +341,14 @@ class Slot:
                 out_dirs=[r.run_dir for r in runs],
                 data_dir=self.settings.data_dir,
                 on_end=[on_end(j) for j in range(len(runs))],
+                refill=refill,
+                capacity=self.pack_size(runs[0]),
             )
         except Exception as exc:  # the pack's own failure (its data, its device): every member's
             for run in runs:
                 if run.outcome is None:
                     run.end(exc)
+        return later
 
 
 class TrialRun:

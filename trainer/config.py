@@ -181,13 +181,15 @@ class PackReplay:
     """How a trial that trained in a pack trains again bit for bit: the ``pack`` key of its
     best config (written by the worker; trainer.packed.replay runs it). A member's numbers
     depend on which others share its batched kernels, so the whole pack trains again, each
-    member leaving at the step it left at (pruned, its study paused or stopped)."""
+    member joining at the pack step it joined at and leaving at the step it left at (pruned,
+    its study paused or stopped)."""
 
     position: int  # this trial's place among the members
     members: tuple[TrainConfig, ...]
     left: tuple[int | None, ...]  # per member: the eval step it left at, None when it trained on
     exact: bool = True  # False: a member was stopped between evals, which a replay does not redo
     cpu_threads: int | None = None  # the slot's thread count (float sums depend on it)
+    joined: tuple[int, ...] = ()  # per member: the pack's step when it joined (empty: all at the start)
 
     @classmethod
     def from_dict(cls, data: Any, config: TrainConfig) -> PackReplay:
@@ -197,8 +199,9 @@ class PackReplay:
         try:
             members = tuple(TrainConfig.from_dict(m) for m in data["members"])
             left = tuple(None if x is None else int(x) for x in data["left"])
+            joined = tuple(int(x) for x in data.get("joined", ()))
             replay = cls(int(data["position"]), members, left, bool(data.get("exact", True)),
-                         None if data.get("cpu_threads") is None else int(data["cpu_threads"]))  # fmt: skip
+                         None if data.get("cpu_threads") is None else int(data["cpu_threads"]), joined)  # fmt: skip
         except KeyError as exc:
             raise ConfigError(f"pack: missing key {exc}") from None
         except ConfigError as exc:
@@ -207,6 +210,8 @@ class PackReplay:
             raise ConfigError(f"pack: {exc}") from None
         if not 0 <= replay.position < len(members) or len(left) != len(members):
             raise ConfigError(f"pack: position {replay.position} and {len(left)} left steps for {len(members)} members")
+        if joined and (len(joined) != len(members) or min(joined) < joined[0]):
+            raise ConfigError(f"pack: {len(joined)} join steps for {len(members)} members, the first member's first")
         mine = {**members[replay.position].to_dict(), "device": config.device}
         if mine != config.to_dict():
             differ = sorted(k for k, v in config.to_dict().items() if mine[k] != v)

@@ -29,7 +29,7 @@ from torch import nn
 
 from trainer.config import PackReplay, TrainConfig
 from trainer.data import default_data_dir
-from trainer.losses import GATLoss
+from trainer.losses import R1_LAZY_INTERVAL, GATLoss
 from trainer.models import MLPDiscriminator, MLPGenerator, build_models
 from trainer.train import (
     FINITE_CHECK_EVERY,
@@ -101,6 +101,13 @@ class PackedMLP(nn.Module):
             layer.weight = nn.Parameter(layer.weight[members].clone())
             layer.bias = nn.Parameter(layer.bias[members].clone())
 
+    @torch.no_grad()
+    def append(self, other: PackedMLP) -> None:
+        """Add other's members after these (the same shapes but the leading dimension)."""
+        for layer, more in zip(self.layers, other.layers, strict=True):
+            layer.weight = nn.Parameter(torch.cat([layer.weight, more.weight.to(layer.weight.device)]))
+            layer.bias = nn.Parameter(torch.cat([layer.bias, more.bias.to(layer.bias.device)]))
+
 
 def _linears(module: nn.Module) -> list[nn.Linear]:
     return [m for m in module.modules() if isinstance(m, nn.Linear)]
@@ -130,7 +137,8 @@ def _grouped(
     for s, w in enumerate(widths):
         by_width.setdefault(w, []).append(s)
     slots = list(by_width.values())
-    return GroupedMLP([_stack([solos[s] for s in group], hidden, last, out_shape) for group in slots], slots)
+    groups = [_stack([solos[s] for s in group], hidden, last, out_shape) for group in slots]
+    return GroupedMLP(groups, slots, list(by_width), (hidden, last, out_shape))
 
 
 def pack_mlps(configs: Sequence[TrainConfig], sample_shape: tuple[int, ...]) -> tuple[GroupedMLP, GroupedMLP]:
@@ -163,7 +171,8 @@ class PackedAdam:
     torch.optim.Adam (eps 1e-8, no weight decay) computes it for that member alone.
 
     The bias corrections are computed per member in float64, as torch's Adam does with
-    Python floats; the state per parameter is (exp_avg, exp_avg_sq), stacked like it.
+    Python floats, from the member's own step count ``t`` (a member may join a running
+    pack); the state per parameter is (exp_avg, exp_avg_sq), stacked like it.
     """
 
     def __init__(
@@ -173,7 +182,7 @@ class PackedAdam:
         self.lr = [float(x) for x in lr]
         self.betas = [(float(b1), float(b2)) for b1, b2 in betas]
         self.eps = 1e-8
-        self.t = 0
+        self.t = [0] * len(self.lr)  # each member's steps taken
         self.exp_avg = [torch.zeros_like(p) for p in self.params]
         self.exp_avg_sq = [torch.zeros_like(p) for p in self.params]
         self._consts: torch.Tensor | None = None
@@ -184,12 +193,12 @@ class PackedAdam:
 
     @torch.no_grad()
     def step(self) -> None:
-        self.t += 1
+        self.t = [t + 1 for t in self.t]
         if self._consts is None:  # (1 - β1, β2, 1 - β2) per member, shaped to broadcast
             b = torch.tensor(self.betas, dtype=torch.float64)
             self._consts = torch.stack([1 - b[:, 0], b[:, 1], 1 - b[:, 1]])
-        step_size = torch.tensor([lr / (1 - b1**self.t) for lr, (b1, _) in zip(self.lr, self.betas, strict=True)])
-        c2 = torch.tensor([math.sqrt(1 - b2**self.t) for _, b2 in self.betas])
+        step_size = torch.tensor([lr / (1 - b1**t) for lr, (b1, _), t in zip(self.lr, self.betas, self.t, strict=True)])
+        c2 = torch.tensor([math.sqrt(1 - b2**t) for (_, b2), t in zip(self.betas, self.t, strict=True)])
         per_step = torch.cat([self._consts, step_size[None], c2[None]])
         shaped: dict[tuple[int, torch.dtype, torch.device], torch.Tensor] = {}
         for p, m, v in zip(self.params, self.exp_avg, self.exp_avg_sq, strict=True):
@@ -211,8 +220,20 @@ class PackedAdam:
         self.params = list(params)
         self.lr = [self.lr[i] for i in idx]
         self.betas = [self.betas[i] for i in idx]
+        self.t = [self.t[i] for i in idx]
         self.exp_avg = [m[members].clone() for m in self.exp_avg]
         self.exp_avg_sq = [v[members].clone() for v in self.exp_avg_sq]
+        self._consts = None
+
+    def append(self, params: Sequence[nn.Parameter], lr: float, betas: tuple[float, float]) -> None:
+        """A member joins, last: ``params`` are the pack's new parameters (one more row
+        each), same order; its state starts at zero, as a fresh Adam's does."""
+        self.params = list(params)
+        self.lr.append(float(lr))
+        self.betas.append((float(betas[0]), float(betas[1])))
+        self.t.append(0)
+        self.exp_avg = [torch.cat([m, m.new_zeros(1, *m.shape[1:])]) for m in self.exp_avg]
+        self.exp_avg_sq = [torch.cat([v, v.new_zeros(1, *v.shape[1:])]) for v in self.exp_avg_sq]
         self._consts = None
 
 
@@ -221,17 +242,26 @@ class GroupedMLP(nn.Module):
     whose members share a width, so a layer costs one ``baddbmm`` per width in the pack and
     no member pays for a wider one. Input and output are in pack-slot order (K, B, ...)."""
 
-    def __init__(self, groups: Sequence[PackedMLP], slots: Sequence[Sequence[int]]) -> None:
+    def __init__(
+        self,
+        groups: Sequence[PackedMLP],
+        slots: Sequence[Sequence[int]],
+        widths: Sequence[int],
+        shape: tuple[nn.Module, nn.Module | None, tuple[int, ...]],
+    ) -> None:
         super().__init__()
         self.groups: Sequence[PackedMLP] = nn.ModuleList(groups)  # type: ignore[assignment]
         self.slots = [list(s) for s in slots]  # each group's members, as pack slots in order
+        self.widths = list(widths)  # each group's width
+        self.shape = shape  # (hidden activation, last activation, output shape): a new group's
+        self.device = groups[0].layers[0].weight.device if groups else torch.device("cpu")
         self._index()
 
     def _index(self) -> None:
         self.where = {s: (j, p) for j, slots in enumerate(self.slots) for p, s in enumerate(slots)}
         if not self.groups:  # every member has left
             return
-        device = self.groups[0].layers[0].weight.device
+        device = self.device = self.groups[0].layers[0].weight.device
         self._take = [torch.tensor(s, device=device) for s in self.slots]
         order = torch.tensor([s for slots in self.slots for s in slots], device=device)
         self._back = torch.argsort(order)
@@ -256,16 +286,35 @@ class GroupedMLP(nn.Module):
         returns each group's kept positions (empty for a group now gone)."""
         renumber = {s: i for i, s in enumerate(kept)}
         local = [[p for p, s in enumerate(slots) if s in renumber] for slots in self.slots]
-        groups, slots = [], []
-        for group, old, positions in zip(self.groups, self.slots, local, strict=True):
+        groups, slots, widths = [], [], []
+        for group, old, width, positions in zip(self.groups, self.slots, self.widths, local, strict=True):
             if positions:
                 group.keep(torch.tensor(positions, device=group.layers[0].weight.device))
                 groups.append(group)
                 slots.append([renumber[old[p]] for p in positions])
+                widths.append(width)
         self.groups = nn.ModuleList(groups)  # type: ignore[assignment]
-        self.slots = slots
+        self.slots, self.widths = slots, widths
         self._index()
         return local
+
+    def append(self, solo: nn.Module, width: int) -> tuple[int, bool]:
+        """A solo MLP of this width joins as the next pack slot, last in its width's group
+        or alone in a new one; returns the group's index and whether it is new."""
+        slot = sum(len(s) for s in self.slots)
+        single = _stack([solo], *self.shape).to(self.device)
+        new = width not in self.widths
+        if new:
+            self.groups.append(single)  # type: ignore[attr-defined]
+            self.slots.append([slot])
+            self.widths.append(width)
+            j = len(self.groups) - 1
+        else:
+            j = self.widths.index(width)
+            self.groups[j].append(single)
+            self.slots[j].append(slot)
+        self._index()
+        return j, new
 
 
 class GroupedAdam:
@@ -276,15 +325,6 @@ class GroupedAdam:
             PackedAdam(list(group.parameters()), [lr[s] for s in slots], [betas[s] for s in slots])
             for group, slots in zip(model.groups, model.slots, strict=True)
         ]
-
-    @property
-    def t(self) -> int:
-        return self.opts[0].t
-
-    @t.setter
-    def t(self, value: int) -> None:
-        for opt in self.opts:
-            opt.t = value
 
     def zero_grad(self) -> None:
         for opt in self.opts:
@@ -300,6 +340,15 @@ class GroupedAdam:
         for (opt, positions), group in zip(kept, model.groups, strict=True):
             opt.keep(torch.tensor(positions, device=group.layers[0].weight.device), list(group.parameters()))
         self.opts = [opt for opt, _ in kept]
+
+    def append(self, model: GroupedMLP, joined: tuple[int, bool], lr: float, betas: tuple[float, float]) -> None:
+        """Follow ``model.append``: ``joined`` is what it returned."""
+        j, new = joined
+        params = list(model.groups[j].parameters())
+        if new:
+            self.opts.append(PackedAdam(params, [lr], [betas]))
+        else:
+            self.opts[j].append(params, lr, betas)
 
 
 OnEnd = Callable[[TrainResult | BaseException, int], None]
@@ -324,6 +373,22 @@ def pack_key(config: TrainConfig) -> tuple[Any, ...]:
 
 
 @dataclasses.dataclass
+class Joining:
+    """A run that joins a running pack (what ``train_packed``'s ``refill`` returns): the
+    same per-member arguments train_packed takes for the members it starts with."""
+
+    config: TrainConfig
+    on_eval: OnEval | None = None
+    should_stop: Callable[[], bool] | None = None
+    out_dir: str | Path | None = None
+    on_end: OnEnd | None = None
+
+
+# Called as refill(free places, pack step) when members may join; returns those that join.
+Refill = Callable[[int, int], Sequence[Joining]]
+
+
+@dataclasses.dataclass
 class _Member:
     config: TrainConfig
     rng: torch.Generator
@@ -337,6 +402,9 @@ class _Member:
     history: list[dict[str, Any]] = dataclasses.field(default_factory=list)
     train_seconds: float = 0.0  # before this call (a resumed member's)
     outcome: TrainResult | BaseException | None = None
+    offset: int = 0  # the pack's step when it joined: its own step is the pack's minus this
+    since: float = 0.0  # the pack's training seconds in this call when it joined
+    started: float = dataclasses.field(default_factory=time.perf_counter)
 
     def settle(self, outcome: TrainResult | BaseException, step: int) -> None:
         """The member's end: its outcome kept and told."""
@@ -383,7 +451,7 @@ def _to_solo(
         for p, i, part in _pairs(group, solo, position):
             p.copy_(part(stacked[i]))
             adam.state[p] = {
-                "step": torch.tensor(float(group_opt.t)),
+                "step": torch.tensor(float(group_opt.t[position])),
                 "exp_avg": part(group_opt.exp_avg[i]).clone(),
                 "exp_avg_sq": part(group_opt.exp_avg_sq[i]).clone(),
             }
@@ -392,8 +460,8 @@ def _to_solo(
 
 def _from_solo(
     packed: GroupedMLP, opt: GroupedAdam, s: int, solo: nn.Module, model: dict[str, Any], opt_state: dict[str, Any]
-) -> int:
-    """Load a solo run's module and Adam state dicts into member s's slice; returns Adam's
+) -> None:
+    """Load a solo run's module and Adam state dicts into member s's slice, and its Adam
     step count (0 before the first step)."""
     group, group_opt, position = _member(packed, opt, s)
     solo.load_state_dict(model)
@@ -409,7 +477,7 @@ def _from_solo(
                 t = int(state["step"])
                 part(group_opt.exp_avg[i]).copy_(state["exp_avg"])
                 part(group_opt.exp_avg_sq[i]).copy_(state["exp_avg_sq"])
-    return t
+    group_opt.t[position] = t
 
 
 def train_packed(
@@ -420,6 +488,8 @@ def train_packed(
     out_dirs: Sequence[str | Path | None] | None = None,
     data_dir: str | Path | None = None,
     on_end: Sequence[OnEnd | None] | None = None,
+    refill: Refill | None = None,
+    capacity: int | None = None,
 ) -> list[TrainResult | BaseException]:
     """Train these members as one pack; each member's outcome, in order: its TrainResult
     (``stopped`` set when its ``should_stop`` ended it), or the exception that ended it
@@ -432,17 +502,24 @@ def train_packed(
     out_dir (checkpoint included, in train's format: a member resumes packed or alone). The
     pack only batches the arithmetic. A member that ends leaves the pack; the others go on
     without its cost. Members resumed from checkpoints must all be at the same step.
+
+    With ``refill``, the pack stays full: at every eval step of the pack with fewer than
+    ``capacity`` members (default: as many as it started with), ``refill(free, step)`` is
+    asked for new runs, which join from their own step 0 (fresh runs only: a checkpoint in a
+    joining run's out_dir ends it with a ValueError). Joining at eval steps keeps every
+    member's evals on the same pack steps. The outcomes of joined runs follow in join order.
     """
     if not configs:
         return []
-    if len({pack_key(c) for c in configs}) != 1:
+    key = pack_key(configs[0])
+    if any(pack_key(c) != key for c in configs):
         raise ValueError("train_packed: the members differ in more than widths, λ, rates, betas and seed")
     k_all = len(configs)
+    capacity = k_all if capacity is None else capacity
     hooks = list(on_eval) if on_eval is not None else [None] * k_all
     stops = list(should_stop) if should_stop is not None else [None] * k_all
     dirs = [Path(p) if p else None for p in (out_dirs if out_dirs is not None else [None] * k_all)]
     ends = list(on_end) if on_end is not None else [None] * k_all
-    started = time.perf_counter()
     first = configs[0]
     device = resolve_device(first.device)
     data_dir = Path(data_dir) if data_dir else default_data_dir()
@@ -452,15 +529,16 @@ def train_packed(
     betas = [(c.beta1, c.beta2) for c in configs]
     opt_g = GroupedAdam(g, [c.lr_g for c in configs], betas)
     opt_d = GroupedAdam(d, [c.lr_d for c in configs], betas)
-    members = []
-    for k, c in enumerate(configs):
-        solo_g, solo_d = build_models(c, data.sample_shape)
-        members.append(
-            _Member(
-                c, torch.Generator(device).manual_seed(c.seed), evaluator.sibling(c, device),
-                solo_g.to(device), solo_d.to(device), hooks[k], stops[k], dirs[k], ends[k],
-            )
+
+    def member(c: TrainConfig, run: Joining, solo: tuple[nn.Module, nn.Module] | None = None) -> _Member:
+        solo_g, solo_d = solo if solo is not None else build_models(c, data.sample_shape)
+        out_dir = Path(run.out_dir) if run.out_dir else None
+        return _Member(
+            c, torch.Generator(device).manual_seed(c.seed), evaluator.sibling(c, device),
+            solo_g.to(device), solo_d.to(device), run.on_eval, run.should_stop, out_dir, run.on_end,
         )  # fmt: skip
+
+    members = [member(c, Joining(c, hooks[k], stops[k], dirs[k], ends[k])) for k, c in enumerate(configs)]
 
     # Resume: every member's checkpoint (train's format) into its slice.
     steps = set()
@@ -477,40 +555,80 @@ def train_packed(
         if state is None:
             steps.add(0)
         else:
-            opt_g.t = _from_solo(g, opt_g, s, m.g, state["g"], state["opt_g"])
-            opt_d.t = _from_solo(d, opt_d, s, m.d, state["d"], state["opt_d"])
+            _from_solo(g, opt_g, s, m.g, state["g"], state["opt_g"])
+            _from_solo(d, opt_d, s, m.d, state["d"], state["opt_d"])
             m.rng.set_state(state["rng"].cpu())
             m.history, m.train_seconds = state["history"], state["train_seconds"]
             steps.add(state["step"])
         (m.out_dir / "config.json").write_text(m.config.to_json())
     if len(steps) > 1:
         raise ValueError(f"train_packed: members resume from different steps {sorted(steps)}; pack them apart")
-    step = steps.pop() if steps else 0
+    clock = steps.pop() if steps else 0  # the pack's step; a member's own is clock - its offset
 
     live = [s for s, m in enumerate(members) if m.outcome is None]  # pack slot → member index
     lam = torch.tensor([c.lam for c in configs], device=device)
     regulariser = first.aux_loss if first.lam != 0 else "none"
     losses = torch.zeros(FINITE_CHECK_EVERY, 3, k_all, device=device)
-    # Made again only when the pack shrinks (a GATLoss over a tensor λ syncs to check it).
+    # Made again only when the pack changes (a GATLoss over a tensor λ syncs to check it).
     loss = GATLoss(g, d, regulariser, lam)
     g_params, d_params = list(g.parameters()), list(d.parameters())
+    every, last = first.eval_every, first.steps
+
+    def changed() -> None:
+        nonlocal loss, g_params, d_params
+        g_params, d_params = list(g.parameters()), list(d.parameters())
+        loss = GATLoss(g, d, regulariser, lam)
 
     def keep(slots: list[int]) -> None:
         """Keep these pack slots (sorted), dropping the others' weights, state and cost."""
-        nonlocal live, lam, losses, loss, g_params, d_params
+        nonlocal live, lam, losses
         idx = torch.tensor(slots, dtype=torch.long, device=device)
         opt_g.keep(g.keep(slots), g)
         opt_d.keep(d.keep(slots), d)
-        g_params, d_params = list(g.parameters()), list(d.parameters())
         live = [live[s] for s in slots]
         lam, losses = lam[idx], losses[:, :, idx]
-        loss = GATLoss(g, d, regulariser, lam)
+        changed()
+
+    def joinable() -> bool:
+        """Whether members may join at this pack step: an eval step (every member's evals
+        stay on the same steps), and for lazy R1 a step where its interval lines up."""
+        lazy_ok = regulariser != "r1-lazy" or clock * first.d_steps % R1_LAZY_INTERVAL == 0
+        return clock % every == 0 and lazy_ok
+
+    def join(run: Joining) -> None:
+        """A fresh run joins as the last pack slot, initialised as it would be alone."""
+        nonlocal lam, losses
+        c = run.config
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(c.seed)
+            solo = build_models(c, data.sample_shape)
+        m = member(c, run, solo)
+        m.offset, m.since, m.started = clock, elapsed, time.perf_counter()
+        members.append(m)
+        if pack_key(c) != key:
+            m.settle(ValueError("train_packed: a joining run differs in more than widths, λ, rates, betas and seed"), 0)
+            return
+        if m.out_dir is not None:
+            m.out_dir.mkdir(parents=True, exist_ok=True)
+            if (m.out_dir / "checkpoint.pt").exists():
+                m.settle(ValueError("train_packed: a run with a checkpoint cannot join a running pack"), 0)
+                return
+            (m.out_dir / "config.json").write_text(c.to_json())
+        opt_g.append(g, g.append(solo[0], c.g_width), c.lr_g, (c.beta1, c.beta2))
+        opt_d.append(d, d.append(solo[1], c.d_width), c.lr_d, (c.beta1, c.beta2))
+        live.append(len(members) - 1)
+        lam = torch.cat([lam, torch.tensor([c.lam], device=device)])
+        losses = torch.cat([losses, losses.new_zeros(FINITE_CHECK_EVERY, 3, 1)], dim=2)
+        changed()
 
     if len(live) < k_all:
         keep([s for s in range(k_all) if members[s].outcome is None])
     n, batch, z_dim = len(data.x), first.batch_size, first.z_dim
     tick = time.perf_counter()
     elapsed = 0.0  # training seconds of this call
+
+    def own_step(slot: int) -> int:
+        return clock - members[live[slot]].offset
 
     def checkpoint(slot: int) -> None:
         m = members[live[slot]]
@@ -519,41 +637,48 @@ def train_packed(
         adam_g = _to_solo(g, opt_g, slot, m.g, m.config.lr_g, (m.config.beta1, m.config.beta2))
         adam_d = _to_solo(d, opt_d, slot, m.d, m.config.lr_d, (m.config.beta1, m.config.beta2))
         _save_checkpoint(
-            m.out_dir, m.config, step, m.train_seconds + elapsed, m.history, m.g, m.d, adam_g, adam_d, m.rng
-        )
+            m.out_dir, m.config, own_step(slot), m.train_seconds + elapsed - m.since, m.history,
+            m.g, m.d, adam_g, adam_d, m.rng,
+        )  # fmt: skip
 
     def finish(slot: int, stopped: bool) -> None:
         m = members[live[slot]]
-        last = m.history[-1] if m.history else {}
+        last_eval = m.history[-1] if m.history else {}
         if m.out_dir is not None:
             _to_solo(g, opt_g, slot, m.g, m.config.lr_g, (m.config.beta1, m.config.beta2))
         result = TrainResult(
-            fid=float(last.get("fid", float("nan"))), steps=step, seconds=time.perf_counter() - started,
-            train_seconds=m.train_seconds + elapsed, metrics=last, history=m.history, config=m.config,
-            out_dir=m.out_dir, stopped=stopped, generator=m.g,
+            fid=float(last_eval.get("fid", float("nan"))), steps=own_step(slot),
+            seconds=time.perf_counter() - m.started, train_seconds=m.train_seconds + elapsed - m.since,
+            metrics=last_eval, history=m.history, config=m.config, out_dir=m.out_dir, stopped=stopped,
+            generator=m.g,
         )  # fmt: skip
         if m.out_dir is not None:
             torch.save({"g": m.g.state_dict(), "config": m.config.to_dict()}, m.out_dir / "generator.pt")
             (m.out_dir / "result.json").write_text(json.dumps(result.summary(), indent=2) + "\n")
-        m.settle(result, step)
+        m.settle(result, own_step(slot))
 
-    while live and step < first.steps:
+    def due() -> list[int]:
+        """The pack slots that evaluate at this pack step."""
+        return [s for s in range(len(live)) if own_step(s) % every == 0 or own_step(s) == last]
+
+    while live:
         stopping = [s for s in range(len(live)) if (stop := members[live[s]].should_stop) is not None and stop()]
         if stopping:
             elapsed += time.perf_counter() - tick
             tick = time.perf_counter()
             for s in stopping:
                 m = members[live[s]]
-                if not m.history or m.history[-1]["step"] != step:
+                if not m.history or m.history[-1]["step"] != own_step(s):
                     checkpoint(s)
                 finish(s, stopped=True)
             keep([s for s in range(len(live)) if s not in stopping])
             continue
         rngs = [members[i].rng for i in live]
+        index = own_step(0) * first.d_steps  # the same modulo R1_LAZY_INTERVAL for every member (joinable)
         for j in range(first.d_steps):
             real = torch.stack([data.x[torch.randint(n, (batch,), device=device, generator=r)] for r in rngs])
             z = torch.stack([torch.randn(batch, z_dim, device=device, generator=r) for r in rngs])
-            total_d, loss_d, reg = loss.discriminator(real, z, rngs, index=step * first.d_steps + j)
+            total_d, loss_d, reg = loss.discriminator(real, z, rngs, index=index + j)
             opt_d.zero_grad()
             total_d.sum().backward(inputs=d_params)
             opt_d.step()
@@ -564,55 +689,64 @@ def train_packed(
         opt_g.zero_grad()
         total_g.sum().backward(inputs=g_params)
         opt_g.step()
-        losses[step % FINITE_CHECK_EVERY, 0] = loss_d
-        losses[step % FINITE_CHECK_EVERY, 1] = loss_g
-        losses[step % FINITE_CHECK_EVERY, 2] = reg
-        step += 1
-        is_eval = step % first.eval_every == 0 or step == first.steps
-        if step % FINITE_CHECK_EVERY == 0 or is_eval:
+        losses[clock % FINITE_CHECK_EVERY, 0] = loss_d
+        losses[clock % FINITE_CHECK_EVERY, 1] = loss_g
+        losses[clock % FINITE_CHECK_EVERY, 2] = reg
+        clock += 1
+        if clock % FINITE_CHECK_EVERY == 0 or due():
             diverged = []
-            for s, i in enumerate(live):
+            for s in range(len(live)):
                 try:
-                    _check_finite(losses[:, :, s], step)
+                    _check_finite(losses[:, :, s], own_step(s))
                 except Diverged as exc:
-                    members[i].settle(exc, step)
+                    members[live[s]].settle(exc, own_step(s))
                     diverged.append(s)
             if diverged:
                 keep([s for s in range(len(live)) if s not in diverged])
                 if not live:
                     break
-        if not is_eval:
+        evaluating = due()
+        if not evaluating:
             continue
 
         elapsed += time.perf_counter() - tick
         with torch.no_grad():
             z_eval = torch.stack([members[i].evaluator.z for i in live])
             samples = torch.cat([g(z_eval[:, b : b + 1024]) for b in range(0, z_eval.shape[1], 1024)], dim=1)
-            # Every member's features in one batched call of the shared extractor.
-            features = evaluator.extract(samples.flatten(0, 1)).view(len(live), samples.shape[1], -1)
+            if len(evaluating) < len(live):  # members that joined later end on a step the others do not
+                samples = samples[torch.tensor(evaluating, device=device)]
+            # The evaluating members' features in one batched call of the shared extractor.
+            features = evaluator.extract(samples.flatten(0, 1)).view(len(evaluating), samples.shape[1], -1)
         ended = []
-        for s, i in enumerate(live):
-            m = members[i]
-            measured, _ = m.evaluator.measure(samples[s], features[s])
-            metrics = _eval_record(step, measured, loss_d[s], loss_g[s], reg[s], m.train_seconds + elapsed)
+        step_losses = losses[(clock - 1) % FINITE_CHECK_EVERY]  # this step's, in the slots as they are now
+        for e, s in enumerate(evaluating):
+            m = members[live[s]]
+            measured, _ = m.evaluator.measure(samples[e], features[e])
+            loss_d_s, loss_g_s, reg_s = step_losses[:, s]
+            metrics = _eval_record(
+                own_step(s), measured, loss_d_s, loss_g_s, reg_s, m.train_seconds + elapsed - m.since
+            )
             m.history.append(metrics)
             if m.out_dir is not None:
-                _write_eval(m.out_dir, metrics, samples[s], data, m.history)
+                _write_eval(m.out_dir, metrics, samples[e], data, m.history)
                 checkpoint(s)
             if m.on_eval is not None:
                 try:
-                    m.on_eval(step, metrics)
+                    m.on_eval(own_step(s), metrics)
                 except Exception as exc:  # the hook's verdict on this member alone
-                    m.settle(exc, step)
+                    m.settle(exc, own_step(s))
                     ended.append(s)
+                    continue
+            if own_step(s) == last:
+                finish(s, stopped=False)
+                ended.append(s)
         if ended:
             keep([s for s in range(len(live)) if s not in ended])
+        if refill is not None and live and len(live) < capacity and joinable():
+            for run in refill(capacity - len(live), clock):
+                join(run)
         tick = time.perf_counter()
-    else:
-        elapsed += time.perf_counter() - tick
 
-    for s in range(len(live)):
-        finish(s, stopped=False)
     return [m.outcome if m.outcome is not None else RuntimeError("member never ran") for m in members]
 
 
@@ -625,8 +759,11 @@ def replay(
     on_eval: OnEval | None = None,
 ) -> TrainResult:
     """Train a pack again as it ran, and return its member ``pack.position``'s result: the
-    trial's, bit for bit (on the same thread count). Only that member writes to out_dir."""
+    trial's, bit for bit (on the same thread count). Only that member writes to out_dir;
+    the others stop when it ends."""
     configs = [m.replace(device=device) if device else m for m in pack.members]
+    joined = pack.joined or (0,) * len(configs)
+    ended = False
 
     def leave_at(at: int) -> OnEval:
         def hook(step: int, metrics: dict[str, Any]) -> None:
@@ -635,10 +772,30 @@ def replay(
 
         return hook
 
-    hooks: list[OnEval | None] = [None if at is None else leave_at(at) for at in pack.left]
-    hooks[pack.position] = on_eval
-    dirs = [out_dir if j == pack.position else None for j in range(len(configs))]
-    outcome = train_packed(configs, on_eval=hooks, out_dirs=dirs, data_dir=data_dir)[pack.position]
+    def mine_ended(outcome: TrainResult | BaseException, step: int) -> None:
+        nonlocal ended
+        ended = True
+
+    runs = [
+        Joining(c, None if at is None else leave_at(at), lambda: ended, None)
+        for c, at in zip(configs, pack.left, strict=True)
+    ]
+    runs[pack.position] = Joining(configs[pack.position], on_eval, None, out_dir, mine_ended)
+    at_start = [j for j in range(len(runs)) if joined[j] == joined[0]]
+
+    def refill(free: int, step: int) -> list[Joining]:
+        return [runs[j] for j in range(len(runs)) if joined[j] == step and j not in at_start]
+
+    outcome = train_packed(
+        [runs[j].config for j in at_start],
+        on_eval=[runs[j].on_eval for j in at_start],
+        should_stop=[runs[j].should_stop for j in at_start],
+        out_dirs=[runs[j].out_dir for j in at_start],
+        data_dir=data_dir,
+        on_end=[runs[j].on_end for j in at_start],
+        refill=refill,
+        capacity=len(runs),
+    )[pack.position]
     if isinstance(outcome, BaseException):
         raise outcome
     return outcome

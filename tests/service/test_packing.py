@@ -15,10 +15,14 @@ from typing import Any
 
 import optuna
 import pytest
+import torch
 from fastapi.testclient import TestClient
 from optuna.trial import TrialState
 
+from service.optuna_tables import PACK_REPLAY
 from tests.service.conftest import eval_steps, finish, load, tiny, wait_for
+from trainer.config import PackReplay, TrainConfig
+from trainer.packed import replay as packed_replay
 
 GOOD = {"lr_g": 2e-4, "lr_d": 2e-4, "beta1": 0.5, "beta2": 0.999}
 BAD = {"lr_g": 1000.0, "lr_d": 1000.0, "beta1": 0.0, "beta2": 0.0}  # sign-SGD at lr 1000: overflows
@@ -53,12 +57,16 @@ def test_a_slot_packs_trials_and_each_member_is_a_trial_of_its_own(
     finish(start_pool("--per-device", "1", "--exit-when-idle", "3"))
 
     everything = sorted(load(database_url).trials, key=lambda t: t.number)
-    # A failed trial does not count to n_trials: a fifth ran after the pack, alone.
-    trials, fifth = everything[:4], everything[4:]
-    assert len(fifth) == 1 and fifth[0].state == TrialState.COMPLETE and "pack" not in fifth[0].user_attrs
+    assert len(everything) == 5
+    trials, fifth = everything[:4], everything[4]
     assert {t.user_attrs["pack"]["size"] for t in trials} == {4}, "one pack of four"
     assert [t.user_attrs["pack"]["position"] for t in trials] == [0, 1, 2, 3]
-    assert all(t.user_attrs["pack"]["trials"] == [0, 1, 2, 3] for t in trials)
+    # A failed trial does not count to n_trials: a fifth was claimed into its place at the
+    # pack's next eval (step 20), and trained its own 60 steps from there.
+    assert fifth.state == TrialState.COMPLETE and sorted(fifth.intermediate_values) == [20, 40, 60]
+    assert fifth.user_attrs["pack"]["joined"] == 20 and fifth.user_attrs["pack"]["position"] == 4
+    for t in everything:
+        assert t.user_attrs["pack"]["trials"] == ([0, 1, 2, 3] if t.number == 1 else [0, 1, 2, 3, 4])
     # The diverging member failed alone, with its step; the others trained on to the end.
     failed = [t for t in trials if t.state == TrialState.FAIL]
     assert [t.number for t in failed] == [1] and failed[0].user_attrs["fail_reason"].startswith("diverged at step")
@@ -72,9 +80,8 @@ def test_a_slot_packs_trials_and_each_member_is_a_trial_of_its_own(
     # (on the slot's thread count, read from the record) and gets the trial's FID exactly.
     best = client.get("/studies/tiny/best").json()
     best_trial = load(database_url).best_trial
-    assert best_trial.number != 4, "the best trained in the pack"
     assert best["pack"]["position"] == best_trial.user_attrs["pack"]["position"]
-    assert best["pack"]["left"] == [None, None, None, None] and best["pack"]["exact"] is True
+    assert best["pack"]["exact"] is True and best["pack"]["joined"] == [0, 0, 0, 0, 20][: len(best["pack"]["members"])]
     (tmp_path / "best.json").write_text(json.dumps(best))
     replay = subprocess.run(
         [sys.executable, "-m", "service.cli", "train", "--config", str(tmp_path / "best.json"),
@@ -84,6 +91,17 @@ def test_a_slot_packs_trials_and_each_member_is_a_trial_of_its_own(
     assert replay.returncode == 0, replay.stderr
     assert "training the pack again" in replay.stderr
     assert json.loads(replay.stdout.splitlines()[-1])["fid"] == best_trial.value
+    # The member that joined mid-pack replays exactly too: the pack again, with its join.
+    record = fifth.system_attrs[PACK_REPLAY]
+    assert record["joined"] == [0, 0, 0, 0, 20] and record["left"] == [None] * 5
+    threads = torch.get_num_threads()
+    torch.set_num_threads(record["cpu_threads"])
+    try:
+        config = TrainConfig.from_dict(record["members"][4])
+        again = packed_replay(PackReplay.from_dict(record, config), data_dir=Path(pool_env["GAT_TUNE_DATA_DIR"]))
+    finally:
+        torch.set_num_threads(threads)
+    assert again.fid == fifth.value
 
 
 @pytest.mark.slow

@@ -10,7 +10,7 @@ import torch
 
 from trainer.config import ConfigError, PackReplay, TrainConfig
 from trainer.models import build_models
-from trainer.packed import MemberEnded, pack_key, pack_mlps, replay, train_packed
+from trainer.packed import Joining, MemberEnded, pack_key, pack_mlps, replay, train_packed
 from trainer.train import Diverged, TrainResult, train
 
 QUICK = {"steps": 60, "eval_every": 30, "eval_samples": 300}
@@ -127,11 +127,6 @@ def test_a_replay_of_the_pack_reproduces_a_member_bit_for_bit(tmp_path: Path) ->
     # A member's numbers depend on which others share its kernels: the pack trains again,
     # each member leaving where it left, and the member's FID comes back exactly.
     cs = configs()
-
-    def prune_at_30(step: int, metrics: dict[str, object]) -> None:
-        if step >= 30:
-            raise MemberEnded("pruned")
-
     ran = train_packed(cs, on_eval=[None, prune_at_30, None, None])
     assert isinstance(ran[1], MemberEnded)
     for position in (0, 3):
@@ -147,6 +142,62 @@ def test_a_replay_of_the_pack_reproduces_a_member_bit_for_bit(tmp_path: Path) ->
         assert isinstance(result, TrainResult)
         assert again.fid == result.fid and [m["fid"] for m in again.history] == [m["fid"] for m in result.history]
         assert (tmp_path / f"replay{position}" / "generator.pt").exists()
+
+
+def prune_at_30(step: int, metrics: dict[str, object]) -> None:
+    if step >= 30:
+        raise MemberEnded("pruned")
+
+
+def a_pack_refilled_at_30(**refill_dirs: Path) -> tuple[list[TrainResult | BaseException], list[tuple[int, int]]]:
+    """Members 0 and 1 start (1 is pruned at its first eval); at pack step 30 members 2 (a
+    width of its own) and 3 (member 0's widths) join the two free places of four."""
+    cs, asked = configs(), []
+
+    def refill(free: int, step: int) -> list[Joining]:
+        asked.append((free, step))
+        if step != 30:
+            return []
+        return [Joining(cs[k], out_dir=refill_dirs.get(f"m{k}")) for k in (2, 3)]
+
+    outcomes = train_packed(cs[:2], on_eval=[None, prune_at_30], refill=refill, capacity=4)
+    return outcomes, asked
+
+
+def test_runs_join_a_running_pack_at_its_evals_and_train_as_they_would_alone(tmp_path: Path) -> None:
+    outcomes, asked = a_pack_refilled_at_30(m3=tmp_path / "m3")
+    assert asked == [(3, 30), (2, 60)], "asked at every eval step with places free while members train"
+    assert isinstance(outcomes[1], MemberEnded)
+    cs = configs()
+    for k in (0, 2, 3):  # outcomes in join order: 0, 1, then 2 and 3
+        result = outcomes[k]
+        assert isinstance(result, TrainResult), result
+        assert [m["step"] for m in result.history] == [30, 60] and result.steps == 60
+        first_solo = train(cs[k]).history[0]["fid"]
+        assert result.history[0]["fid"] == pytest.approx(first_solo, rel=1e-4), k
+    # A joined member's files are a run's: it resumes alone from its checkpoint.
+    assert (tmp_path / "m3" / "generator.pt").exists()
+    assert [m["step"] for m in train(cs[3], out_dir=tmp_path / "m3").history] == [30, 60]
+    # A run with a checkpoint does not join (its step would not line up with the pack's).
+    refused = train_packed(cs[:1], refill=lambda free, step: [Joining(cs[3], out_dir=tmp_path / "m3")], capacity=2)
+    assert isinstance(refused[1], ValueError) and "checkpoint" in str(refused[1])
+
+
+def test_a_replay_reproduces_a_member_that_joined_bit_for_bit(tmp_path: Path) -> None:
+    ran, _ = a_pack_refilled_at_30()
+    cs = configs()
+    for position in (0, 2):
+        record = {
+            "position": position,
+            "members": [c.to_dict() for c in cs],
+            "left": [None, 30, None, None],
+            "joined": [0, 0, 30, 30],
+            "cpu_threads": torch.get_num_threads(),
+        }
+        again = replay(PackReplay.from_dict(record, cs[position]), out_dir=tmp_path / f"replay{position}")
+        result = ran[position]
+        assert isinstance(result, TrainResult)
+        assert [m["fid"] for m in again.history] == [m["fid"] for m in result.history], position
 
 
 def test_a_pack_record_that_does_not_match_its_config_is_refused() -> None:
