@@ -36,9 +36,9 @@ DIGITS_DEMO: dict[str, Any] = {
         "d_width": {"type": "categorical", "choices": [64, 128, 256]},
     },
     "sampler": "tpe",
-    "pruner": "hyperband",
+    "pruner": "far-above-best",  # GAN runs that cannot win end at their first eval (service/pruning.py)
     "n_trials": 16,
-    "max_parallel": 2,
+    "max_parallel": 16,  # the demo's 2 slots, each packing 8 trials as one model
     "seed": 0,
     "enqueue": [{"lambda": 0.01}, {"lambda": 10.0}],
 }  # fmt: skip
