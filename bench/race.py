@@ -21,8 +21,8 @@ same trainer and the same wall budget:
 - ``c``: gat-tune with its defaults: ``gat-tune serve`` and ``gat-tune worker --devices cpu
   --per-device PROCS`` as subprocesses on a fresh scratch database and data directory, the
   demo's spec submitted over HTTP (TPE, the far-above-best pruner, its two enqueued λ) with
-  its seed set, n_trials too many to end within the budget and max_parallel PROCS x the
-  worker's CPU pack (8), so each slot packs as the demo's do; ``--gat-spec-extra``
+  its seed set, n_trials too many to end within the budget and max_parallel PROCS (one trial
+  per slot, as the demo; ``'{"max_parallel": 16}'`` packs 8 per slot); ``--gat-spec-extra``
   is merged into the spec (a dict value such as ``base`` is merged one level down), and each
   ``--arm NAME=JSON`` adds a gat-tune arm with that JSON merged on top (``--arm
   'pack4={"pack": 4}'``).
@@ -78,7 +78,6 @@ from typing import Any
 from bench.scratch_database import ADMIN_URL, scratch_database
 from service.client import ApiError, Client
 from service.demo import DIGITS_DEMO
-from service.worker import PACK_DEFAULT
 
 DB_PREFIX = "gt_race_"
 PLAIN_ARMS = {"a": False, "b": True}  # arm → pruned
@@ -259,9 +258,8 @@ def _merge(spec: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
 
 
 def gat_spec(seed: int, base: dict[str, Any], procs: int, extra: dict[str, Any]) -> dict[str, Any]:
-    # The demo's max_parallel is its 2 slots x the CPU pack: the same for PROCS slots.
     spec = {**DIGITS_DEMO, "name": f"race-{seed}", "base": base, "seed": seed, "n_trials": 5000,
-            "max_parallel": procs * PACK_DEFAULT["cpu"]}  # fmt: skip
+            "max_parallel": procs}  # fmt: skip
     return _merge(spec, extra)
 
 

@@ -104,6 +104,7 @@ class Slot:
         self.current: list[Claim] = []  # the trials it trains (more than one: a pack)
         self._claimed: list[TrialRun] = []  # the runs claimed for the pack it trains
         self._stopping_since: float | None = None
+        self._reaped_at = 0.0  # when this slot last reaped expired leases
         self.queue.give_up = self._giving_up
         self._said: set[str] = set()  # errors of the loop already logged
 
@@ -164,14 +165,12 @@ class Slot:
             return  # shut down before the database came back
         beat = threading.Thread(target=self._heartbeat, name="heartbeat", daemon=True)
         beat.start()
-        idle_since, reaped_at = time.monotonic(), 0.0
+        idle_since = time.monotonic()
         away: float | None = None  # since when the database is away
         try:
             while not self.shutdown.is_set():
                 try:
-                    if time.monotonic() - reaped_at > self.settings.lease_seconds / 3:
-                        reaped_at = time.monotonic()  # a lease cannot expire faster than this
-                        self._reap()
+                    self._reap_when_due()
                     claim = self.queue.claim()
                     if away is not None:
                         log.warning("claim: database back after %.1f s", time.monotonic() - away)
@@ -199,6 +198,14 @@ class Slot:
             self.shutdown.set()
             with contextlib.suppress(sa.exc.SQLAlchemyError), self.engine.begin() as conn:
                 conn.execute(gt_workers.delete().where(gt_workers.c.id == self.worker_id))
+
+    def _reap_when_due(self) -> None:
+        """Reap expired leases, at most once a third of a lease period (a lease cannot expire
+        faster): before every claim, a pack's refills included, so a slot whose pack keeps
+        refilling still re-queues the trials of workers that died."""
+        if time.monotonic() - self._reaped_at > self.settings.lease_seconds / 3:
+            self._reaped_at = time.monotonic()
+            self._reap()
 
     def _reap(self) -> None:
         """Reap expired leases; an error other than the database's absence is logged and
@@ -255,6 +262,7 @@ class Slot:
         runs: list[TrialRun] = []
         while len(runs) < n and not self.shutdown.is_set():
             try:
+                self._reap_when_due()
                 # A trial an idle slot could train alone is left to it: a second core gains
                 # more than a bigger pack.
                 more = self.queue.claim(from_study=study_name) if self.queue.spare() > 0 else None

@@ -11,7 +11,12 @@ differs (and, the batched kernels being what they are, a member's numbers depend
 others share its pack: a pack is replayed whole to reproduce one member bit for bit).
 
 Every member keeps its own seed (its initial weights are built exactly as a solo run builds
-them), its own random stream, λ, learning rates and betas, and its own Adam state.
+them), its own random stream, λ, learning rates and betas, and its own Adam state. Members
+leave at any step (pruned, diverged, stopped) and fresh runs join at eval steps, so a pack
+can stay full while a study has trials to give it.
+
+DCGANs do not pack: on a CPU, K discriminators fused with grouped convolutions take longer
+than the same K one after another (bench/packing_conv.py, bench/RESULTS.md).
 """
 
 from __future__ import annotations
@@ -50,10 +55,12 @@ from trainer.train import (
 __all__ = [
     "GroupedAdam",
     "GroupedMLP",
+    "Joining",
     "MemberEnded",
     "PackedAdam",
     "PackedLinear",
     "PackedMLP",
+    "Refill",
     "pack_key",
     "pack_mlps",
     "replay",

@@ -9,6 +9,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -19,8 +20,10 @@ import torch
 from fastapi.testclient import TestClient
 from optuna.trial import TrialState
 
+from service.config import Settings
 from service.optuna_tables import PACK_REPLAY
-from tests.service.conftest import eval_steps, finish, load, tiny, wait_for
+from service.worker import Slot
+from tests.service.conftest import eval_steps, finish, load, make_queue, tiny, wait_for
 from trainer.config import PackReplay, TrainConfig
 from trainer.packed import replay as packed_replay
 
@@ -189,3 +192,32 @@ def test_sigterm_mid_pack_requeues_every_member_and_they_resume(
         steps = eval_steps(t.user_attrs["run_dir"])
         assert steps == sorted(set(steps)) and steps[-1] == 1500
     assert optuna.trial.TrialState.RUNNING not in {t.state for t in trials}
+
+
+@pytest.mark.slow
+def test_a_slot_whose_pack_keeps_refilling_still_reaps_the_trials_of_dead_workers(
+    client: TestClient, settings: Settings, digits_cache: Path
+) -> None:
+    # One long member and, claimed at its evals, members that diverge at once: the pack goes
+    # on while a dead worker's lease expires, and the slot re-queues that trial from inside it.
+    diverging = {k: {"type": "categorical", "choices": [BAD[k]]} for k in BAD}
+    spec = packed_spec(search_space=diverging, base={"steps": 6000, "eval_every": 20}, n_trials=3,
+                       max_parallel=8, pack=2, max_failures=1000, enqueue=[GOOD, GOOD])  # fmt: skip
+    assert client.post("/studies", json=spec).status_code == 201, "rejected"
+    assert make_queue(settings, "dead", lease=4.0).claim() is not None  # trial 0, never renewed
+    slot = Slot(settings.model_copy(update={"data_dir": digits_cache, "lease_seconds": 3}), "cpu")
+    runner = threading.Thread(target=slot.run)
+    runner.start()
+    try:
+        reaped = wait_for(
+            lambda: (t := load(settings.database_url or "").trials)[0].state == TrialState.FAIL and t,
+            timeout=60,
+            what="the dead worker's trial reaped",
+        )
+    finally:
+        slot.shutdown.set()
+        runner.join(timeout=60)
+    assert reaped[0].user_attrs["fail_reason"].startswith("lease expired: worker dead")
+    assert reaped[1].state == TrialState.RUNNING, "reaped while the pack trained"
+    joined = [t for t in reaped[2:] if t.user_attrs.get("pack", {}).get("joined", 0) > 0]
+    assert joined, "members joined the pack before the reap"
