@@ -132,7 +132,8 @@ def run_demo(*, out: Path, keep_serving: bool = False, dataset: str = "digits") 
         _wait_healthy(client, api)
         name = f"{spec['name']}-{time.strftime('%Y%m%d-%H%M%S')}"
         study = client.submit({**spec, "name": name})
-        _say(started, f"study {name}: {study['n_trials']} trials over lambda, lr_g, lr_d, widths (TPE, hyperband)")
+        said = f"{spec['sampler'].upper()}, {spec['pruner']} pruner"  # the spec's own, not a fixed string
+        _say(started, f"study {name}: {study['n_trials']} trials over lambda, lr_g, lr_d, widths ({said})")
         print(f"dashboard, while the demo runs: {base}/dashboard/studies/{study['optuna_study_id']}", flush=True)
         last, training = -1, False
         while True:
