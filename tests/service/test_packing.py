@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -213,7 +214,9 @@ def test_a_slot_whose_pack_keeps_refilling_still_reaps_the_trials_of_dead_worker
         max_failures=1000, enqueue=[{**GOOD, "lambda": 1.0}, *diverging],
     )  # fmt: skip
     assert client.post("/studies", json=spec).status_code == 201
-    slot = Slot(settings.model_copy(update={"data_dir": digits_cache, "lease_seconds": 3}), "cpu")
+    for sub in ("features", "stats"):  # its own runs directory: the shared cache's would outlive the test
+        shutil.copytree(digits_cache / sub, settings.data_dir / sub, dirs_exist_ok=True)
+    slot = Slot(settings.model_copy(update={"lease_seconds": 3}), "cpu")
     runner = threading.Thread(target=slot.run)
     runner.start()
     try:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import shutil
 from pathlib import Path
 
 import optuna
@@ -77,7 +78,9 @@ def test_a_slot_prunes_a_run_far_above_the_best_at_its_first_eval(
     for step in (20, 40, 60):
         trial.report(1e-6, step)
     study.tell(trial, 1e-6)
-    Slot(settings.model_copy(update={"data_dir": digits_cache, "poll_seconds": 0.1}), "cpu", idle_exit=0.5).run()
+    for sub in ("features", "stats"):  # its own runs directory: the shared cache's would outlive the test
+        shutil.copytree(digits_cache / sub, settings.data_dir / sub, dirs_exist_ok=True)
+    Slot(settings.model_copy(update={"poll_seconds": 0.1}), "cpu", idle_exit=0.5).run()
 
     pruned = load(settings.database_url or "").trials[1]
     assert pruned.state == optuna.trial.TrialState.PRUNED
