@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import shutil
 from pathlib import Path
+from typing import Literal
 
 import optuna
 import pytest
@@ -17,7 +18,7 @@ from service.worker import Slot
 from tests.service.conftest import load, tiny
 
 
-def _study(database_url: str, direction: str = "minimize") -> optuna.Study:
+def _study(database_url: str, direction: Literal["minimize", "maximize"] = "minimize") -> optuna.Study:
     return optuna.create_study(storage=database_url, direction=direction, pruner=FarAboveBestPruner(ratio=3))
 
 
