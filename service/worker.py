@@ -297,22 +297,27 @@ class Slot:
                 outcome = exc
             run.end(outcome)
             return []
-        configs = [r.config for r in runs if r.config is not None]
+        # runs grows as trials join; left and joined grow with it, one entry per member
         left: list[int | None] = [None] * len(runs)  # the step each member left at, when cut short
         joined = [0] * len(runs)  # the pack's step when each member joined
-        shown: dict[str, Any] = {"size": len(runs), "trials": [r.claim.trial.number for r in runs]}
-        key, later = pack_key(configs[0]), []
+        size, later = len(runs), []
+
+        def configs() -> list[TrainConfig]:
+            return [r.config for r in runs if r.config is not None]  # every run here is prepared
+
+        key = pack_key(configs()[0])
 
         def on_end(j: int) -> Callable[[TrainResult | BaseException, int], None]:
             def ended(outcome: TrainResult | BaseException, step: int) -> None:
                 run = runs[j]
-                run.pack = {**shown, "position": j, "joined": joined[j]}
+                trials = [r.claim.trial.number for r in runs]
+                run.pack = {"size": size, "trials": trials, "position": j, "joined": joined[j]}
                 if isinstance(outcome, TrainResult) and not outcome.stopped:
                     # How to train this member again bit for bit: the whole pack, each
                     # member leaving where it left (gat-tune train replays it).
                     run.replay = {
                         "position": j,
-                        "members": [c.to_dict() for c in configs],
+                        "members": [c.to_dict() for c in configs()],
                         "left": list(left),
                         "joined": list(joined),
                         "exact": not any(isinstance(r.outcome, TrainResult) and r.outcome.stopped for r in runs),
@@ -334,16 +339,14 @@ class Slot:
                     later.append(run)
                     continue
                 runs.append(run)
-                configs.append(run.config)
                 left.append(None)
                 joined.append(step)
-                shown["trials"].append(run.claim.trial.number)
                 joining.append(Joining(run.config, run.on_eval, run.should_stop, run.run_dir, on_end(len(runs) - 1)))
             return joining
 
         try:
             train_packed(
-                configs,
+                configs(),
                 on_eval=[r.on_eval for r in runs],
                 should_stop=[r.should_stop for r in runs],
                 out_dirs=[r.run_dir for r in runs],

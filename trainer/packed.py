@@ -148,6 +148,14 @@ def _grouped(
     return GroupedMLP(groups, slots, list(by_width), (hidden, last, out_shape))
 
 
+def _initial_models(config: TrainConfig, sample_shape: tuple[int, ...]) -> tuple[nn.Module, nn.Module]:
+    """A member's (generator, discriminator) as a solo run with its config initialises them
+    (``torch.manual_seed(seed)`` then build_models), the global random state left as it was."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(config.seed)
+        return build_models(config, sample_shape)
+
+
 def pack_mlps(configs: Sequence[TrainConfig], sample_shape: tuple[int, ...]) -> tuple[GroupedMLP, GroupedMLP]:
     """The packed (generator, discriminator) of these members, each initialised exactly as a
     solo run with its config initialises it (``torch.manual_seed(seed)`` then build_models),
@@ -160,13 +168,11 @@ def pack_mlps(configs: Sequence[TrainConfig], sample_shape: tuple[int, ...]) -> 
     if len({(c.depth, c.z_dim) for c in configs}) != 1:
         raise ValueError("pack_mlps: members must share depth and z_dim")
     gs, ds = [], []
-    with torch.random.fork_rng(devices=[]):
-        for c in configs:
-            torch.manual_seed(c.seed)
-            g, d = build_models(c, sample_shape)
-            assert isinstance(g, MLPGenerator) and isinstance(d, MLPDiscriminator)
-            gs.append(g)
-            ds.append(d)
+    for c in configs:
+        g, d = _initial_models(c, sample_shape)
+        assert isinstance(g, MLPGenerator) and isinstance(d, MLPDiscriminator)
+        gs.append(g)
+        ds.append(d)
     bounded = isinstance(gs[0].net[-1], nn.Tanh)
     g_packed = _grouped(gs, [c.g_width for c in configs], nn.ReLU(), nn.Tanh() if bounded else None, sample_shape)
     d_packed = _grouped(ds, [c.d_width for c in configs], nn.LeakyReLU(0.2), None, ())  # one logit per sample
@@ -537,7 +543,8 @@ def train_packed(
     opt_g = GroupedAdam(g, [c.lr_g for c in configs], betas)
     opt_d = GroupedAdam(d, [c.lr_d for c in configs], betas)
 
-    def member(c: TrainConfig, run: Joining, solo: tuple[nn.Module, nn.Module] | None = None) -> _Member:
+    def member(run: Joining, solo: tuple[nn.Module, nn.Module] | None = None) -> _Member:
+        c = run.config
         solo_g, solo_d = solo if solo is not None else build_models(c, data.sample_shape)
         out_dir = Path(run.out_dir) if run.out_dir else None
         return _Member(
@@ -545,7 +552,7 @@ def train_packed(
             solo_g.to(device), solo_d.to(device), run.on_eval, run.should_stop, out_dir, run.on_end,
         )  # fmt: skip
 
-    members = [member(c, Joining(c, hooks[k], stops[k], dirs[k], ends[k])) for k, c in enumerate(configs)]
+    members = [member(Joining(c, hooks[k], stops[k], dirs[k], ends[k])) for k, c in enumerate(configs)]
 
     # Resume: every member's checkpoint (train's format) into its slice.
     steps = set()
@@ -606,11 +613,9 @@ def train_packed(
         """A fresh run joins as the last pack slot, initialised as it would be alone."""
         nonlocal lam, losses
         c = run.config
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(c.seed)
-            solo = build_models(c, data.sample_shape)
-        m = member(c, run, solo)
-        m.offset, m.since, m.started = clock, elapsed, time.perf_counter()
+        solo = _initial_models(c, data.sample_shape)
+        m = member(run, solo)
+        m.offset, m.since = clock, elapsed
         members.append(m)
         if pack_key(c) != key:
             m.settle(ValueError("train_packed: a joining run differs in more than widths, λ, rates, betas and seed"), 0)
@@ -700,7 +705,8 @@ def train_packed(
         losses[clock % FINITE_CHECK_EVERY, 1] = loss_g
         losses[clock % FINITE_CHECK_EVERY, 2] = reg
         clock += 1
-        if clock % FINITE_CHECK_EVERY == 0 or due():
+        evaluating = due()
+        if clock % FINITE_CHECK_EVERY == 0 or evaluating:
             diverged = []
             for s in range(len(live)):
                 try:
@@ -712,7 +718,7 @@ def train_packed(
                 keep([s for s in range(len(live)) if s not in diverged])
                 if not live:
                     break
-        evaluating = due()
+                evaluating = due()  # the slots are numbered anew
         if not evaluating:
             continue
 
