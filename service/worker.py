@@ -47,7 +47,7 @@ from service.tables import gt_workers
 from trainer.config import PRDC_K, PRDC_METRICS, ConfigError, TrainConfig
 from trainer.data import DataError
 from trainer.metrics import FeatureError
-from trainer.packed import Joining, pack_key, train_packed
+from trainer.packed import PackRun, pack_key, train_packed
 from trainer.train import CHECKPOINT, Diverged, TrainResult, limit_threads, train
 
 __all__ = ["Interrupted", "limit_threads", "preload", "resolve_devices", "run_pool", "run_slot"]
@@ -329,7 +329,12 @@ class Slot:
 
             return ended
 
-        def refill(free: int, step: int) -> list[Joining]:
+        def member(j: int) -> PackRun:
+            run = runs[j]
+            assert run.config is not None  # every run here is prepared
+            return PackRun(run.config, run.on_eval, run.should_stop, run.run_dir, on_end(j))
+
+        def refill(free: int, step: int) -> list[PackRun]:
             """Trials claimed into the places members left: fresh ones of the pack's kind
             join, from their own step 0; any other trains after the pack."""
             joining = []
@@ -341,17 +346,13 @@ class Slot:
                 runs.append(run)
                 left.append(None)
                 joined.append(step)
-                joining.append(Joining(run.config, run.on_eval, run.should_stop, run.run_dir, on_end(len(runs) - 1)))
+                joining.append(member(len(runs) - 1))
             return joining
 
         try:
             train_packed(
-                configs(),
-                on_eval=[r.on_eval for r in runs],
-                should_stop=[r.should_stop for r in runs],
-                out_dirs=[r.run_dir for r in runs],
+                [member(j) for j in range(len(runs))],
                 data_dir=self.settings.data_dir,
-                on_end=[on_end(j) for j in range(len(runs))],
                 refill=refill,
                 capacity=self.pack_size(runs[0]),
             )
@@ -441,6 +442,14 @@ class TrialRun:
         """Tell Optuna how the trial ended. Never raises for the trial's own failures: the
         slot goes on. The database's absence is not a failure: the end is told once it is back."""
         self.outcome = outcome
+        try:
+            self._tell(outcome)
+        finally:
+            # Its lease is gone: the heartbeat must not count it lost, nor a long pack keep it.
+            with contextlib.suppress(ValueError):
+                self.slot.current.remove(self.claim)
+
+    def _tell(self, outcome: TrainResult | BaseException) -> None:
         slot, claim, trial, where = self.slot, self.claim, self.trial, self.where
         packed = {"pack": self.pack} if self.pack else {}
         try:

@@ -55,8 +55,8 @@ from trainer.train import (
 __all__ = [
     "GroupedAdam",
     "GroupedMLP",
-    "Joining",
     "MemberEnded",
+    "PackRun",
     "PackedAdam",
     "PackedLinear",
     "PackedMLP",
@@ -386,9 +386,9 @@ def pack_key(config: TrainConfig) -> tuple[Any, ...]:
 
 
 @dataclasses.dataclass
-class Joining:
-    """A run that joins a running pack (what ``train_packed``'s ``refill`` returns): the
-    same per-member arguments train_packed takes for the members it starts with."""
+class PackRun:
+    """One run of a pack, as ``train_packed`` takes its first members and ``refill``
+    returns those that join: its config and the hooks ``train`` would take for it."""
 
     config: TrainConfig
     on_eval: OnEval | None = None
@@ -398,7 +398,7 @@ class Joining:
 
 
 # Called as refill(free places, pack step) when members may join; returns those that join.
-Refill = Callable[[int, int], Sequence[Joining]]
+Refill = Callable[[int, int], Sequence[PackRun]]
 
 
 @dataclasses.dataclass
@@ -493,20 +493,31 @@ def _from_solo(
     group_opt.t[position] = t
 
 
+def _draw_real(x: torch.Tensor, rngs: Sequence[torch.Generator], batch: int) -> torch.Tensor:
+    """Each member's batch of real samples from its own stream, as its solo run draws it;
+    one gather for the pack."""
+    return x[torch.stack([torch.randint(len(x), (batch,), device=x.device, generator=r) for r in rngs])]
+
+
+def _draw_noise(rngs: Sequence[torch.Generator], batch: int, z_dim: int) -> torch.Tensor:
+    """Each member's noise from its own stream, as its solo run draws it, written in place."""
+    z = torch.empty(len(rngs), batch, z_dim, device=rngs[0].device)
+    for zi, r in zip(z, rngs, strict=True):
+        torch.randn(batch, z_dim, device=z.device, generator=r, out=zi)
+    return z
+
+
 def train_packed(
-    configs: Sequence[TrainConfig],
+    runs: Sequence[TrainConfig | PackRun],
     *,
-    on_eval: Sequence[OnEval | None] | None = None,
-    should_stop: Sequence[Callable[[], bool] | None] | None = None,
-    out_dirs: Sequence[str | Path | None] | None = None,
     data_dir: str | Path | None = None,
-    on_end: Sequence[OnEnd | None] | None = None,
     refill: Refill | None = None,
     capacity: int | None = None,
 ) -> list[TrainResult | BaseException]:
-    """Train these members as one pack; each member's outcome, in order: its TrainResult
-    (``stopped`` set when its ``should_stop`` ended it), or the exception that ended it
-    (Diverged, CheckpointMismatch, or what its ``on_eval`` raised). A member's ``on_end``
+    """Train these runs as one pack (a bare config is a run without hooks or files); each
+    member's outcome, in order: its TrainResult (``stopped`` set when its ``should_stop``
+    ended it), or the exception that ended it (Diverged, CheckpointMismatch, or what its
+    ``on_eval`` raised). A member's ``on_end``
     is called with its outcome and the step it left at as soon as it leaves (its files
     written), while the others train on: a pruned trial is told at once.
 
@@ -522,17 +533,15 @@ def train_packed(
     joining run's out_dir ends it with a ValueError). Joining at eval steps keeps every
     member's evals on the same pack steps. The outcomes of joined runs follow in join order.
     """
-    if not configs:
+    if not runs:
         return []
+    starting = [r if isinstance(r, PackRun) else PackRun(r) for r in runs]
+    configs = [r.config for r in starting]
     key = pack_key(configs[0])
     if any(pack_key(c) != key for c in configs):
         raise ValueError("train_packed: the members differ in more than widths, λ, rates, betas and seed")
     k_all = len(configs)
     capacity = k_all if capacity is None else capacity
-    hooks = list(on_eval) if on_eval is not None else [None] * k_all
-    stops = list(should_stop) if should_stop is not None else [None] * k_all
-    dirs = [Path(p) if p else None for p in (out_dirs if out_dirs is not None else [None] * k_all)]
-    ends = list(on_end) if on_end is not None else [None] * k_all
     first = configs[0]
     device = resolve_device(first.device)
     data_dir = Path(data_dir) if data_dir else default_data_dir()
@@ -543,7 +552,7 @@ def train_packed(
     opt_g = GroupedAdam(g, [c.lr_g for c in configs], betas)
     opt_d = GroupedAdam(d, [c.lr_d for c in configs], betas)
 
-    def member(run: Joining, solo: tuple[nn.Module, nn.Module] | None = None) -> _Member:
+    def member(run: PackRun, solo: tuple[nn.Module, nn.Module] | None = None) -> _Member:
         c = run.config
         solo_g, solo_d = solo if solo is not None else build_models(c, data.sample_shape)
         out_dir = Path(run.out_dir) if run.out_dir else None
@@ -552,7 +561,7 @@ def train_packed(
             solo_g.to(device), solo_d.to(device), run.on_eval, run.should_stop, out_dir, run.on_end,
         )  # fmt: skip
 
-    members = [member(Joining(c, hooks[k], stops[k], dirs[k], ends[k])) for k, c in enumerate(configs)]
+    members = [member(run) for run in starting]
 
     # Resume: every member's checkpoint (train's format) into its slice.
     steps = set()
@@ -609,7 +618,7 @@ def train_packed(
         lazy_ok = regulariser != "r1-lazy" or clock * first.d_steps % R1_LAZY_INTERVAL == 0
         return clock % every == 0 and lazy_ok
 
-    def join(run: Joining) -> None:
+    def join(run: PackRun) -> None:
         """A fresh run joins as the last pack slot, initialised as it would be alone."""
         nonlocal lam, losses
         c = run.config
@@ -635,7 +644,7 @@ def train_packed(
 
     if len(live) < k_all:
         keep([s for s in range(k_all) if members[s].outcome is None])
-    n, batch, z_dim = len(data.x), first.batch_size, first.z_dim
+    batch, z_dim = first.batch_size, first.z_dim
     tick = time.perf_counter()
     elapsed = 0.0  # training seconds of this call
 
@@ -686,17 +695,17 @@ def train_packed(
             keep([s for s in range(len(live)) if s not in stopping])
             continue
         rngs = [members[i].rng for i in live]
+
         index = own_step(0) * first.d_steps  # the same modulo R1_LAZY_INTERVAL for every member (joinable)
         for j in range(first.d_steps):
-            real = torch.stack([data.x[torch.randint(n, (batch,), device=device, generator=r)] for r in rngs])
-            z = torch.stack([torch.randn(batch, z_dim, device=device, generator=r) for r in rngs])
+            real, z = _draw_real(data.x, rngs, batch), _draw_noise(rngs, batch, z_dim)
             total_d, loss_d, reg = loss.discriminator(real, z, rngs, index=index + j)
             opt_d.zero_grad()
             total_d.sum().backward(inputs=d_params)
             opt_d.step()
         if loss.generator_needs_real:
-            real = torch.stack([data.x[torch.randint(n, (batch,), device=device, generator=r)] for r in rngs])
-        z = torch.stack([torch.randn(batch, z_dim, device=device, generator=r) for r in rngs])
+            real = _draw_real(data.x, rngs, batch)
+        z = _draw_noise(rngs, batch, z_dim)
         total_g, loss_g = loss.generator(real, z)
         opt_g.zero_grad()
         total_g.sum().backward(inputs=g_params)
@@ -790,25 +799,18 @@ def replay(
         ended = True
 
     runs = [
-        Joining(c, None if at is None else leave_at(at), lambda: ended, None)
+        PackRun(c, None if at is None else leave_at(at), lambda: ended, None)
         for c, at in zip(configs, pack.left, strict=True)
     ]
-    runs[pack.position] = Joining(configs[pack.position], on_eval, None, out_dir, mine_ended)
+    runs[pack.position] = PackRun(configs[pack.position], on_eval, None, out_dir, mine_ended)
     at_start = [j for j in range(len(runs)) if joined[j] == joined[0]]
 
-    def refill(free: int, step: int) -> list[Joining]:
+    def refill(free: int, step: int) -> list[PackRun]:
         return [runs[j] for j in range(len(runs)) if joined[j] == step and j not in at_start]
 
-    outcome = train_packed(
-        [runs[j].config for j in at_start],
-        on_eval=[runs[j].on_eval for j in at_start],
-        should_stop=[runs[j].should_stop for j in at_start],
-        out_dirs=[runs[j].out_dir for j in at_start],
-        data_dir=data_dir,
-        on_end=[runs[j].on_end for j in at_start],
-        refill=refill,
-        capacity=len(runs),
-    )[pack.position]
+    outcome = train_packed([runs[j] for j in at_start], data_dir=data_dir, refill=refill, capacity=len(runs))[
+        pack.position
+    ]
     if isinstance(outcome, BaseException):
         raise outcome
     return outcome

@@ -10,7 +10,7 @@ import torch
 
 from trainer.config import ConfigError, PackReplay, TrainConfig
 from trainer.models import build_models
-from trainer.packed import Joining, MemberEnded, pack_key, pack_mlps, replay, train_packed
+from trainer.packed import MemberEnded, PackRun, pack_key, pack_mlps, replay, train_packed
 from trainer.train import Diverged, TrainResult, train
 
 QUICK = {"steps": 60, "eval_every": 30, "eval_samples": 300}
@@ -64,7 +64,7 @@ def test_a_member_ended_by_its_hook_leaves_and_the_rest_go_on() -> None:
     def prune_at_first_eval(step: int, metrics: dict[str, object]) -> None:
         raise MemberEnded(f"pruned at {step}")
 
-    outcomes = train_packed(cs, on_eval=[None, prune_at_first_eval, None, None])
+    outcomes = train_packed([cs[0], PackRun(cs[1], on_eval=prune_at_first_eval), *cs[2:]])
     assert isinstance(outcomes[1], MemberEnded) and str(outcomes[1]) == "pruned at 30"
     for k in (0, 2, 3):
         result, ref = outcomes[k], reference[k]
@@ -103,19 +103,19 @@ def stop_after(n: int) -> Callable[[], bool]:
 def test_a_stopped_pack_resumes_exactly_and_its_checkpoints_resume_alone(tmp_path: Path) -> None:
     cs = configs()
     dirs = [tmp_path / f"m{k}" for k in range(len(cs))]
-    whole = train_packed(cs, out_dirs=[tmp_path / f"whole{k}" for k in range(len(cs))])
-    first = train_packed(cs, out_dirs=dirs, should_stop=[stop_after(40) for _ in cs])
+    whole = train_packed([PackRun(c, out_dir=tmp_path / f"whole{k}") for k, c in enumerate(cs)])
+    first = train_packed([PackRun(c, should_stop=stop_after(40), out_dir=p) for c, p in zip(cs, dirs, strict=True)])
     assert all(isinstance(o, TrainResult) and o.stopped and o.steps == 40 for o in first)
     assert all((p / "checkpoint.pt").exists() for p in dirs)
     # The pack resumes from the members' checkpoints where it stopped, to the same end.
-    resumed = train_packed(cs, out_dirs=dirs)
+    resumed = train_packed([PackRun(c, out_dir=p) for c, p in zip(cs, dirs, strict=True)])
     for a, b in zip(whole, resumed, strict=True):
         assert isinstance(a, TrainResult) and isinstance(b, TrainResult)
         assert [m["step"] for m in b.history] == [30, 60]
         assert b.fid == a.fid
     # A member's checkpoint is train's: a retried member resumes alone from it.
     alone_dir = tmp_path / "alone"
-    train_packed(cs[:2], out_dirs=[alone_dir, None], should_stop=[stop_after(40), None])
+    train_packed([PackRun(cs[0], should_stop=stop_after(40), out_dir=alone_dir), cs[1]])
     alone = train(cs[0], out_dir=alone_dir)
     assert [m["step"] for m in alone.history] == [30, 60]
     assert alone.history[0]["fid"] == whole[0].history[0]["fid"]  # the eval the pack made
@@ -127,7 +127,7 @@ def test_a_replay_of_the_pack_reproduces_a_member_bit_for_bit(tmp_path: Path) ->
     # A member's numbers depend on which others share its kernels: the pack trains again,
     # each member leaving where it left, and the member's FID comes back exactly.
     cs = configs()
-    ran = train_packed(cs, on_eval=[None, prune_at_30, None, None])
+    ran = train_packed([cs[0], PackRun(cs[1], on_eval=prune_at_30), *cs[2:]])
     assert isinstance(ran[1], MemberEnded)
     for position in (0, 3):
         record = {
@@ -154,13 +154,13 @@ def a_pack_refilled_at_30(**refill_dirs: Path) -> tuple[list[TrainResult | BaseE
     width of its own) and 3 (member 0's widths) join the two free places of four."""
     cs, asked = configs(), []
 
-    def refill(free: int, step: int) -> list[Joining]:
+    def refill(free: int, step: int) -> list[PackRun]:
         asked.append((free, step))
         if step != 30:
             return []
-        return [Joining(cs[k], out_dir=refill_dirs.get(f"m{k}")) for k in (2, 3)]
+        return [PackRun(cs[k], out_dir=refill_dirs.get(f"m{k}")) for k in (2, 3)]
 
-    outcomes = train_packed(cs[:2], on_eval=[None, prune_at_30], refill=refill, capacity=4)
+    outcomes = train_packed([cs[0], PackRun(cs[1], on_eval=prune_at_30)], refill=refill, capacity=4)
     return outcomes, asked
 
 
@@ -179,7 +179,7 @@ def test_runs_join_a_running_pack_at_its_evals_and_train_as_they_would_alone(tmp
     assert (tmp_path / "m3" / "generator.pt").exists()
     assert [m["step"] for m in train(cs[3], out_dir=tmp_path / "m3").history] == [30, 60]
     # A run with a checkpoint does not join (its step would not line up with the pack's).
-    refused = train_packed(cs[:1], refill=lambda free, step: [Joining(cs[3], out_dir=tmp_path / "m3")], capacity=2)
+    refused = train_packed(cs[:1], refill=lambda free, step: [PackRun(cs[3], out_dir=tmp_path / "m3")], capacity=2)
     assert isinstance(refused[1], ValueError) and "checkpoint" in str(refused[1])
 
 
