@@ -517,9 +517,9 @@ def train_packed(
     """Train these runs as one pack (a bare config is a run without hooks or files); each
     member's outcome, in order: its TrainResult (``stopped`` set when its ``should_stop``
     ended it), or the exception that ended it (Diverged, CheckpointMismatch, or what its
-    ``on_eval`` raised). A member's ``on_end``
-    is called with its outcome and the step it left at as soon as it leaves (its files
-    written), while the others train on: a pruned trial is told at once.
+    ``on_eval`` raised). A member's ``on_end`` is called with its outcome and the step it
+    left at as soon as it leaves (its files written), while the others train on: a pruned
+    trial is told at once.
 
     A member is the run ``train(config, on_eval=..., should_stop=..., out_dir=...)`` would
     make: its initial weights, batches, noise and evaluations, and the same files in its
@@ -695,7 +695,6 @@ def train_packed(
             keep([s for s in range(len(live)) if s not in stopping])
             continue
         rngs = [members[i].rng for i in live]
-
         index = own_step(0) * first.d_steps  # the same modulo R1_LAZY_INTERVAL for every member (joinable)
         for j in range(first.d_steps):
             real, z = _draw_real(data.x, rngs, batch), _draw_noise(rngs, batch, z_dim)
