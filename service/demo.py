@@ -168,7 +168,11 @@ def run_demo(*, out: Path, keep_serving: bool = False, dataset: str = "digits") 
         command = sys.argv[0] if Path(sys.argv[0]).name == "gat-tune" else "gat-tune"  # as it was run
         print(f"train from it:  {command} train --config {out} --out runs/best")
         if keep_serving:
-            print(f"dashboard:      {base}/dashboard  (serving until Ctrl-C)", flush=True)
+            print(f"dashboard:      {base}/dashboard  (the API and the 2 slots serve until Ctrl-C)")
+            # The token is this demo's own unless one was given: without it a submit gets a 401.
+            given = "GAT_TUNE_TOKEN" in os.environ
+            env_hint = "" if given else f"GAT_TUNE_TOKEN={token} "
+            print(f"more studies:   {env_hint}GAT_TUNE_URL={base} {command} submit SPEC.yaml", flush=True)
             api.wait()
         else:
             print("the API, the pool and the database stop with the demo; browse the study later with")
