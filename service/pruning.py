@@ -4,8 +4,9 @@ GAN runs in one search space differ by orders of magnitude early on: on the demo
 (digits, MLP, R1), 48 random configurations had FIDs from 69 to 3,400 at step 500 and from
 23 to 3,100 at step 3,000, and the rank at step 500 already agrees with the final one
 (Spearman 0.79; 0.91 at step 1,000; bench/early_fid.py). A run whose FID is several times
-the best FID any run had at the same step is not going to win. Optuna's pruners compare with the median or a
-percentile, or rank within Hyperband's brackets; none compares with the best at the step.
+the best FID any run had at the same step is not going to win. Optuna's pruners compare
+with the median or a percentile, or rank within Hyperband's brackets; none compares with
+the best at the step.
 """
 
 from __future__ import annotations

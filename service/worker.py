@@ -302,10 +302,15 @@ class Slot:
         joined = [0] * len(runs)  # the pack's step when each member joined
         size, later = len(runs), []
 
-        def configs() -> list[TrainConfig]:
-            return [r.config for r in runs if r.config is not None]  # every run here is prepared
+        def config(j: int) -> TrainConfig:
+            c = runs[j].config
+            assert c is not None  # every run here is prepared; positions must line up with runs
+            return c
 
-        key = pack_key(configs()[0])
+        def configs() -> list[TrainConfig]:
+            return [config(j) for j in range(len(runs))]
+
+        key = pack_key(config(0))
 
         def on_end(j: int) -> Callable[[TrainResult | BaseException, int], None]:
             def ended(outcome: TrainResult | BaseException, step: int) -> None:
@@ -331,8 +336,7 @@ class Slot:
 
         def member(j: int) -> PackRun:
             run = runs[j]
-            assert run.config is not None  # every run here is prepared
-            return PackRun(run.config, run.on_eval, run.should_stop, run.run_dir, on_end(j))
+            return PackRun(config(j), run.on_eval, run.should_stop, run.run_dir, on_end(j))
 
         def refill(free: int, step: int) -> list[PackRun]:
             """Trials claimed into the places members left: fresh ones of the pack's kind
