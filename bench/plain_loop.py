@@ -15,14 +15,15 @@ from trainer.data import Dataset
 from trainer.models import build_models
 
 
-def plain_gan(config: TrainConfig, data: Dataset, steps: int | None = None) -> torch.nn.Module:
-    """Train G and D for ``steps`` (default config.steps); R1 at config.lam when aux_loss is r1."""
+def plain_gan(config: TrainConfig, data: Dataset, steps: int | None = None, fused: bool = True) -> torch.nn.Module:
+    """Train G and D for ``steps`` (default config.steps); R1 at config.lam when aux_loss is r1.
+    ``fused``: Adam's fused update, as ``train`` makes it; False: torch's default loop."""
     device = data.x.device
     torch.manual_seed(config.seed)
     g, d = build_models(config, data.sample_shape)
     g, d = g.to(device), d.to(device)
-    opt_g = torch.optim.Adam(g.parameters(), lr=config.lr_g, betas=(config.beta1, config.beta2))
-    opt_d = torch.optim.Adam(d.parameters(), lr=config.lr_d, betas=(config.beta1, config.beta2))
+    opt_g = torch.optim.Adam(g.parameters(), lr=config.lr_g, betas=(config.beta1, config.beta2), fused=fused)
+    opt_d = torch.optim.Adam(d.parameters(), lr=config.lr_d, betas=(config.beta1, config.beta2), fused=fused)
     rng = torch.Generator(device).manual_seed(config.seed)
     r1 = config.lam if config.aux_loss == "r1" else 0.0
     n, b = len(data.x), config.batch_size

@@ -49,6 +49,7 @@ from trainer.train import (
     _load_checkpoint,
     _save_checkpoint,
     _write_eval,
+    adam,
     resolve_device,
 )
 
@@ -180,8 +181,9 @@ def pack_mlps(configs: Sequence[TrainConfig], sample_shape: tuple[int, ...]) -> 
 
 
 class PackedAdam:
-    """Adam over stacked parameters, each member with its own lr and betas, as
-    torch.optim.Adam (eps 1e-8, no weight decay) computes it for that member alone.
+    """Adam over stacked parameters, each member with its own lr and betas: the update
+    torch.optim.Adam (eps 1e-8, no weight decay) makes for that member alone, up to the
+    order of float operations (a solo run's Adam is fused: trainer.train.adam).
 
     The bias corrections are computed per member in float64, as torch's Adam does with
     Python floats, from the member's own step count ``t`` (a member may join a running
@@ -458,17 +460,17 @@ def _to_solo(
     """Member s's slice of a packed model and its Adam state, written into the solo module
     and returned as a solo run's optimiser state dict (torch.optim.Adam's format)."""
     group, group_opt, position = _member(packed, opt, s)
-    adam = torch.optim.Adam(solo.parameters(), lr=lr, betas=betas)
+    solo_opt = adam(solo.parameters(), lr, betas)  # a solo run's optimiser: its state dict resumes as one
     stacked = list(group.parameters())
     with torch.no_grad():
         for p, i, part in _pairs(group, solo, position):
             p.copy_(part(stacked[i]))
-            adam.state[p] = {
+            solo_opt.state[p] = {
                 "step": torch.tensor(float(group_opt.t[position])),
                 "exp_avg": part(group_opt.exp_avg[i]).clone(),
                 "exp_avg_sq": part(group_opt.exp_avg_sq[i]).clone(),
             }
-    return adam.state_dict()
+    return solo_opt.state_dict()
 
 
 def _from_solo(
@@ -478,14 +480,14 @@ def _from_solo(
     step count (0 before the first step)."""
     group, group_opt, position = _member(packed, opt, s)
     solo.load_state_dict(model)
-    adam = torch.optim.Adam(solo.parameters())
-    adam.load_state_dict(opt_state)
+    solo_opt = torch.optim.Adam(solo.parameters())
+    solo_opt.load_state_dict(opt_state)
     stacked = list(group.parameters())
     t = 0
     with torch.no_grad():
         for p, i, part in _pairs(group, solo, position):
             part(stacked[i]).copy_(p)
-            state = adam.state.get(p)
+            state = solo_opt.state.get(p)
             if state:
                 t = int(state["step"])
                 part(group_opt.exp_avg[i]).copy_(state["exp_avg"])

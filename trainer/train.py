@@ -13,7 +13,7 @@ import json
 import os
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +36,7 @@ from trainer.metrics import (
 )
 from trainer.models import build_models
 
-__all__ = ["CheckpointMismatch", "Diverged", "TrainResult", "limit_threads", "resolve_device", "train"]
+__all__ = ["CheckpointMismatch", "Diverged", "TrainResult", "adam", "limit_threads", "resolve_device", "train"]
 
 CHECKPOINT = "checkpoint.pt"
 FINITE_CHECK_EVERY = 32  # steps between looks at the losses: a look syncs with the device
@@ -111,6 +111,15 @@ def limit_threads(threads: int) -> None:
 
     torch.set_num_threads(threads)
     threadpoolctl.threadpool_limits(threads)
+
+
+def adam(params: Iterable[torch.nn.Parameter], lr: float, betas: tuple[float, float]) -> torch.optim.Adam:
+    """The optimiser of every run's G and D: Adam, fused (one kernel per parameter tensor
+    for the whole update). These models are small, and the unfused update is a dozen tiny
+    operations per tensor: fused, a step of the digits MLP's D takes 0.28 ms instead of
+    1.0 ms on a 2-core CPU (bench/RESULTS.md). A checkpoint's state dict carries the flag,
+    so a run resumes as it ran."""
+    return torch.optim.Adam(params, lr=lr, betas=betas, fused=True)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -238,8 +247,8 @@ def train(
     torch.manual_seed(config.seed)
     g, d = build_models(config, data.sample_shape)
     g, d = g.to(device), d.to(device)
-    opt_g = torch.optim.Adam(g.parameters(), lr=config.lr_g, betas=(config.beta1, config.beta2))
-    opt_d = torch.optim.Adam(d.parameters(), lr=config.lr_d, betas=(config.beta1, config.beta2))
+    opt_g = adam(g.parameters(), config.lr_g, (config.beta1, config.beta2))
+    opt_d = adam(d.parameters(), config.lr_d, (config.beta1, config.beta2))
     rng = torch.Generator(device).manual_seed(config.seed)
     loss = GATLoss(g, d, config.aux_loss, config.lam)
     g_params, d_params = list(g.parameters()), list(d.parameters())
