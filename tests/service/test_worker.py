@@ -37,10 +37,12 @@ def test_two_slots_finish_a_study_over_http(
     database_url: str,
     tmp_path: Path,
 ) -> None:
-    assert client.post("/studies", json=tiny()).status_code == 201
-    pool = start_pool("--per-device", "2", "--exit-when-idle", "3")
-    seen_workers = wait_for(lambda: client.get("/workers").json()["items"], what="workers to register")
+    # Both slots up before the study exists: a slot that starts first packs the trials of
+    # one not yet registered (it cannot know of it), so who trains what would be timing.
+    pool = start_pool("--per-device", "2", "--exit-when-idle", "8")
+    seen_workers = wait_for(lambda: len(w := client.get("/workers").json()["items"]) == 2 and w, what="both slots")
     assert {w["device"] for w in seen_workers} == {"cpu"}
+    assert client.post("/studies", json=tiny()).status_code == 201
     finish(pool)
 
     study = client.get("/studies/tiny").json()
