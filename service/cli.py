@@ -100,7 +100,7 @@ def _port_problem(host: str, port: int) -> str | None:
 
 def cmd_worker(args: argparse.Namespace) -> int:
     from service.config import Settings
-    from service.worker import resolve_devices, run_pool
+    from service.pool import resolve_devices, run_pool
 
     try:
         devices = resolve_devices(args.devices)

@@ -1,4 +1,5 @@
-"""The worker pool: one process per device slot, each claiming and training trials.
+"""The worker pool's slots: one process per device slot, each claiming and training trials
+(the supervisor that starts them is service/pool.py).
 
 Terms, alike in the code, the logs and the docs: a *pool* is the `gat-tune worker` process
 tree on one machine (a supervisor and its slots); a *slot* is one training process in it
@@ -7,7 +8,7 @@ database and the API know it: one gt_workers row per slot (its id ``worker_id``,
 holding the leases of the slot's trials, listed by GET /workers. Pools of database
 connections are called connection pools (service/connection_pool.py).
 
-supervisor (gat-tune worker)            restarts a slot that dies, forwards SIGTERM
+supervisor (gat-tune worker, service/pool.py)  restarts a slot that dies, forwards SIGTERM
   └─ slot process × (devices × per_device)
        heartbeat thread: renew leases, record the worker's liveness
        loop: reap expired leases → claim → train (report every eval, prune) → tell
@@ -22,7 +23,6 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import multiprocessing as mp
 import os
 import signal
 import socket
@@ -50,7 +50,7 @@ from trainer.metrics import FeatureError
 from trainer.packed import PackRun, pack_key, train_packed
 from trainer.train import CHECKPOINT, Diverged, TrainResult, limit_threads, train
 
-__all__ = ["Interrupted", "limit_threads", "preload", "resolve_devices", "run_pool", "run_slot"]
+__all__ = ["Interrupted", "limit_threads", "preload", "run_slot"]
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -67,20 +67,6 @@ class Interrupted(Exception):
     def __init__(self, reason: str, *, requeue: bool) -> None:
         super().__init__(reason)
         self.requeue = requeue
-
-
-def resolve_devices(spec: str) -> list[str]:
-    """``auto`` → every visible GPU, else the CPU; or a comma-separated list."""
-    if spec == "auto":
-        import torch
-
-        count = torch.cuda.device_count()
-        return [f"cuda:{i}" for i in range(count)] if count else ["cpu"]
-    devices = [d.strip() for d in spec.split(",") if d.strip()]
-    for d in devices:
-        if d != "cpu" and not (d.startswith("cuda:") and d[5:].isdigit()):
-            raise ValueError(f"--devices: '{d}' is not cpu or cuda:N")
-    return devices
 
 
 class Slot:
@@ -673,76 +659,3 @@ def run_slot(device: str, settings_json: str, threads: int, idle_exit: float | N
         return  # shut down before the database came back
     slot.shutdown = stop
     slot.run()
-
-
-class RestartBackoff:
-    """When to start again a slot that died: at once the first time; after a slot that keeps
-    dying soon after its start, FIRST seconds, then twice as long each time up to CAP. A slot
-    that stayed up STABLE seconds starts the count again."""
-
-    FIRST, CAP, STABLE = 1.0, 60.0, 60.0
-
-    def __init__(self) -> None:
-        self.deaths = 0  # in a row, each within STABLE seconds of its start
-
-    def delay(self, lived: float) -> float:
-        """Seconds to wait before the next start, after a slot died having lived ``lived`` s."""
-        self.deaths = 1 if lived >= self.STABLE else self.deaths + 1
-        return 0.0 if self.deaths == 1 else min(self.CAP, self.FIRST * 2 ** (self.deaths - 2))
-
-
-UPGRADE_WAIT = 120.0  # seconds a pool waits for an unreachable database at start-up
-
-
-def run_pool(settings: Settings, devices: list[str], per_device: int, *, idle_exit: float | None = None) -> int:
-    """Start and supervise the slots; returns when all have exited (SIGTERM, or idle_exit)."""
-    waiting_since = time.monotonic()
-    db.retry(
-        lambda: db.upgrade(settings),
-        "database upgrade",
-        give_up=lambda: time.monotonic() - waiting_since > UPGRADE_WAIT,
-    )
-    ctx = mp.get_context("spawn")
-    slots = [d for d in devices for _ in range(per_device)]
-    cpu_slots = sum(1 for d in slots if d == "cpu")
-    threads = max(1, (os.cpu_count() or 1) // max(cpu_slots, 1))
-    settings_json = settings.model_dump_json()
-    stopping = threading.Event()
-
-    def start(device: str) -> mp.process.BaseProcess:
-        p = ctx.Process(target=run_slot, args=(device, settings_json, threads, idle_exit), name=f"slot-{device}")
-        p.start()
-        log.info("slot on %s: process %s", device, p.pid)
-        return p
-
-    procs = [start(d) for d in slots]
-    started = [time.monotonic() for _ in slots]
-    backoff = [RestartBackoff() for _ in slots]
-    due: list[float | None] = [None for _ in slots]  # a restart's time, while one is waiting
-
-    def forward(signum: int, frame: Any) -> None:
-        stopping.set()
-        for p in procs:
-            if p.is_alive() and p.pid is not None:
-                os.kill(p.pid, signal.SIGTERM)
-
-    signal.signal(signal.SIGTERM, forward)
-    signal.signal(signal.SIGINT, forward)
-    while True:
-        for i, p in enumerate(procs):
-            if p.is_alive() or p.exitcode == 0 or stopping.is_set():
-                continue
-            now = time.monotonic()
-            if due[i] is None:
-                wait = backoff[i].delay(now - started[i])
-                later = f" in {wait:.0f} s (it keeps dying)" if wait else ""
-                log.warning(
-                    "slot on %s (process %s) died with %s; starting another%s", slots[i], p.pid, p.exitcode, later
-                )
-                due[i] = now + wait
-            if now >= (due[i] or 0.0):
-                procs[i], started[i], due[i] = start(slots[i]), time.monotonic(), None
-        if all(not p.is_alive() for p in procs) and (stopping.is_set() or all(p.exitcode == 0 for p in procs)):
-            break
-        time.sleep(0.5)
-    return 0

@@ -209,6 +209,21 @@ def finish(proc: subprocess.Popen[str], timeout: float = 240) -> str:
     return out
 
 
+def stop_when_done(pool: subprocess.Popen[str], client: TestClient, study: str = "tiny", timeout: float = 240) -> str:
+    """The pool's output once ``study`` is completed, stopped by SIGTERM then: a test does not
+    wait out an --exit-when-idle period (test_a_study_on_fid_and_coverage_over_http tests that
+    flag)."""
+
+    def completed() -> bool:
+        if pool.poll() is not None:
+            raise AssertionError(f"the pool exited with {pool.returncode} first:\n{pool.communicate()[0]}")
+        return bool(client.get(f"/studies/{study}").json()["status"] == "completed")
+
+    wait_for(completed, timeout=timeout, what=f"study {study} to complete")
+    pool.send_signal(signal.SIGTERM)
+    return finish(pool, timeout=60)
+
+
 def eval_steps(run_dir: str | Path) -> list[int]:
     """The steps of a run directory's evals, in the order metrics.jsonl has them."""
     lines = (Path(run_dir) / "metrics.jsonl").read_text().splitlines()

@@ -10,7 +10,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from tests.conftest import FASHION_MNIST_TIMEOUT, needs_fashion_mnist
-from tests.service.conftest import finish, load, tiny
+from tests.service.conftest import load, stop_when_done, tiny
 
 
 @needs_fashion_mnist
@@ -29,7 +29,7 @@ def test_a_worker_pool_tunes_a_dcgan_on_fashion_mnist(
               "batch_size": 16, "g_width": 16, "d_width": 16},
     )  # fmt: skip
     assert client.post("/studies", json=spec).status_code == 201
-    finish(start_pool("--per-device", "2", "--exit-when-idle", "3"))
+    stop_when_done(start_pool("--per-device", "2"), client, "fashion")
 
     study = client.get("/studies/fashion").json()
     assert study["status"] == "completed" and study["trial_counts"]["COMPLETE"] == 2, study

@@ -24,7 +24,7 @@ from optuna.trial import TrialState
 from service.config import Settings
 from service.optuna_tables import PACK_REPLAY
 from service.worker import Slot
-from tests.service.conftest import eval_steps, finish, load, make_queue, tiny, wait_for
+from tests.service.conftest import eval_steps, finish, load, make_queue, stop_when_done, tiny, wait_for
 from trainer.config import PackReplay, TrainConfig
 from trainer.packed import replay as packed_replay
 
@@ -117,7 +117,7 @@ def test_packing_does_not_bend_the_search(
     for pack in (1, 4):
         name = f"tiny-pack{pack}"
         assert client.post("/studies", json=packed_spec(name=name, pack=pack, n_trials=4)).status_code == 201
-        finish(start_pool("--per-device", "1", "--exit-when-idle", "3"))
+        stop_when_done(start_pool("--per-device", "1"), client, name)
         trials = load(database_url, name).trials
         assert all(t.state == TrialState.COMPLETE for t in trials)
         assert {t.user_attrs.get("pack", {}).get("size", 1) for t in trials} == {pack}
@@ -130,7 +130,7 @@ def test_max_pack_caps_what_a_slot_packs(
     client: TestClient, start_pool: Callable[..., subprocess.Popen[str]], database_url: str
 ) -> None:
     assert client.post("/studies", json=packed_spec()).status_code == 201
-    finish(start_pool("--per-device", "1", "--max-pack", "2", "--exit-when-idle", "3"))
+    stop_when_done(start_pool("--per-device", "1", "--max-pack", "2"), client)
     trials = load(database_url).trials
     assert all(t.state == TrialState.COMPLETE for t in trials)
     assert sorted(t.user_attrs["pack"]["size"] for t in trials) == [2, 2, 2, 2]
@@ -139,9 +139,9 @@ def test_max_pack_caps_what_a_slot_packs(
 def a_pack_of_three_checkpointed(
     client: TestClient, start_pool: Callable[..., subprocess.Popen[str]], tmp_path: Path, *pool_args: str
 ) -> subprocess.Popen[str]:
-    """A pool whose one slot trains three 1,500-step trials as a pack, once each member has
+    """A pool whose one slot trains three 600-step trials as a pack, once each member has
     written a checkpoint."""
-    spec = packed_spec(base={"steps": 1500, "eval_every": 100}, n_trials=3, max_parallel=3, pack=3)
+    spec = packed_spec(base={"steps": 600, "eval_every": 100}, n_trials=3, max_parallel=3, pack=3)
     client.post("/studies", json=spec)
     pool = start_pool("--per-device", "1", *pool_args)
     runs = tmp_path / "runs" / "tiny"
@@ -156,9 +156,9 @@ def a_pack_of_three_checkpointed(
 def test_kill_9_mid_pack_retries_every_member_from_its_checkpoint(
     client: TestClient, start_pool: Callable[..., subprocess.Popen[str]], database_url: str, tmp_path: Path
 ) -> None:
-    pool = a_pack_of_three_checkpointed(client, start_pool, tmp_path, "--exit-when-idle", "4")
+    pool = a_pack_of_three_checkpointed(client, start_pool, tmp_path)
     os.kill(client.get("/workers").json()["items"][0]["pid"], signal.SIGKILL)
-    out = finish(pool, timeout=300)
+    out = stop_when_done(pool, client)
     assert "died with -9; starting another" in out
 
     trials = load(database_url).trials
@@ -171,7 +171,7 @@ def test_kill_9_mid_pack_retries_every_member_from_its_checkpoint(
         origin = next(t for t in failed if t.number == retry.user_attrs["gat_tune_retry_of"])
         assert retry.params == origin.params and retry.user_attrs["run_dir"] == origin.user_attrs["run_dir"]
         steps = eval_steps(retry.user_attrs["run_dir"])
-        assert steps == sorted(set(steps)) and steps[-1] == 1500, "no step trained twice, none lost"
+        assert steps == sorted(set(steps)) and steps[-1] == 600, "no step trained twice, none lost"
 
 
 @pytest.mark.slow
@@ -185,13 +185,13 @@ def test_sigterm_mid_pack_requeues_every_member_and_they_resume(
     assert sorted(t.number for t in stopped) == [0, 1, 2]
     assert all(t.user_attrs["fail_reason"].startswith("worker shut down at step") for t in stopped)
 
-    finish(start_pool("--per-device", "1", "--exit-when-idle", "3"), timeout=300)
+    stop_when_done(start_pool("--per-device", "1"), client)
     trials = load(database_url).trials
     done = [t for t in trials if t.state == TrialState.COMPLETE]
     assert len(done) == 3 and client.get("/studies/tiny").json()["status"] == "completed"
     for t in done:
         steps = eval_steps(t.user_attrs["run_dir"])
-        assert steps == sorted(set(steps)) and steps[-1] == 1500
+        assert steps == sorted(set(steps)) and steps[-1] == 600
     assert optuna.trial.TrialState.RUNNING not in {t.state for t in trials}
 
 

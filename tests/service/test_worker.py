@@ -22,9 +22,10 @@ from optuna.trial import TrialState
 from service import db
 from service.app import create_app
 from service.config import Settings
+from service.pool import RestartBackoff
 from service.spec import StudySpec, make_pruner, suggest_config
-from service.worker import RestartBackoff, Slot, _one_line
-from tests.service.conftest import PrivatePostgres, eval_steps, finish, load, tiny, wait_for
+from service.worker import Slot, _one_line
+from tests.service.conftest import PrivatePostgres, eval_steps, finish, load, stop_when_done, tiny, wait_for
 from trainer.config import TrainConfig
 from trainer.train import train
 
@@ -39,11 +40,11 @@ def test_two_slots_finish_a_study_over_http(
 ) -> None:
     # Both slots up before the study exists: a slot that starts first packs the trials of
     # one not yet registered (it cannot know of it), so who trains what would be timing.
-    pool = start_pool("--per-device", "2", "--exit-when-idle", "8")
+    pool = start_pool("--per-device", "2")
     seen_workers = wait_for(lambda: len(w := client.get("/workers").json()["items"]) == 2 and w, what="both slots")
     assert {w["device"] for w in seen_workers} == {"cpu"}
     assert client.post("/studies", json=tiny()).status_code == 201
-    finish(pool)
+    stop_when_done(pool, client)
 
     study = client.get("/studies/tiny").json()
     assert study["status"] == "completed"
@@ -82,9 +83,9 @@ def test_two_slots_finish_a_study_over_http(
 def test_kill_9_mid_trial_is_failed_retried_and_resumed(
     client: TestClient, start_pool: Callable[..., subprocess.Popen[str]], database_url: str, tmp_path: Path
 ) -> None:
-    spec = tiny(base={"steps": 1500, "eval_every": 100}, n_trials=2, max_parallel=1)
+    spec = tiny(base={"steps": 600, "eval_every": 100}, n_trials=2, max_parallel=1)
     client.post("/studies", json=spec)
-    pool = start_pool("--per-device", "1", "--exit-when-idle", "4")
+    pool = start_pool("--per-device", "1")
 
     def first_checkpoint() -> Path | None:
         path = tmp_path / "runs" / "tiny" / "trial-00000" / "checkpoint.pt"
@@ -93,7 +94,7 @@ def test_kill_9_mid_trial_is_failed_retried_and_resumed(
     wait_for(first_checkpoint, what="a checkpoint of trial 0")
     slot_pid = client.get("/workers").json()["items"][0]["pid"]
     os.kill(slot_pid, signal.SIGKILL)
-    out = finish(pool, timeout=300)
+    out = stop_when_done(pool, client)
     assert "died with -9; starting another" in out
 
     trials = load(database_url).trials
@@ -110,7 +111,7 @@ def test_kill_9_mid_trial_is_failed_retried_and_resumed(
     assert retry.params == failed[0].params and retry.user_attrs["gat_tune_attempt"] == 1
     assert retry.user_attrs["run_dir"] == failed[0].user_attrs["run_dir"]  # resumed from its checkpoint
     steps = eval_steps(retry.user_attrs["run_dir"])
-    assert steps == sorted(set(steps)) and steps[-1] == 1500, "no step trained twice, none lost"
+    assert steps == sorted(set(steps)) and steps[-1] == 600, "no step trained twice, none lost"
     assert client.get("/studies/tiny").json()["finished"] == 2
 
 
@@ -186,13 +187,13 @@ def test_two_pools_never_run_the_same_trial(
     other_dir = tmp_path / "second-pool"
     shutil.copytree(tmp_path / "features", other_dir / "features")
     shutil.copytree(tmp_path / "stats", other_dir / "stats")
-    a = start_pool("--per-device", "1", "--exit-when-idle", "10")
-    b = start_pool("--per-device", "1", "--exit-when-idle", "10", env={**pool_env, "GAT_TUNE_DATA_DIR": str(other_dir)})
+    a = start_pool("--per-device", "1")
+    b = start_pool("--per-device", "1", env={**pool_env, "GAT_TUNE_DATA_DIR": str(other_dir)})
     # Both idle before the study exists: a packing slot leaves a trial to an idle one.
     wait_for(lambda: len(client.get("/workers").json()["items"]) == 2, what="both pools' slots")
     client.post("/studies", json=tiny(n_trials=8, max_parallel=4))
-    finish(a)
-    finish(b)
+    stop_when_done(a, client)
+    stop_when_done(b, client)
     trials = load(database_url).trials
     assert len(trials) == 8
     assert all(t.state == optuna.trial.TrialState.COMPLETE for t in trials)
@@ -224,7 +225,7 @@ def test_best_config_reproduces_the_trial(
     client: TestClient, start_pool: Callable[..., subprocess.Popen[str]], pool_env: dict[str, str], tmp_path: Path
 ) -> None:
     client.post("/studies", json=tiny(base={"steps": 200, "eval_every": 100}, n_trials=2))
-    finish(start_pool("--per-device", "2", "--exit-when-idle", "3"))
+    stop_when_done(start_pool("--per-device", "2"), client)
     best_fid = client.get("/studies/tiny").json()["best"]["fid"]
     best = tmp_path / "best.yaml"
     best.write_text(client.get("/studies/tiny/best", params={"format": "yaml"}).text)

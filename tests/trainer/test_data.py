@@ -17,9 +17,18 @@ from PIL import Image
 
 from tests.conftest import needs_fashion_mnist
 from trainer.config import TrainConfig
-from trainer.data import DATASETS, DATASETS_ENV, FILE_SETS, POINT_SETS, DataError, load_dataset
+from trainer.data import DATASETS, DATASETS_ENV, FILE_SETS, POINT_SETS, DataError, digits_arrays, load_dataset
 from trainer.metrics import FeatureError, InceptionFeatures
 from trainer.train import train
+
+
+def test_digits_read_from_sklearns_file_are_load_digits() -> None:
+    from sklearn.datasets import load_digits
+
+    images, labels = digits_arrays()
+    digits = load_digits()
+    assert images.shape == (1797, 8, 8) and np.array_equal(images, digits.images)
+    assert np.array_equal(labels, digits.target)
 
 
 def test_digits_scaled_to_unit_range() -> None:

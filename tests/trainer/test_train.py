@@ -237,10 +237,11 @@ def test_trains_on_real_fashion_mnist_at_28_px(model: str, tmp_path: Path, fashi
     assert result.generator is not None
     assert result.generator(torch.zeros(2, config.z_dim)).shape == (2, 1, 28, 28)
     assert (tmp_path / "samples.png").is_file()
-    # FID's features come from a classifier trained on the set's labels (cached once per session)
+    # FID's features come from a classifier trained on the set's labels (cached once per session,
+    # on FASHION_CLASSIFIER_STEPS steps): images and labels line up (chance is 10 %)
     saved = [json.loads(f.read_text()) for f in (fashion_mnist_cache / "features").glob("classifier*.json")]
     (accuracy,) = [s["accuracy"] for s in saved if s["dataset"] == "fashion-mnist"]
-    assert accuracy > 0.85, accuracy
+    assert accuracy > 0.75, accuracy
 
 
 def test_cli_json_last_line(tmp_path: Path) -> None:
