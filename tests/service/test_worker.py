@@ -442,6 +442,20 @@ def test_nothing_is_lost_when_postgresql_restarts(
         assert conn.execute(sa.text("SELECT status FROM gt_studies")).scalar_one() == "completed"
 
 
+@pytest.mark.slow
+def test_the_supervisor_leaves_torch_to_its_slots(pool_env: dict[str, str]) -> None:
+    """`gat-tune worker --devices cpu` imports torch and the trainer only in its slots: the
+    supervisor starts them without first paying for an import they do not share (spawn)."""
+    script = (
+        "import sys\nfrom service.cli import main\n"
+        "code = main(['worker', '--devices', 'cpu', '--exit-when-idle', '0.5'])\n"
+        "print(code, sorted(m for m in ('torch', 'trainer.train') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", script], env=pool_env, capture_output=True, text=True, timeout=120)
+    assert out.stdout.strip().splitlines()[-1] == "0 []", out.stdout + out.stderr
+    assert "slot on cpu: process" in out.stderr, "a slot was started"
+
+
 def test_a_slot_that_keeps_dying_is_restarted_later_each_time() -> None:
     backoff = RestartBackoff()
     assert [backoff.delay(lived=2.0) for _ in range(9)] == [0, 1, 2, 4, 8, 16, 32, 60, 60]
