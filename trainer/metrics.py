@@ -46,14 +46,18 @@ __all__ = [
 
 INCEPTION_WEIGHTS = "pt_inception-2015-12-05-6726825d.pth"
 CLASSIFIER_VERSION = 1  # bump when the classifier's architecture or training changes
-# Pixels per forward pass of the small CNN extractors (128 images at 28 px, 1,568 at 8 px):
-# their activations then stay in the CPU's caches, and Fashion-MNIST's features come about
-# 2.5x faster than 2,048 images at a time (bench/feature_chunk.py, bench/RESULTS.md).
+# Pixels per forward pass of the small CNN extractors on a CPU (128 images at 28 px, 1,568
+# at 8 px): their activations then stay in the CPU's caches, and Fashion-MNIST's features
+# come about 2.5x faster than 2,048 images at a time (bench/feature_chunk.py, RESULTS.md).
+# A GPU keeps the large passes (not measured there: fewer, larger kernels is the rule).
 CNN_CHUNK_PIXELS = 128 * 28 * 28
 
 
-def cnn_chunk(sample_shape: tuple[int, ...]) -> int:
-    """Images per forward pass for samples of this shape (C, H, W)."""
+def cnn_chunk(sample_shape: tuple[int, ...], device: torch.device, otherwise: int) -> int:
+    """Images per forward pass for samples of this shape (C, H, W) on this device;
+    ``otherwise`` off the CPU."""
+    if device.type != "cpu":
+        return otherwise
     return max(1, CNN_CHUNK_PIXELS // (sample_shape[-1] * sample_shape[-2]))
 
 
@@ -206,7 +210,7 @@ class RandomCNNFeatures:
     DIM = 256
 
     def __init__(self, in_shape: tuple[int, ...], device: torch.device) -> None:
-        self.chunk = cnn_chunk(in_shape)
+        self.chunk = cnn_chunk(in_shape, device, otherwise=1024)
         c, size = in_shape[0], in_shape[-1]
         layers: list[nn.Module] = [nn.Conv2d(c, 32, 3, 1, 1), nn.LeakyReLU(0.2)]
         ch = 32
@@ -263,7 +267,7 @@ class ClassifierFeatures:
                 "(use 'raw', or 'inception'; a folder gets labels from sub-folders)"
             )
         self.key = f"classifier{CLASSIFIER_VERSION}-{data.key}"
-        self.chunk = cnn_chunk(data.sample_shape)
+        self.chunk = cnn_chunk(data.sample_shape, data.x.device, otherwise=2048)
         path = data_dir / "features" / f"{self.key}.pt"
         with torch.random.fork_rng(devices=[]):  # the same classifier whatever ran before
             torch.manual_seed(0)
@@ -278,7 +282,9 @@ class ClassifierFeatures:
             tmp = path.with_suffix(f".{os.getpid()}.tmp")
             torch.save({"state_dict": self.net.state_dict(), "accuracy": self.accuracy}, tmp)
             os.replace(tmp, path)  # atomic: parallel workers may train the same one
-            path.with_suffix(".json").write_text(json.dumps({"accuracy": self.accuracy, "dataset": data.name}))
+            path.with_suffix(".json").write_text(
+                json.dumps({"accuracy": self.accuracy, "dataset": data.name, "train_steps": train_steps})
+            )
         self.net.eval().requires_grad_(False).to(data.x.device)
 
     def _fit(self, data: Dataset, steps: int) -> float:
@@ -296,7 +302,8 @@ class ClassifierFeatures:
             loss.backward()
             opt.step()
         with torch.no_grad():
-            pred = torch.cat([self.net(x[te][i : i + self.chunk]).argmax(1) for i in range(0, len(te), self.chunk)])
+            held_out = x[te]
+            pred = torch.cat([self.net(held_out[i : i + self.chunk]).argmax(1) for i in range(0, len(te), self.chunk)])
         return float((pred == y[te]).float().mean())
 
     @torch.no_grad()

@@ -209,19 +209,30 @@ def finish(proc: subprocess.Popen[str], timeout: float = 240) -> str:
     return out
 
 
-def stop_when_done(pool: subprocess.Popen[str], client: TestClient, study: str = "tiny", timeout: float = 240) -> str:
+def stop_when_done(
+    pool: subprocess.Popen[str], client: TestClient, study: str = "tiny", *, slot_deaths: int = 0, timeout: float = 240
+) -> str:
     """The pool's output once ``study`` is completed, stopped by SIGTERM then: a test does not
     wait out an --exit-when-idle period (test_a_study_on_fid_and_coverage_over_http tests that
-    flag)."""
+    flag). A pool stopped by SIGTERM exits 0 whatever its slots did, so the slots that died
+    on the way are counted: ``slot_deaths`` of them, and no more."""
 
     def completed() -> bool:
         if pool.poll() is not None:
             raise AssertionError(f"the pool exited with {pool.returncode} first:\n{pool.communicate()[0]}")
         return bool(client.get(f"/studies/{study}").json()["status"] == "completed")
 
-    wait_for(completed, timeout=timeout, what=f"study {study} to complete")
+    try:
+        wait_for(completed, timeout=timeout, what=f"study {study} to complete")
+    except AssertionError as exc:
+        if pool.poll() is None:
+            pool.send_signal(signal.SIGTERM)
+            raise AssertionError(f"{exc}; the pool's output:\n{pool.communicate(timeout=60)[0]}") from None
+        raise
     pool.send_signal(signal.SIGTERM)
-    return finish(pool, timeout=60)
+    out = finish(pool, timeout=60)
+    assert out.count(" died with ") == slot_deaths, out
+    return out
 
 
 def eval_steps(run_dir: str | Path) -> list[int]:

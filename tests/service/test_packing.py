@@ -158,13 +158,14 @@ def test_kill_9_mid_pack_retries_every_member_from_its_checkpoint(
 ) -> None:
     pool = a_pack_of_three_checkpointed(client, start_pool, tmp_path)
     os.kill(client.get("/workers").json()["items"][0]["pid"], signal.SIGKILL)
-    out = stop_when_done(pool, client)
+    out = stop_when_done(pool, client, slot_deaths=1)
     assert "died with -9; starting another" in out
 
     trials = load(database_url).trials
     failed = [t for t in trials if t.state == TrialState.FAIL]
     assert sorted(t.number for t in failed) == [0, 1, 2]
     assert all(t.user_attrs["fail_reason"].startswith("lease expired") for t in failed)
+    assert all(max(t.intermediate_values, default=0) < 600 for t in failed), "killed mid-run, not after its last eval"
     done = [t for t in trials if t.state == TrialState.COMPLETE]
     assert len(done) == 3
     for retry in done:
@@ -184,6 +185,7 @@ def test_sigterm_mid_pack_requeues_every_member_and_they_resume(
     stopped = [t for t in load(database_url).trials if t.state == TrialState.FAIL]
     assert sorted(t.number for t in stopped) == [0, 1, 2]
     assert all(t.user_attrs["fail_reason"].startswith("worker shut down at step") for t in stopped)
+    assert all(max(t.intermediate_values, default=0) < 600 for t in stopped), "stopped mid-run, not after its last eval"
 
     stop_when_done(start_pool("--per-device", "1"), client)
     trials = load(database_url).trials

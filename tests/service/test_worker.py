@@ -94,7 +94,7 @@ def test_kill_9_mid_trial_is_failed_retried_and_resumed(
     wait_for(first_checkpoint, what="a checkpoint of trial 0")
     slot_pid = client.get("/workers").json()["items"][0]["pid"]
     os.kill(slot_pid, signal.SIGKILL)
-    out = stop_when_done(pool, client)
+    out = stop_when_done(pool, client, slot_deaths=1)
     assert "died with -9; starting another" in out
 
     trials = load(database_url).trials
@@ -102,6 +102,7 @@ def test_kill_9_mid_trial_is_failed_retried_and_resumed(
     assert states.count(optuna.trial.TrialState.COMPLETE) == 2
     failed = [t for t in trials if t.state == optuna.trial.TrialState.FAIL]
     assert len(failed) == 1 and failed[0].number == 0
+    assert max(failed[0].intermediate_values, default=0) < 600, "killed mid-run, not after its last eval"
     assert (
         failed[0]
         .user_attrs["fail_reason"]

@@ -31,6 +31,14 @@ def test_digits_read_from_sklearns_file_are_load_digits() -> None:
     assert np.array_equal(labels, digits.target)
 
 
+def test_digits_without_sklearns_file_come_from_load_digits(monkeypatch: pytest.MonkeyPatch) -> None:
+    import importlib.util
+
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
+    images, labels = digits_arrays()
+    assert images.shape == (1797, 8, 8) and labels.shape == (1797,) and set(labels.tolist()) == set(range(10))
+
+
 def test_digits_scaled_to_unit_range() -> None:
     data = load_dataset("digits")
     assert data.x.shape == (1797, 1, 8, 8)

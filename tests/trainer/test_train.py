@@ -15,7 +15,7 @@ import torch
 from PIL import Image
 
 from bench.plain_loop import plain_gan
-from tests.conftest import FASHION_MNIST_TIMEOUT, needs_fashion_mnist
+from tests.conftest import FASHION_CLASSIFIER_STEPS, FASHION_MNIST_TIMEOUT, needs_fashion_mnist
 from trainer import metrics
 from trainer.config import PRDC_METRICS, TrainConfig
 from trainer.data import load_dataset
@@ -240,8 +240,8 @@ def test_trains_on_real_fashion_mnist_at_28_px(model: str, tmp_path: Path, fashi
     # FID's features come from a classifier trained on the set's labels (cached once per session,
     # on FASHION_CLASSIFIER_STEPS steps): images and labels line up (chance is 10 %)
     saved = [json.loads(f.read_text()) for f in (fashion_mnist_cache / "features").glob("classifier*.json")]
-    (accuracy,) = [s["accuracy"] for s in saved if s["dataset"] == "fashion-mnist"]
-    assert accuracy > 0.75, accuracy
+    (record,) = [s for s in saved if s["dataset"] == "fashion-mnist"]
+    assert record["train_steps"] == FASHION_CLASSIFIER_STEPS and record["accuracy"] > 0.75, record
 
 
 def test_cli_json_last_line(tmp_path: Path) -> None:
