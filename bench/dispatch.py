@@ -23,6 +23,7 @@ import signal
 import statistics
 import tempfile
 import time
+from pathlib import Path
 from typing import Any
 
 import optuna
@@ -40,6 +41,7 @@ SPEC: dict[str, Any] = {
     "search_space": {"lambda": {"type": "float", "low": 0.1, "high": 10, "log": True}},
     "sampler": "random",
     "pruner": "none",
+    "pack": 1,  # one trial per claim: the dispatch cost of a trial, not of a pack
 }  # fmt: skip
 
 
@@ -73,20 +75,20 @@ def slot_process(settings_json: str, results: Any) -> None:
     worker.train = timed_train  # type: ignore[assignment]
     slot = worker.Slot(settings, "cpu")
     signal.signal(signal.SIGTERM, lambda *_: slot.shutdown.set())
-    claim_real, run_real = slot.queue.claim, slot.run_trial
+    claim_real, run_real = slot.queue.claim, slot.run_claims
     cycle: dict[str, float] = {}
 
     def claim() -> Any:
         cycle["start"], cycle["cpu"] = time.perf_counter(), time.process_time()
         return claim_real()
 
-    def run_trial(c: Any) -> None:
+    def run_claims(c: Any) -> None:
         run_real(c)
         wall, cpu = time.perf_counter() - cycle["start"], time.process_time() - cycle["cpu"]
         results.put((c.trial.number, wall, inside[-1][0], cpu - inside[-1][1], inside[-1][1], c.waited))
 
-    slot.queue.claim = claim  # type: ignore[method-assign]
-    slot.run_trial = run_trial  # type: ignore[method-assign]
+    slot.queue.claim = claim  # type: ignore[method-assign,assignment]
+    slot.run_claims = run_claims  # type: ignore[method-assign,assignment]
     slot.run()
 
 
@@ -132,7 +134,7 @@ def run(settings: Settings, n_workers: int, n_trials: int, steps: int = 2, evals
     service.control(name, "resume")
     started = time.perf_counter()
     cpu_slots, cpu_server = _cpu_by_pid(slot_pids), _cpu_by_pid()
-    rows = []
+    rows: list[tuple[int, float, float, float, float, float]] = []
     while len(rows) < n_trials and (any(p.is_alive() for p in procs) or not results.empty()):
         with contextlib.suppress(queue.Empty):  # none yet: look at the processes again
             rows.append(results.get(timeout=1))
@@ -178,7 +180,7 @@ def main() -> None:
     args = parser.parse_args()
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     with scratch_database(args.admin_url) as url, tempfile.TemporaryDirectory() as data_dir:
-        settings = Settings(DATABASE_URL=url, data_dir=data_dir, poll_seconds=0.05, lease_seconds=30)
+        settings = Settings(DATABASE_URL=url, data_dir=Path(data_dir), poll_seconds=0.05, lease_seconds=30)
         db.upgrade(settings)
         for n in args.workers:
             r = run(settings, n, args.trials, args.steps, args.evals)

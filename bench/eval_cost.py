@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import tempfile
 import time
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import numpy as np
@@ -29,12 +30,12 @@ from trainer.models import build_models
 from trainer.train import _Evaluator, train
 
 
-def best_of(repeats: int, fns: dict[str, object]) -> dict[str, float]:
+def best_of(repeats: int, fns: Mapping[str, Callable[[], object]]) -> dict[str, float]:
     best = dict.fromkeys(fns, float("inf"))
     for _ in range(repeats):
         for name, fn in fns.items():
             t = time.perf_counter()
-            fn()  # type: ignore[operator]
+            fn()
             best[name] = min(best[name], time.perf_counter() - t)
     return best
 
