@@ -231,7 +231,7 @@ class RandomCNNFeatures:
 
     @torch.no_grad()
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.cat([self.net(x[i : i + self.chunk]) for i in range(0, len(x), self.chunk)])
+        return torch.cat([self.net(batch) for batch in x.split(self.chunk)])
 
 
 class _Classifier(nn.Module):
@@ -302,13 +302,12 @@ class ClassifierFeatures:
             loss.backward()
             opt.step()
         with torch.no_grad():
-            held_out = x[te]
-            pred = torch.cat([self.net(held_out[i : i + self.chunk]).argmax(1) for i in range(0, len(te), self.chunk)])
+            pred = torch.cat([self.net(batch).argmax(1) for batch in x[te].split(self.chunk)])
         return float((pred == y[te]).float().mean())
 
     @torch.no_grad()
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.cat([self.net.features(x[i : i + self.chunk]) for i in range(0, len(x), self.chunk)])
+        return torch.cat([self.net.features(batch) for batch in x.split(self.chunk)])
 
 
 class InceptionFeatures:
