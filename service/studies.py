@@ -23,7 +23,7 @@ from sqlalchemy.engine import Connection, Engine
 from service import optuna_tables
 from service.config import DataRoots
 from service.errors import Conflict, IncompatibleSpec, Invalid, NotFound
-from service.optuna_tables import FAIL_FAST, TRIAL_STATES
+from service.optuna_tables import FAIL_FAST, TRIAL_FILTERS
 from service.readcache import SnapshotCache
 from service.spec import (
     StudySpec,
@@ -259,8 +259,8 @@ class StudyService:
     def trials_json(self, name: str, *, offset: int = 0, limit: int = 50, state: str | None = None) -> bytes:
         """A page of trials as JSON, oldest first: params, values, intermediate FIDs, user
         attributes, state, duration; one statement whatever the page size."""
-        if state is not None and state.upper() not in TRIAL_STATES:
-            raise Invalid(f"state: '{state}' is not one of {', '.join(TRIAL_STATES)}", field="state")
+        if state is not None and state.upper() not in TRIAL_FILTERS:
+            raise Invalid(f"state: '{state}' is not one of {', '.join(TRIAL_FILTERS)}", field="state")
         wanted = state.upper() if state else None
 
         def query(conn: Connection) -> tuple[str, bytes] | None:

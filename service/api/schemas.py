@@ -28,12 +28,15 @@ __all__ = [
     "TrialCounts",
     "TrialPage",
     "TrialPublic",
+    "TrialStateFilter",
     "TrialStateName",
     "WorkerList",
     "WorkerPublic",
 ]
 
 TrialStateName = Literal["RUNNING", "WAITING", "COMPLETE", "PRUNED", "FAIL"]  # Optuna's, as stored
+# A trial list's filter: the states as TrialCounts counts them (FAIL without the interrupted).
+TrialStateFilter = Literal["RUNNING", "WAITING", "COMPLETE", "PRUNED", "FAIL", "INTERRUPTED"]
 ParamValue = str | int | float | bool  # a trial's parameter: a number, or a categorical choice
 
 

@@ -12,7 +12,7 @@ from fastapi.concurrency import run_in_threadpool
 from pydantic import BaseModel
 
 from service.api.deps import AdminAccess, ReadAccess, StateDep, WriteAccess
-from service.api.schemas import BestConfig, EnqueuedTrial, StudyList, StudyPublic, TrialPage, TrialStateName
+from service.api.schemas import BestConfig, EnqueuedTrial, StudyList, StudyPublic, TrialPage, TrialStateFilter
 from service.errors import Invalid, NotFound
 from service.spec import EXAMPLE_SPEC, NAME_PATTERN, SpecIssue, StudySpec, check_top_level, check_values
 from trainer.config import load_yaml, yaml_error
@@ -168,7 +168,15 @@ def list_trials(
     state: StateDep,
     offset: Offset = 0,
     limit: Limit = 50,
-    trial_state: Annotated[TrialStateName | None, Query(alias="state")] = None,
+    trial_state: Annotated[
+        TrialStateFilter | None,
+        Query(
+            alias="state",
+            description="only trials in this state, as trial_counts counts them: FAIL is a trial that "
+            "failed on its own, INTERRUPTED one paused, left by its worker or ended by a stop (both "
+            "FAIL in Optuna, which is the state each item shows)",
+        ),
+    ] = None,
 ) -> Response:
     return _json(state.study_service.trials_json(_name(name), offset=offset, limit=limit, state=trial_state))
 

@@ -27,7 +27,7 @@ from service.optuna_tables.queue import (
     running_and_startable,
     spare_trials,
 )
-from service.optuna_tables.responses import TRIAL_STATES, studies_json, study_json, trials_json
+from service.optuna_tables.responses import TRIAL_FILTERS, TRIAL_STATES, studies_json, study_json, trials_json
 from service.optuna_tables.schema import schema_version
 from service.optuna_tables.studies import (
     FAIL_FAST,
@@ -68,6 +68,7 @@ __all__ = [
     "RETRY_OF",
     "RUN_DIR",
     "SLOTS_WANTED_SQL",
+    "TRIAL_FILTERS",
     "TRIAL_STATES",
     "add_param",
     "add_param_if_updatable",

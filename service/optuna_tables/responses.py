@@ -25,6 +25,9 @@ from service.optuna_tables.studies import (
 )
 
 TRIAL_STATES = ("RUNNING", "WAITING", "COMPLETE", "PRUNED", "FAIL")
+# What a page of trials may be filtered by: the states as trial_counts counts them, FAIL
+# (failed on its own) apart from INTERRUPTED (FAIL in Optuna too: paused, worker gone, stopped).
+TRIAL_FILTERS = (*TRIAL_STATES, "INTERRUPTED")
 _SNAPSHOT = "pg_current_snapshot()::text"
 
 
@@ -86,7 +89,10 @@ CROSS JOIN LATERAL (
 _STUDY_SQL = sa.text(_summary_sql(with_spec=True) + "WHERE s.name = :name")
 _STUDIES_SQL = sa.text(_summary_sql(with_spec=False) + "ORDER BY s.created_at DESC, s.name LIMIT :limit OFFSET :offset")
 
-_STATE_IS = "(CAST(:state AS text) IS NULL OR t.state::text = :state)"
+_STATE_IS = f"""(CAST(:state AS text) IS NULL
+  OR (CAST(:state AS text) = 'FAIL' AND {failed("t", "s.sid")})
+  OR (CAST(:state AS text) = 'INTERRUPTED' AND t.state = 'FAIL' AND NOT ({failed("t", "s.sid")}))
+  OR (CAST(:state AS text) NOT IN ('FAIL', 'INTERRUPTED') AND t.state::text = :state))"""
 # A page of trials with everything it shows, and the count of all that match; sid is NULL
 # for an unknown study. Non-finite values (Optuna stores NULL plus a type) become null.
 _TRIALS_SQL = sa.text(
@@ -130,7 +136,7 @@ def studies_json(conn: Connection, base_url: str, *, offset: int, limit: int) ->
 
 
 def trials_json(conn: Connection, name: str, *, state: str | None, offset: int, limit: int) -> tuple[str, bytes] | None:
-    """A page of our study ``name``'s trials in ``state`` (one of TRIAL_STATES; None: any),
+    """A page of our study ``name``'s trials in ``state`` (one of TRIAL_FILTERS; None: any),
     oldest first, with the count of all that match: (the snapshot it was read under, JSON),
     or None for no such study. One statement whatever the page size."""
     args = {"name": name, "state": state, "offset": offset, "limit": limit}

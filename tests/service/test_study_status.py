@@ -81,6 +81,10 @@ def test_paused_and_stopped_trials_are_interrupted_not_failed(
     assert study["trial_counts"] == {"RUNNING": 0, "WAITING": 0, "COMPLETE": 0, "PRUNED": 0, "FAIL": 1,
                                      "INTERRUPTED": 2}  # fmt: skip
     assert study["last_failure"] == {"trial": 2, "reason": "diverged at step 40"}
+    for wanted, numbers in (("FAIL", [2]), ("INTERRUPTED", [0, 1]), (None, [0, 1, 2])):
+        page = client.get("/studies/tiny/trials", params={"state": wanted} if wanted else {}).json()
+        assert [t["number"] for t in page["items"]] == numbers and page["total"] == len(numbers)
+        assert {t["state"] for t in page["items"]} == {"FAIL"}  # Optuna's state, as stored
 
     class Api:
         def study(self, name: str) -> dict[str, Any]:
