@@ -19,7 +19,9 @@ from collections.abc import Callable, Iterable
 from typing import Any
 from urllib.parse import parse_qs, quote, urlsplit
 
+import bottle
 import optuna_dashboard
+import sqlalchemy as sa
 from a2wsgi import WSGIMiddleware
 
 from service import db
@@ -50,6 +52,41 @@ class DashboardGuard:
         self.app, self.study_service, self.sessions, self.open_reads = app, studies, sessions, open_reads
 
     def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
+        """The API's answer to a database that is down or restarting, a 503 with one line,
+        where the dashboard would give a 500: raised here (the guard's token check, the
+        dashboard's schema check) or caught by the dashboard's JSON views, which answer 500
+        to any error (so a 500 from them is followed by one ping of the database)."""
+        started: list[Any] = []
+
+        def defer(*args: Any) -> Callable[[bytes], None]:  # start_response, held until the status is known
+            started[:] = [args]
+            return _no_write
+
+        try:
+            body = self._route(environ, defer)
+        except Exception as exc:
+            if not db.is_transient(exc):
+                raise
+            return _json(start_response, 503, {"detail": db.unavailable(exc)})
+        if started and str(started[0][0]).startswith("500") and (down := self._database_down()):
+            if hasattr(body, "close"):
+                body.close()
+            return _json(start_response, 503, {"detail": down})
+        if started:
+            start_response(*started[0])
+        return body
+
+    def _database_down(self) -> str | None:
+        """None when the database answers, else why not in one line."""
+        try:
+            with self.study_service.engine.connect() as conn:
+                conn.execute(sa.text("SELECT 1"))
+        except Exception as exc:
+            if db.is_transient(exc):
+                return db.unavailable(exc)
+        return None
+
+    def _route(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
         path = environ.get("PATH_INFO", "").rstrip("/") or "/"
         method = environ.get("REQUEST_METHOD", "GET")
         if path == LOGIN:
@@ -122,6 +159,10 @@ class DashboardGuard:
         return _redirect(start_response, target, cookie=_cookie(environ, cookie, SESSION_SECONDS))
 
 
+def _no_write(data: bytes) -> None:
+    raise RuntimeError("the dashboard's WSGI app returns its body; it does not write() it")
+
+
 def _denied(reading: bool, exc: Exception) -> dict[str, str]:
     what = "reading the dashboard needs a token" if reading else "the dashboard is read-only without a write token"
     message = f"{what}: {exc}"
@@ -169,7 +210,8 @@ def _form(environ: dict[str, Any]) -> dict[str, list[str]]:
 
 def _json(start_response: StartResponse, status: int, body: dict[str, str]) -> Iterable[bytes]:
     data = json.dumps(body).encode()
-    reason = {401: "Unauthorized", 403: "Forbidden", 404: "Not Found", 405: "Method Not Allowed", 409: "Conflict"}
+    reason = {401: "Unauthorized", 403: "Forbidden", 404: "Not Found", 405: "Method Not Allowed", 409: "Conflict",
+              503: "Service Unavailable"}  # fmt: skip
     headers = [("Content-Type", "application/json"), ("Content-Length", str(len(data)))]
     if status == 401:
         headers.append(("WWW-Authenticate", "Bearer"))
@@ -234,6 +276,10 @@ def dashboard_wsgi(settings: Settings, studies: StudyService | None = None) -> D
             data_roots=settings.folder_roots,
         )
     app = optuna_dashboard.wsgi(studies.storage, artifact_store=studies.artifact_store)
+    if isinstance(app, bottle.Bottle):
+        # Errors reach DashboardGuard (a database down is a 503) and the server's JSON log,
+        # instead of bottle's 500 page and a plain traceback on stderr.
+        app.catchall = False
     sessions = Sessions(studies.engine, settings.token)
     return DashboardGuard(app, studies, sessions, open_reads=is_loopback(settings.host))
 

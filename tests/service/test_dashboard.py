@@ -22,6 +22,7 @@ from service import db
 from service.app import create_app
 from service.auth import create_token
 from service.config import Settings
+from service.connection_pool import IDLE_PING
 from service.dashboard import SESSION_COOKIE, dashboard_wsgi
 from service.spec import EXAMPLE_SPEC
 from tests.service.conftest import ADMIN_TOKEN, free_port
@@ -251,3 +252,27 @@ def test_gat_tune_dashboard_refuses_an_anonymous_delete(database_url: str, clien
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+
+
+def test_the_dashboard_answers_503_while_the_database_refuses(
+    client: TestClient, public: TestClient, admin: sa.Engine, database_url: str
+) -> None:
+    """As the API does: a database that is down or restarting is a 503 with one line, on the
+    open reads and on a guarded one (the guard's own token check meets it first), not
+    bottle's 500 page with a traceback on stderr."""
+    client.post("/studies", json=copy.deepcopy(SPEC))
+    name = sa.make_url(database_url).database
+    with admin.connect() as conn:
+        conn.execute(sa.text(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS false'))
+        drop = "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = :db"
+        conn.execute(sa.text(drop), {"db": name})
+    time.sleep(IDLE_PING + 0.2)  # the pooled connections sat idle: the next checkout pings them
+    try:
+        for answer in (client.get("/api/studies"), client.get("/dashboard"), public.get("/api/studies", headers=ADMIN)):
+            assert answer.status_code == 503, answer.text
+            assert answer.json()["detail"].startswith("database unavailable: "), answer.text
+        assert client.get("/studies").status_code == 503  # the API's answer, the same
+    finally:
+        with admin.connect() as conn:
+            conn.execute(sa.text(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true'))
+    assert [s["study_name"] for s in client.get("/api/studies").json()["study_summaries"]] == ["digits-gat"]
