@@ -259,7 +259,7 @@ def retry(
             delay = min(cap, delay * 2)
             continue
         if warned:
-            log.warning("%s: database back after %.1f s", what, time.monotonic() - started)
+            log.warning("%s: database back; this call tried again for %.1f s", what, time.monotonic() - started)
         return result
 
 

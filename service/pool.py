@@ -71,6 +71,8 @@ def run_pool(settings: Settings, devices: list[str], per_device: int, *, idle_ex
     threads = max(1, (os.cpu_count() or 1) // max(cpu_slots, 1))
     settings_json = settings.model_dump_json()
     stopping = threading.Event()
+    stopped_by: list[str] = []  # the signals; the loop below says the first (a handler should not log)
+    said = False
 
     def start(device: str) -> mp.process.BaseProcess:
         p = ctx.Process(target=_slot_main, args=(device, settings_json, threads, idle_exit), name=f"slot-{device}")
@@ -84,6 +86,7 @@ def run_pool(settings: Settings, devices: list[str], per_device: int, *, idle_ex
     due: list[float | None] = [None for _ in slots]  # a restart's time, while one is waiting
 
     def forward(signum: int, frame: Any) -> None:
+        stopped_by.append(signal.Signals(signum).name)
         stopping.set()
         for p in procs:
             if p.is_alive() and p.pid is not None:
@@ -92,6 +95,10 @@ def run_pool(settings: Settings, devices: list[str], per_device: int, *, idle_ex
     signal.signal(signal.SIGTERM, forward)
     signal.signal(signal.SIGINT, forward)
     while True:
+        if stopped_by and not said:
+            alive = sum(p.is_alive() for p in procs)
+            log.info("%s: stopping %d slot(s); running trials are checkpointed and re-queued", stopped_by[0], alive)
+            said = True
         for i, p in enumerate(procs):
             if p.is_alive() or p.exitcode == 0 or stopping.is_set():
                 continue
@@ -108,6 +115,7 @@ def run_pool(settings: Settings, devices: list[str], per_device: int, *, idle_ex
         if all(not p.is_alive() for p in procs) and (stopping.is_set() or all(p.exitcode == 0 for p in procs)):
             break
         time.sleep(0.5)
+    log.info("pool stopped" if stopping.is_set() else "pool idle: every slot has exited")
     return 0
 
 

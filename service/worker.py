@@ -477,6 +477,7 @@ class TrialRun:
         except Interrupted as exc:
             said = str(exc)
             if exc.requeue:
+                log.info("trial %s of %s: %s; re-queued", trial.number, claim.study_name, said)
                 self._end(claim, lambda: slot.queue.interrupt(claim, said))
             else:
                 fail = {**where, **packed, "fail_reason": said}
@@ -484,6 +485,7 @@ class TrialRun:
         except Exception as exc:  # the slot must outlive any trial
             if db.is_transient(exc):  # not the trial's fault: re-queued, to resume from its checkpoint
                 reason = f"{db.unavailable(exc)}; checkpointed"
+                log.warning("trial %s of %s: %s; re-queued", trial.number, claim.study_name, reason)
                 self._end(claim, lambda: slot.queue.interrupt(claim, reason))
             else:
                 fail = {**where, **packed, "fail_reason": self._fail_reason(claim, exc)}

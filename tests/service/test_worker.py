@@ -211,11 +211,14 @@ def test_sigterm_checkpoints_and_requeues(
     checkpoint = tmp_path / "runs" / "tiny" / "trial-00000" / "checkpoint.pt"
     wait_for(checkpoint.exists, what="a checkpoint")
     pool.send_signal(signal.SIGTERM)
-    finish(pool, timeout=60)
+    out = finish(pool, timeout=60)
     trials = load(database_url).trials
     assert trials[0].state == optuna.trial.TrialState.FAIL
     reason = trials[0].user_attrs["fail_reason"]
     assert reason.startswith("worker shut down at step ") and "re-queued" in reason
+    # the log says what happened: the signal, the trial checkpointed and re-queued, the end
+    assert "SIGTERM: stopping 1 slot(s)" in out, out
+    assert "trial 0 of tiny: worker shut down at step " in out and "pool stopped" in out, out
     assert trials[1].state == optuna.trial.TrialState.WAITING
     assert trials[1].user_attrs["gat_tune_resume_from"] == str(checkpoint.parent)
     assert client.get("/workers").json()["items"] == []
