@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import signal
 import sys
@@ -273,7 +274,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="embedded database, API, a pool of 2 CPU slots, a study, the best config")
     p.add_argument("--dataset", default="digits", help="digits (bundled, the default) or fashion-mnist (real, 28x28)")
     p.add_argument("--out", type=Path, default=Path("best.yaml"), help="where to write the best config")
-    p.add_argument("--keep-serving", action="store_true", help="keep the API and dashboard up afterwards")
+    p.add_argument(
+        "--keep-serving",
+        action="store_true",
+        help="keep the API and dashboard up afterwards (on GAT_TUNE_PORT, default 8000, else a free port)",
+    )
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("db", help="database maintenance")
@@ -376,7 +381,12 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "client", False) and args.command != "train":
         from service.logs import configure_logging
 
-        configure_logging()
+        # The demo tells its story on stdout for a person: its own few log lines in plain text,
+        # without the INFO ones its stages already say ("starting the database...").
+        demo = args.command == "demo"
+        configure_logging(json_lines=False if demo else None)
+        if demo:
+            logging.getLogger("service").setLevel(logging.WARNING)
         signal.signal(signal.SIGTERM, _exit_on_sigterm)
     try:
         return int(args.func(args))

@@ -73,7 +73,7 @@ class Client:
 
     def _auth_hint(self, status: int) -> str:
         if status == 401 and not self.has_token:
-            return "; set GAT_TUNE_TOKEN to the server's token (or one from `gat-tune token create`)"
+            return "; GAT_TUNE_TOKEN is not set here"  # the server's answer says where a token comes from
         if status == 401:
             return "; the server does not know the token in GAT_TUNE_TOKEN"
         if status == 403:

@@ -298,7 +298,7 @@ def train(
         is_eval = step % config.eval_every == 0 or step == config.steps
         if step % FINITE_CHECK_EVERY == 0 or is_eval:
             _check_finite(losses, step)
-            if progress is not None:
+            if progress is not None and not is_eval:  # an eval step's comes with its new FID
                 progress(step, last)
         if not is_eval:
             continue

@@ -97,7 +97,8 @@ def test_401_names_gat_tune_token(server: tuple[str, dict[str, str]], tmp_path: 
     no_token = {k: v for k, v in env.items() if k != "GAT_TUNE_TOKEN"}
     out = gat_tune("submit", str(spec_file), "--url", url, env=no_token)
     assert out.returncode == 1
-    assert out.stderr.startswith("gat-tune: error: 401: ") and "set GAT_TUNE_TOKEN" in out.stderr
+    assert out.stderr.startswith("gat-tune: error: 401: ") and "GAT_TUNE_TOKEN is not set here" in out.stderr
+    assert out.stderr.count("gat-tune token create") == 1, out.stderr  # the advice once, from the server
     assert out.stderr.count("\n") == 1
     wrong = gat_tune("stop", "digits-gat", "--url", url, env={**env, "GAT_TUNE_TOKEN": "not-it"})
     assert wrong.returncode == 1 and "GAT_TUNE_TOKEN" in wrong.stderr

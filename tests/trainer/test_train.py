@@ -279,6 +279,7 @@ def test_cli_off_a_terminal_prints_progress_lines(tmp_path: Path) -> None:
     lines = proc.stderr.strip().splitlines()
     assert lines, "no progress at all when stderr is not a terminal"
     assert re.fullmatch(r"step 200/200 \(100%\), last FID \d+\.\d\d, \d+\.\d steps/s", lines[-1]), lines
+    assert sum(line.startswith("step 200/200 ") for line in lines) == 1, lines  # not once before its eval too
 
 
 def test_progress_lines_every_5_percent_and_at_every_eval(monkeypatch: pytest.MonkeyPatch, capsys) -> None:  # type: ignore[no-untyped-def]
