@@ -74,13 +74,19 @@ def run_pool(settings: Settings, devices: list[str], per_device: int, *, idle_ex
     stopped_by: list[str] = []  # the signals; the loop below says the first (a handler should not log)
     said = False
 
-    def start(device: str) -> mp.process.BaseProcess:
-        p = ctx.Process(target=_slot_main, args=(device, settings_json, threads, idle_exit), name=f"slot-{device}")
+    # The first slots wait for each other after registering, before their first claim: a
+    # slot that claimed before its siblings were there would pack the trials they could
+    # train on other cores (a packing slot leaves a trial to an idle one it can see).
+    siblings = ctx.Barrier(len(slots))
+
+    def start(device: str, barrier: Any = None) -> mp.process.BaseProcess:
+        args = (device, settings_json, threads, idle_exit, barrier)
+        p = ctx.Process(target=_slot_main, args=args, name=f"slot-{device}")
         p.start()
         log.info("slot on %s: process %s", device, p.pid)
         return p
 
-    procs = [start(d) for d in slots]
+    procs = [start(d, siblings) for d in slots]
     started = [time.monotonic() for _ in slots]
     backoff = [RestartBackoff() for _ in slots]
     due: list[float | None] = [None for _ in slots]  # a restart's time, while one is waiting
@@ -88,6 +94,7 @@ def run_pool(settings: Settings, devices: list[str], per_device: int, *, idle_ex
     def forward(signum: int, frame: Any) -> None:
         stopped_by.append(signal.Signals(signum).name)
         stopping.set()
+        siblings.abort()  # no slot waits for another that is stopping
         for p in procs:
             if p.is_alive() and p.pid is not None:
                 os.kill(p.pid, signal.SIGTERM)
@@ -104,6 +111,7 @@ def run_pool(settings: Settings, devices: list[str], per_device: int, *, idle_ex
                 continue
             now = time.monotonic()
             if due[i] is None:
+                siblings.abort()  # the others do not wait for this one (a restart does not wait)
                 wait = backoff[i].delay(now - started[i])
                 later = f" in {wait:.0f} s (it keeps dying)" if wait else ""
                 log.warning(
@@ -119,8 +127,8 @@ def run_pool(settings: Settings, devices: list[str], per_device: int, *, idle_ex
     return 0
 
 
-def _slot_main(device: str, settings_json: str, threads: int, idle_exit: float | None) -> None:
+def _slot_main(device: str, settings_json: str, threads: int, idle_exit: float | None, siblings: Any) -> None:
     """A spawned slot's entry point: imports torch and the trainer there, not here."""
     from service.worker import run_slot
 
-    run_slot(device, settings_json, threads, idle_exit)
+    run_slot(device, settings_json, threads, idle_exit, siblings=siblings)

@@ -59,6 +59,7 @@ T = TypeVar("T")
 # Trials a slot packs into one model when the spec does not say (an MLP study): measured
 # with bench/packing.py (bench/RESULTS.md, "Trial packing"); the pool's max_pack caps it.
 PACK_DEFAULT = {"cpu": 8, "cuda": 16}
+SIBLINGS_WAIT = 60.0  # seconds the first slots of a pool wait for each other to register
 
 
 class Interrupted(Exception):
@@ -93,6 +94,9 @@ class Slot:
         self._reaped_at = 0.0  # when this slot last reaped expired leases
         self.queue.give_up = self._giving_up
         self._said: set[str] = set()  # errors of the loop already logged
+        # The pool's start-up barrier (a multiprocessing.Barrier): passed once this slot is
+        # registered, so that no first slot claims (and packs) before its siblings can be seen.
+        self.siblings: Any = None
 
     def _giving_up(self) -> bool:
         """Database calls are tried again until they succeed, except after a shutdown began:
@@ -151,6 +155,9 @@ class Slot:
             return  # shut down before the database came back
         beat = threading.Thread(target=self._heartbeat, name="heartbeat", daemon=True)
         beat.start()
+        if self.siblings is not None:
+            with contextlib.suppress(threading.BrokenBarrierError):  # one died, or the pool stops: go on
+                self.siblings.wait(timeout=SIBLINGS_WAIT)
         idle_since = time.monotonic()
         away: float | None = None  # since when the database is away
         try:
@@ -637,8 +644,9 @@ def preload() -> None:
     import torch._dynamo  # noqa: F401
 
 
-def run_slot(device: str, settings_json: str, threads: int, idle_exit: float | None) -> None:
-    """A slot process's entry point (spawned, so nothing is shared with the supervisor)."""
+def run_slot(device: str, settings_json: str, threads: int, idle_exit: float | None, *, siblings: Any = None) -> None:
+    """A slot process's entry point (spawned, so nothing is shared with the supervisor).
+    ``siblings``: the pool's start-up barrier (Slot.siblings), None for a restarted slot."""
     if device.startswith("cuda:"):
         # Pin the process to its GPU before CUDA starts: inside, it is cuda:0.
         os.environ["CUDA_VISIBLE_DEVICES"] = device.split(":", 1)[1]
@@ -660,4 +668,5 @@ def run_slot(device: str, settings_json: str, threads: int, idle_exit: float | N
             raise
         return  # shut down before the database came back
     slot.shutdown = stop
+    slot.siblings = siblings
     slot.run()

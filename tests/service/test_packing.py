@@ -237,3 +237,18 @@ def test_a_slot_whose_pack_keeps_refilling_still_reaps_the_trials_of_dead_worker
     assert trials[0].state == TrialState.RUNNING, "reaped while the pack trained"
     assert sum(t.state == TrialState.FAIL for t in trials) >= 2, "members joined the pack and left it"
     assert held <= 3, f"the slot still holds {held} claims with a pack of 2"
+
+
+@pytest.mark.slow
+def test_the_first_slots_of_a_pool_wait_for_each_other_before_packing(
+    client: TestClient, start_pool: Callable[..., subprocess.Popen[str]], database_url: str
+) -> None:
+    """A study waiting before its pool starts (the README's order: serve, submit, worker):
+    the first slot up does not pack the trial its sibling, a moment later, trains on another
+    core. The slots register, then pass the pool's start-up barrier together."""
+    assert client.post("/studies", json=tiny(n_trials=2, max_parallel=2)).status_code == 201  # pack: the CPU's 8
+    out = stop_when_done(start_pool("--per-device", "2"), client)
+    trials = load(database_url).trials
+    assert [t.state for t in trials] == [TrialState.COMPLETE] * 2, out
+    assert [t.user_attrs.get("pack") for t in trials] == [None, None], "each trial alone"
+    assert len({t.user_attrs["worker"] for t in trials}) == 2, "on a slot each"
