@@ -91,21 +91,22 @@ def run_pool(settings: Settings, devices: list[str], per_device: int, *, idle_ex
     backoff = [RestartBackoff() for _ in slots]
     due: list[float | None] = [None for _ in slots]  # a restart's time, while one is waiting
 
-    def forward(signum: int, frame: Any) -> None:
+    def forward(signum: int, frame: Any) -> None:  # the loop below says it, then forwards it
         stopped_by.append(signal.Signals(signum).name)
         stopping.set()
-        siblings.abort()  # no slot waits for another that is stopping
-        for p in procs:
-            if p.is_alive() and p.pid is not None:
-                os.kill(p.pid, signal.SIGTERM)
 
     signal.signal(signal.SIGTERM, forward)
     signal.signal(signal.SIGINT, forward)
     while True:
         if stopped_by and not said:
-            alive = sum(p.is_alive() for p in procs)
-            log.info("%s: stopping %d slot(s); running trials are checkpointed and re-queued", stopped_by[0], alive)
+            alive = [p.pid for p in procs if p.is_alive() and p.pid is not None]
+            log.info(
+                "%s: stopping %d slot(s); running trials are checkpointed and re-queued", stopped_by[0], len(alive)
+            )
             said = True
+            siblings.abort()  # no slot waits for another that is stopping
+            for pid in alive:
+                os.kill(pid, signal.SIGTERM)
         for i, p in enumerate(procs):
             if p.is_alive() or p.exitcode == 0 or stopping.is_set():
                 continue
@@ -120,9 +121,12 @@ def run_pool(settings: Settings, devices: list[str], per_device: int, *, idle_ex
                 due[i] = now + wait
             if now >= (due[i] or 0.0):
                 procs[i], started[i], due[i] = start(slots[i]), time.monotonic(), None
-        if all(not p.is_alive() for p in procs) and (stopping.is_set() or all(p.exitcode == 0 for p in procs)):
+        if all(not p.is_alive() for p in procs) and (said or all(p.exitcode == 0 for p in procs)):
             break
-        time.sleep(0.5)
+        if said:
+            time.sleep(0.5)
+        else:
+            stopping.wait(0.5)  # a signal wakes it at once: its handler sets the event
     log.info("pool stopped" if stopping.is_set() else "pool idle: every slot has exited")
     return 0
 

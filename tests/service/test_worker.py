@@ -219,6 +219,7 @@ def test_sigterm_checkpoints_and_requeues(
     # the log says what happened: the signal, the trial checkpointed and re-queued, the end
     assert "SIGTERM: stopping 1 slot(s)" in out, out
     assert "trial 0 of tiny: worker shut down at step " in out and "pool stopped" in out, out
+    assert out.index("SIGTERM: stopping") < out.index("worker shut down at step") < out.index("pool stopped"), out
     assert trials[1].state == optuna.trial.TrialState.WAITING
     assert trials[1].user_attrs["gat_tune_resume_from"] == str(checkpoint.parent)
     assert client.get("/workers").json()["items"] == []
