@@ -15,7 +15,7 @@ from __future__ import annotations
 import html
 import json
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 from urllib.parse import parse_qs, quote, urlsplit
 
@@ -72,8 +72,9 @@ class DashboardGuard:
             if hasattr(body, "close"):
                 body.close()
             return _json(start_response, 503, {"detail": down})
-        if started:
-            start_response(*started[0])
+        if not started:  # legal WSGI: a response started by the body's first item
+            return _started_late(body, start_response, started)
+        start_response(*started[0])
         return body
 
     def _database_down(self) -> str | None:
@@ -157,6 +158,20 @@ class DashboardGuard:
         if not self.open_reads and not has_scope(scopes, "read"):
             return _page(start_response, 403, target, "this token lacks the 'read' scope the dashboard needs")
         return _redirect(start_response, target, cookie=_cookie(environ, cookie, SESSION_SECONDS))
+
+
+def _started_late(body: Iterable[bytes], start_response: StartResponse, started: list[Any]) -> Iterator[bytes]:
+    """``body``, with the start_response call it makes while iterated passed on first."""
+    try:
+        for chunk in body:
+            if started:
+                start_response(*started.pop())
+            yield chunk
+        if started:
+            start_response(*started.pop())
+    finally:
+        if hasattr(body, "close"):
+            body.close()
 
 
 def _no_write(data: bytes) -> None:

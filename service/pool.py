@@ -19,7 +19,7 @@ from typing import Any
 from service import db
 from service.config import Settings
 
-__all__ = ["RestartBackoff", "resolve_devices", "run_pool"]
+__all__ = ["RestartBackoff", "StartLine", "resolve_devices", "run_pool"]
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +57,34 @@ class RestartBackoff:
 UPGRADE_WAIT = 120.0  # seconds a pool waits for an unreachable database at start-up
 
 
+class StartLine:
+    """Where a pool's first slots wait for each other after registering, before any claims:
+    a slot that claimed before its siblings were there to be seen would pack the trials they
+    could train on other cores (a packing slot leaves a trial to an idle slot it can see).
+
+    Shared memory without locks, polled: no slot's death can block another process (a
+    multiprocessing Barrier's abort waits for a waiter that was killed). The supervisor
+    releases it when a slot dies or the pool stops; a restarted slot does not wait.
+    """
+
+    def __init__(self, ctx: Any, slots: int) -> None:
+        self.arrived = ctx.RawArray("b", slots)  # one flag per slot: no two write the same byte
+        self.released = ctx.RawValue("b", 0)
+
+    def release(self) -> None:
+        self.released.value = 1
+
+    def arrive_and_wait(self, index: int, timeout: float, stop: threading.Event | None = None) -> None:
+        """Say that slot ``index`` is here, then wait until all are (or the line is
+        released, ``stop`` is set, or ``timeout`` seconds pass)."""
+        self.arrived[index] = 1
+        stop = stop or threading.Event()
+        deadline = time.monotonic() + timeout
+        while not (self.released.value or all(self.arrived)) and time.monotonic() < deadline:
+            if stop.wait(0.1):
+                return
+
+
 def run_pool(settings: Settings, devices: list[str], per_device: int, *, idle_exit: float | None = None) -> int:
     """Start and supervise the slots; returns when all have exited (SIGTERM, or idle_exit)."""
     waiting_since = time.monotonic()
@@ -74,19 +102,17 @@ def run_pool(settings: Settings, devices: list[str], per_device: int, *, idle_ex
     stopped_by: list[str] = []  # the signals; the loop below says the first (a handler should not log)
     said = False
 
-    # The first slots wait for each other after registering, before their first claim: a
-    # slot that claimed before its siblings were there would pack the trials they could
-    # train on other cores (a packing slot leaves a trial to an idle one it can see).
-    siblings = ctx.Barrier(len(slots))
+    start_line = StartLine(ctx, len(slots))
 
-    def start(device: str, barrier: Any = None) -> mp.process.BaseProcess:
-        args = (device, settings_json, threads, idle_exit, barrier)
+    def start(device: str, place: int | None = None) -> mp.process.BaseProcess:
+        """A slot process; ``place``: its index on the start line (None: a restart, no wait)."""
+        args = (device, settings_json, threads, idle_exit, None if place is None else (start_line, place))
         p = ctx.Process(target=_slot_main, args=args, name=f"slot-{device}")
         p.start()
         log.info("slot on %s: process %s", device, p.pid)
         return p
 
-    procs = [start(d, siblings) for d in slots]
+    procs = [start(d, i) for i, d in enumerate(slots)]
     started = [time.monotonic() for _ in slots]
     backoff = [RestartBackoff() for _ in slots]
     due: list[float | None] = [None for _ in slots]  # a restart's time, while one is waiting
@@ -104,7 +130,7 @@ def run_pool(settings: Settings, devices: list[str], per_device: int, *, idle_ex
                 "%s: stopping %d slot(s); running trials are checkpointed and re-queued", stopped_by[0], len(alive)
             )
             said = True
-            siblings.abort()  # no slot waits for another that is stopping
+            start_line.release()  # no slot waits for another that is stopping
             for pid in alive:
                 os.kill(pid, signal.SIGTERM)
         for i, p in enumerate(procs):
@@ -112,7 +138,7 @@ def run_pool(settings: Settings, devices: list[str], per_device: int, *, idle_ex
                 continue
             now = time.monotonic()
             if due[i] is None:
-                siblings.abort()  # the others do not wait for this one (a restart does not wait)
+                start_line.release()  # the others do not wait for this one
                 wait = backoff[i].delay(now - started[i])
                 later = f" in {wait:.0f} s (it keeps dying)" if wait else ""
                 log.warning(
@@ -131,8 +157,10 @@ def run_pool(settings: Settings, devices: list[str], per_device: int, *, idle_ex
     return 0
 
 
-def _slot_main(device: str, settings_json: str, threads: int, idle_exit: float | None, siblings: Any) -> None:
+def _slot_main(
+    device: str, settings_json: str, threads: int, idle_exit: float | None, start: tuple[StartLine, int] | None
+) -> None:
     """A spawned slot's entry point: imports torch and the trainer there, not here."""
     from service.worker import run_slot
 
-    run_slot(device, settings_json, threads, idle_exit, siblings=siblings)
+    run_slot(device, settings_json, threads, idle_exit, start=start)

@@ -41,6 +41,7 @@ from service import db
 from service.artifacts import artifact_store
 from service.config import Settings
 from service.optuna_tables import PACK_REPLAY
+from service.pool import StartLine
 from service.queue import Claim, TrialQueue
 from service.spec import folder_refused, suggest_config
 from service.tables import gt_workers
@@ -94,9 +95,10 @@ class Slot:
         self._reaped_at = 0.0  # when this slot last reaped expired leases
         self.queue.give_up = self._giving_up
         self._said: set[str] = set()  # errors of the loop already logged
-        # The pool's start-up barrier (a multiprocessing.Barrier): passed once this slot is
-        # registered, so that no first slot claims (and packs) before its siblings can be seen.
-        self.siblings: Any = None
+        # The pool's start line and this slot's place on it (service.pool.StartLine): waited
+        # at once registered, so that no first slot claims (and packs) before its siblings can
+        # be seen.
+        self.start_line: tuple[StartLine, int] | None = None
 
     def _giving_up(self) -> bool:
         """Database calls are tried again until they succeed, except after a shutdown began:
@@ -155,9 +157,9 @@ class Slot:
             return  # shut down before the database came back
         beat = threading.Thread(target=self._heartbeat, name="heartbeat", daemon=True)
         beat.start()
-        if self.siblings is not None:
-            with contextlib.suppress(threading.BrokenBarrierError):  # one died, or the pool stops: go on
-                self.siblings.wait(timeout=SIBLINGS_WAIT)
+        if self.start_line is not None:
+            line, place = self.start_line
+            line.arrive_and_wait(place, SIBLINGS_WAIT, self.shutdown)
         idle_since = time.monotonic()
         away: float | None = None  # since when the database is away
         try:
@@ -644,9 +646,12 @@ def preload() -> None:
     import torch._dynamo  # noqa: F401
 
 
-def run_slot(device: str, settings_json: str, threads: int, idle_exit: float | None, *, siblings: Any = None) -> None:
+def run_slot(
+    device: str, settings_json: str, threads: int, idle_exit: float | None, *, start: tuple[StartLine, int] | None
+) -> None:
     """A slot process's entry point (spawned, so nothing is shared with the supervisor).
-    ``siblings``: the pool's start-up barrier (Slot.siblings), None for a restarted slot."""
+    ``start``: the pool's start line and this slot's place on it (Slot.start_line), None for
+    a restarted slot."""
     if device.startswith("cuda:"):
         # Pin the process to its GPU before CUDA starts: inside, it is cuda:0.
         os.environ["CUDA_VISIBLE_DEVICES"] = device.split(":", 1)[1]
@@ -668,5 +673,5 @@ def run_slot(device: str, settings_json: str, threads: int, idle_exit: float | N
             raise
         return  # shut down before the database came back
     slot.shutdown = stop
-    slot.siblings = siblings
+    slot.start_line = start
     slot.run()

@@ -10,6 +10,8 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
+from wsgiref.util import setup_testing_defaults
 
 import httpx
 import optuna
@@ -276,3 +278,29 @@ def test_the_dashboard_answers_503_while_the_database_refuses(
         with admin.connect() as conn:
             conn.execute(sa.text(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true'))
     assert [s["study_name"] for s in client.get("/api/studies").json()["study_summaries"]] == ["digits-gat"]
+
+
+def test_the_guard_passes_other_answers_on_unchanged(settings: Settings) -> None:
+    """With the database up, a 500 from the dashboard stays a 500 (one ping says so), and a
+    response that its body's first item starts (legal WSGI) is passed on as it is."""
+    guard = dashboard_wsgi(settings)
+
+    def fails(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        start_response("500 Internal Server Error", [("Content-Type", "text/plain")])
+        return [b"a bug"]
+
+    def late(environ: dict[str, Any], start_response: Any) -> Iterator[bytes]:
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        yield b"late"
+
+    for app, status, body in ((fails, "500 Internal Server Error", b"a bug"), (late, "200 OK", b"late")):
+        guard.app = app
+        environ: dict[str, Any] = {}
+        setup_testing_defaults(environ)
+        environ["PATH_INFO"] = "/api/studies"
+        seen: list[str] = []
+
+        def start_response(status: str, headers: Any, exc_info: Any = None, seen: list[str] = seen) -> None:
+            seen.append(status)
+
+        assert b"".join(guard(environ, start_response)) == body and seen == [status]

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+import multiprocessing as mp
 import os
 import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -22,7 +24,7 @@ from optuna.trial import TrialState
 from service import db
 from service.app import create_app
 from service.config import Settings
-from service.pool import RestartBackoff
+from service.pool import RestartBackoff, StartLine
 from service.spec import StudySpec, make_pruner, suggest_config
 from service.worker import Slot, _one_line
 from tests.service.conftest import PrivatePostgres, eval_steps, finish, load, stop_when_done, tiny, wait_for
@@ -459,6 +461,38 @@ def test_the_supervisor_leaves_torch_to_its_slots(pool_env: dict[str, str]) -> N
     out = subprocess.run([sys.executable, "-c", script], env=pool_env, capture_output=True, text=True, timeout=120)
     assert out.stdout.strip().splitlines()[-1] == "0 []", out.stdout + out.stderr
     assert "slot on cpu: process" in out.stderr, "a slot was started"
+
+
+def _waits(line: StartLine, place: int, timeout: float = 30.0) -> float:
+    """Seconds slot ``place`` waits on the line (with a process's start), in a process of
+    its own as a slot is: the line's memory is shared the way a pool shares it."""
+    child = mp.get_context("spawn").Process(target=line.arrive_and_wait, args=(place, timeout))
+    started = time.monotonic()
+    child.start()
+    child.join(60)
+    assert child.exitcode == 0
+    return time.monotonic() - started
+
+
+def test_the_start_line_lets_slots_go_together_and_nothing_blocks_it() -> None:
+    """The first slots of a pool wait on it for each other; a slot that never arrives (killed
+    before it registered) holds the others only until the supervisor releases the line, or
+    the timeout: no lock, nothing a dead process could keep."""
+    ctx = mp.get_context("spawn")
+    line = StartLine(ctx, 2)
+    line.arrived[1] = 1  # the other slot is already here
+    assert _waits(line, 0) < 10.0, "all arrived: at once"
+
+    alone = StartLine(ctx, 2)
+    assert 2.0 <= _waits(alone, 0, timeout=2.0) < 12.0, "nobody came: the timeout"
+    threading.Timer(1.0, alone.release).start()  # the supervisor saw the other die
+    assert _waits(alone, 0) < 12.0, "released: at once, not after 30 s"
+
+    stop = threading.Event()
+    stop.set()  # SIGTERM to the slot itself
+    started = time.monotonic()
+    StartLine(ctx, 2).arrive_and_wait(0, 30.0, stop)
+    assert time.monotonic() - started < 1.0
 
 
 def test_a_slot_that_keeps_dying_is_restarted_later_each_time() -> None:
