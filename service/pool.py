@@ -67,6 +67,8 @@ class StartLine:
     releases it when a slot dies or the pool stops; a restarted slot does not wait.
     """
 
+    TIMEOUT = 60.0  # seconds a slot waits at most for its siblings to register
+
     def __init__(self, ctx: Any, slots: int) -> None:
         self.arrived = ctx.RawArray("b", slots)  # one flag per slot: no two write the same byte
         self.released = ctx.RawValue("b", 0)
@@ -74,7 +76,7 @@ class StartLine:
     def release(self) -> None:
         self.released.value = 1
 
-    def arrive_and_wait(self, index: int, timeout: float, stop: threading.Event | None = None) -> None:
+    def arrive_and_wait(self, index: int, timeout: float = TIMEOUT, stop: threading.Event | None = None) -> None:
         """Say that slot ``index`` is here, then wait until all are (or the line is
         released, ``stop`` is set, or ``timeout`` seconds pass)."""
         self.arrived[index] = 1

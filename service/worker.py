@@ -60,7 +60,6 @@ T = TypeVar("T")
 # Trials a slot packs into one model when the spec does not say (an MLP study): measured
 # with bench/packing.py (bench/RESULTS.md, "Trial packing"); the pool's max_pack caps it.
 PACK_DEFAULT = {"cpu": 8, "cuda": 16}
-SIBLINGS_WAIT = 60.0  # seconds the first slots of a pool wait for each other to register
 
 
 class Interrupted(Exception):
@@ -159,7 +158,7 @@ class Slot:
         beat.start()
         if self.start_line is not None:
             line, place = self.start_line
-            line.arrive_and_wait(place, SIBLINGS_WAIT, self.shutdown)
+            line.arrive_and_wait(place, stop=self.shutdown)
         idle_since = time.monotonic()
         away: float | None = None  # since when the database is away
         try:

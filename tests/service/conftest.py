@@ -169,6 +169,16 @@ def start_pool(pool_env: dict[str, str]) -> Iterator[Callable[..., subprocess.Po
 
 
 # -- helpers -------------------------------------------------------------------------------
+def end_connections(admin: sa.Engine, database_url: str) -> int:
+    """End every connection to the database (as a server restart would); how many there were."""
+    with admin.connect() as conn:
+        ended = conn.execute(
+            sa.text("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = :db"),
+            {"db": sa.make_url(database_url).database},
+        )
+        return len(ended.all())
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -27,7 +27,7 @@ from service.config import Settings
 from service.connection_pool import IDLE_PING
 from service.dashboard import SESSION_COOKIE, dashboard_wsgi
 from service.spec import EXAMPLE_SPEC
-from tests.service.conftest import ADMIN_TOKEN, free_port
+from tests.service.conftest import ADMIN_TOKEN, end_connections, free_port
 
 SPEC = copy.deepcopy(EXAMPLE_SPEC)
 ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
@@ -266,8 +266,7 @@ def test_the_dashboard_answers_503_while_the_database_refuses(
     name = sa.make_url(database_url).database
     with admin.connect() as conn:
         conn.execute(sa.text(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS false'))
-        drop = "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = :db"
-        conn.execute(sa.text(drop), {"db": name})
+    end_connections(admin, database_url)
     time.sleep(IDLE_PING + 0.2)  # the pooled connections sat idle: the next checkout pings them
     try:
         for answer in (client.get("/api/studies"), client.get("/dashboard"), public.get("/api/studies", headers=ADMIN)):

@@ -23,7 +23,7 @@ from service import db
 from service.artifacts import LinkingArtifactStore, artifact_store
 from service.config import Settings
 from service.connection_pool import IDLE_PING
-from tests.service.conftest import free_port, make_queue, tiny, wait_up
+from tests.service.conftest import end_connections, free_port, make_queue, tiny, wait_up
 from trainer.images import save_samples
 from trainer.train import _append_line
 
@@ -48,16 +48,7 @@ def test_connections_dropped_by_the_server_are_replaced(
     first = q.claim()
     assert first is not None and client.get("/studies/tiny/trials").status_code == 200
 
-    def drop_all() -> int:
-        with admin.connect() as conn:
-            return len(
-                conn.execute(
-                    sa.text("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = :db"),
-                    {"db": sa.make_url(database_url).database},
-                ).all()
-            )
-
-    assert drop_all() >= 3  # the API's, the storage's and the queue's connections
+    assert end_connections(admin, database_url) >= 3  # the API's, the storage's and the queue's
     time.sleep(IDLE_PING + 0.2)  # they sat idle: the next checkout pings them
     assert client.get("/studies/tiny").json()["trial_counts"]["RUNNING"] == 1
     assert client.get("/studies/tiny/trials").status_code == 200
