@@ -25,7 +25,9 @@ same trainer and the same wall budget:
   per slot, as the demo; ``'{"max_parallel": 16}'`` packs 8 per slot); ``--gat-spec-extra``
   is merged into the spec (a dict value such as ``base`` is merged one level down), and each
   ``--arm NAME=JSON`` adds a gat-tune arm with that JSON merged on top (``--arm
-  'pack4={"pack": 4}'``).
+  'pack4={"pack": 4}'``). An arm whose JSON has a ``warm_start`` starts from studies in
+  ``--history`` (a database URL): they are copied into each of its runs' fresh databases
+  before the spec is submitted, outside the clock, as if the service had run them before.
 
 Each arm's clock starts at its first trial's start; the seconds before it (processes,
 imports, database migrations, the API coming up) are reported apart as start-up. A trial
@@ -334,7 +336,8 @@ def run_gat(
                         subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
                     )
             client = Client(f"http://127.0.0.1:{port}", token=token)
-            first_running = _start_gat(client, spec, procs, launched)
+            history = _history_copier(spec, args.history, url)
+            first_running = _start_gat(client, spec, procs, launched, before_submit=history)
             api_up = first_running.pop("api_up_s")
             seen = time.monotonic()
             startup = seen - launched
@@ -362,10 +365,30 @@ def run_gat(
     return {"startup_s": startup, "api_up_s": api_up, "trials": trials, "spec_extra": extra}
 
 
+def _history_copier(spec: dict[str, Any], history: str | None, url: str) -> Callable[[], None]:
+    """What gives a run with a warm start its history: the studies it names, copied from
+    ``--history`` into the run's fresh database (once the API has migrated it), as if this
+    service had run them before."""
+
+    def copy() -> None:
+        import optuna
+
+        for name in (spec.get("warm_start") or {}).get("studies", []):
+            assert history is not None, "main() checks that --history holds every study a warm start names"
+            optuna.copy_study(from_study_name=name, from_storage=history, to_storage=url)
+
+    return copy
+
+
 def _start_gat(
-    client: Client, spec: dict[str, Any], procs: list[subprocess.Popen[bytes]], launched: float
+    client: Client,
+    spec: dict[str, Any],
+    procs: list[subprocess.Popen[bytes]],
+    launched: float,
+    before_submit: Callable[[], None],
 ) -> dict[str, Any]:
-    """Wait for the API, submit the spec, wait for its first trial to run."""
+    """Wait for the API, call ``before_submit``, submit the spec, wait for its first trial
+    to run."""
     api_up: float | None = None
     submitted = False
     while time.monotonic() - launched < STARTUP_LIMIT:
@@ -377,6 +400,7 @@ def _start_gat(
                 client.health()
                 api_up = time.monotonic() - launched
             if not submitted:
+                before_submit()
                 client.submit(spec, idempotency_key=spec["name"])
                 submitted = True
             counts = client.study(spec["name"])["trial_counts"]
@@ -688,7 +712,14 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("bench/race.json"))
     parser.add_argument("--png", type=Path, help="default: --out with .png")
     parser.add_argument("--admin-url", default=ADMIN_URL)
+    parser.add_argument("--history", metavar="DATABASE_URL",
+                        help="where the studies an arm's warm_start names lie: copied into each of its runs' "
+                        "databases before the spec is submitted (outside the clock)")  # fmt: skip
     args = parser.parse_args()
+    if args.history:  # the driver we ship: SQLAlchemy 2.1 reads a bare postgresql:// as psycopg 3
+        from sqlalchemy.engine import make_url
+
+        args.history = make_url(args.history).set(drivername="postgresql+psycopg2").render_as_string(False)
     args.eval_every = args.eval_every or min(DIGITS_DEMO["base"]["eval_every"], args.steps)
     args.seed_list = list(range(args.first_seed, args.first_seed + args.seeds))
     png = args.png or args.out.with_suffix(".png")
@@ -705,6 +736,13 @@ def main() -> None:
             check_gat_spec(gat_spec(0, base, args.procs, extra))
         except Exception as exc:
             parser.error(f"arm {name}: gat-tune would refuse the spec: {exc}")
+        wanted = set((extra.get("warm_start") or {}).get("studies", []))
+        if wanted:
+            import optuna
+
+            found = set(optuna.get_all_study_names(args.history)) if args.history else set()
+            if wanted - found:
+                parser.error(f"arm {name}: warm_start names {sorted(wanted - found)}, not in --history")
     arms = [a for a in args.arms if a in PLAIN_ARMS or a == "c"] + [name for name, _ in args.arm]
     runs: list[dict[str, Any]] = []
 

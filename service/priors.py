@@ -1,8 +1,12 @@
-"""GAN priors: the configurations GAN papers train with, tried first when a spec asks
-(``priors: true``), before the sampler's own proposals. A generic tuner starts from random
-points; a GAN tuner can start from what is known to work.
+"""What a study tries first, before the sampler's own proposals: a generic tuner starts from
+random points; a GAN tuner can start from what is known to work.
 
-Each prior sets only the searched keys it has an opinion on, moved into the spec's space (a
+- GAN priors (``priors: true``): the configurations GAN papers train with.
+- A warm start (``warm_start``): the best configurations of earlier studies in the same
+  database, on any data set; the service reads them (service/studies.py), this module moves
+  them into the new space.
+
+Each entry sets only the searched keys it has a value for, moved into the spec's space (a
 float clipped to its range, a categorical to its nearest choice); the sampler fills in the
 rest, as it does for any enqueued config.
 """
@@ -11,10 +15,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from service.spec import CategoricalParam, ConditionalParam, FloatParam, IntParam, StudySpec
+from service.spec import CategoricalParam, ConditionalParam, FloatParam, IntParam, StudySpec, param_key
 from trainer.config import TrainConfig
 
-__all__ = ["gan_priors", "r1_gamma_rule"]
+__all__ = ["gan_priors", "into_space", "r1_gamma_rule", "warm_start_entries"]
 
 # Native resolution of the bundled and known data sets (a folder's is its image_size, or 32).
 _RESOLUTION = {"digits": 8, "mnist": 28, "fashion-mnist": 28, "cifar10": 32}
@@ -57,25 +61,54 @@ def _into(param: Any, value: Any) -> Any:
     return None  # a choice the space lacks
 
 
+def into_space(spec: StudySpec, values: dict[str, Any], base: TrainConfig) -> dict[str, Any]:
+    """The values of the keys the spec searches, moved into its space ({} when they train
+    another regulariser than the study can: their λ would mean something else)."""
+    searched_loss = spec.search_space.get("aux_loss")
+    loss = values.get("aux_loss", base.aux_loss)
+    if searched_loss is None and loss != base.aux_loss:
+        return {}
+    entry: dict[str, Any] = {}
+    # Plain keys first: a conditional key reads the case of its `on` key in the entry.
+    for key in sorted(values, key=lambda k: isinstance(spec.search_space.get(k), ConditionalParam)):
+        param = spec.search_space.get(key)
+        if isinstance(param, ConditionalParam):
+            param = param.cases.get(str(entry.get(param.on, getattr(base, param.on, None))))
+        moved = None if param is None else _into(param, values[key])
+        if moved is not None:
+            entry[key] = moved
+    if searched_loss is not None and "aux_loss" in values and entry.get("aux_loss") != values["aux_loss"]:
+        return {}  # the space does not offer this regulariser
+    return entry
+
+
 def gan_priors(spec: StudySpec) -> list[dict[str, Any]]:
     """The priors that fit this spec, as enqueue entries (searched keys only), without repeats.
     A prior for another regulariser than the study trains with is left out."""
     base = TrainConfig.from_dict(spec.base)
     out: list[dict[str, Any]] = []
     for prior in _priors(base):
-        searched_loss = spec.search_space.get("aux_loss")
-        if searched_loss is None and prior["aux_loss"] != base.aux_loss:
-            continue
-        entry: dict[str, Any] = {}
-        for key, value in prior.items():
-            param = spec.search_space.get(key)
-            if isinstance(param, ConditionalParam):  # the case of the value the entry has for `on`
-                param = param.cases.get(str(entry.get(param.on, getattr(base, param.on, None))))
-            moved = None if param is None else _into(param, value)
-            if moved is not None:
-                entry[key] = moved
-        if searched_loss is not None and entry.get("aux_loss") != prior["aux_loss"]:
-            continue  # the space does not offer this regulariser
+        entry = into_space(spec, prior, base)
         if entry and entry not in out:
             out.append(entry)
     return out
+
+
+def warm_start_entries(spec: StudySpec, sources: list[list[dict[str, Any]]]) -> list[dict[str, Any]]:
+    """The spec's warm start as enqueue entries: each source's trials' params (Optuna's
+    names, best first) moved into this space, taken rank by rank across the sources (their
+    values, on other data sets, do not compare), without repeats, at most ``top``.
+
+    Args:
+        sources: per study named in ``warm_start.studies``, its best trials' params.
+    """
+    assert spec.warm_start is not None
+    base = TrainConfig.from_dict(spec.base)
+    out: list[dict[str, Any]] = []
+    for rank in range(max((len(s) for s in sources), default=0)):
+        for source in sources:
+            if rank < len(source):
+                entry = into_space(spec, {param_key(k): v for k, v in source[rank].items()}, base)
+                if entry and entry not in out:
+                    out.append(entry)
+    return out[: spec.warm_start.top]

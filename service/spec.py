@@ -36,6 +36,7 @@ __all__ = [
     "ObjectiveName",
     "SpecIssue",
     "StudySpec",
+    "WarmStart",
     "check_folders",
     "check_spec",
     "check_top_level",
@@ -47,6 +48,7 @@ __all__ = [
     "load_stored_spec",
     "make_pruner",
     "make_sampler",
+    "param_key",
     "suggest_config",
 ]
 
@@ -115,6 +117,22 @@ OBJECTIVES: dict[str, optuna.study.StudyDirection] = {
 ObjectiveName = Literal["fid", "precision", "recall", "density", "coverage", "train_seconds"]
 
 
+class WarmStart(_Strict):
+    """Earlier studies to start from: their best completed trials are tried first."""
+
+    studies: list[Annotated[str, Field(min_length=1, max_length=512)]] = Field(
+        min_length=1,
+        max_length=16,
+        description="names of studies in this database, gat-tune's or plain Optuna's, on any data set",
+    )
+    top: int = Field(
+        default=4,
+        ge=1,
+        le=64,
+        description="configs to try first: the studies' best completed trials, taken from each in turn",
+    )
+
+
 class StudySpec(_Strict):
     """A study: fixed trainer settings, the space searched, and how it is searched."""
 
@@ -150,6 +168,11 @@ class StudySpec(_Strict):
     seed: int | None = Field(default=None, ge=0, le=2**31 - 1)
     enqueue: list[dict[str, Any]] = Field(
         default_factory=list, max_length=MAX_ENQUEUE, description="configs to try first"
+    )
+    warm_start: WarmStart | None = Field(
+        default=None,
+        description="start from earlier studies: the best configs they found (the values of the keys this space "
+        "searches, moved into its ranges) are tried first, before priors and enqueue",
     )
     priors: bool = Field(
         default=False,
@@ -315,7 +338,8 @@ def _param_name(key: str, on: str | None = None, case: str | None = None) -> str
 _CONDITIONAL_NAME = re.compile(r"^(?P<key>[a-z_0-9]+)\[(?P<on>[a-z_0-9]+)=(?P<case>.*)\]$")
 
 
-def _key_of(param_name: str) -> str:
+def param_key(param_name: str) -> str:
+    """The search_space key of an Optuna parameter name (a conditional one names its case)."""
     m = _CONDITIONAL_NAME.match(param_name)
     return m.group("key") if m else param_name
 
@@ -525,7 +549,7 @@ def config_from_params(spec: StudySpec, params: dict[str, Any]) -> dict[str, Any
     """The complete trainer config of a finished trial: base + its parameters."""
     config = TrainConfig.from_dict(spec.base).to_dict()
     for name, value in params.items():
-        config[_key_of(name)] = value
+        config[param_key(name)] = value
     return TrainConfig.from_dict(config).to_dict()
 
 

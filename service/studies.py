@@ -24,8 +24,10 @@ from service import optuna_tables
 from service.config import DataRoots
 from service.errors import Conflict, IncompatibleSpec, Invalid, NotFound
 from service.optuna_tables import FAIL_FAST, TRIAL_FILTERS
+from service.priors import warm_start_entries
 from service.readcache import SnapshotCache
 from service.spec import (
+    SpecIssue,
     StudySpec,
     check_folders,
     check_spec,
@@ -130,7 +132,8 @@ class StudyService:
             SpecIssue: the spec is invalid. Conflict: the name is taken, or the key was used
             for a different request.
         """
-        enqueued = _unrepeated(check_spec(spec, max_trials=self.max_trials, data_roots=self.data_roots))
+        checked = check_spec(spec, max_trials=self.max_trials, data_roots=self.data_roots)
+        enqueued = _unrepeated([*self._warm_start(spec), *checked])
         spec_text = spec.model_dump_json()
         body_hash = hashlib.sha256(spec_text.encode()).hexdigest()
         made: list[int] = []  # the Optuna study's id, once made
@@ -162,6 +165,34 @@ class StudyService:
                     self.storage.delete_study(made[0])
             raise
         return self.get(spec.name), True
+
+    def _warm_start(self, spec: StudySpec) -> list[dict[str, Any]]:
+        """The spec's warm start as Optuna parameters to enqueue first (service/priors.py).
+
+        Raises:
+            SpecIssue: a named study missing or without a completed trial, or none of their
+            best trials sets a key this space searches.
+        """
+        if spec.warm_start is None:
+            return []
+        sources = []
+        with self._reader() as conn:
+            for i, name in enumerate(spec.warm_start.studies):
+                loc = ("warm_start", "studies", i)
+                study_id = optuna_tables.study_id_by_name(conn, name)
+                if study_id is None:
+                    raise SpecIssue(loc, f"warm_start: no study named '{name}' in this database")
+                best = optuna_tables.best_trials(conn, study_id, spec.warm_start.top)
+                if not best:
+                    raise SpecIssue(loc, f"warm_start: study '{name}' has no completed trial to start from yet")
+                sources.append([trial["params"] for trial in best])
+        entries = warm_start_entries(spec, sources)
+        if not entries:
+            keys = ", ".join(spec.search_space) or "none"
+            raise SpecIssue(
+                ("warm_start",), f"warm_start: the best trials of those studies set none of this space's keys ({keys})"
+            )
+        return [enqueue_params(spec, entry, loc=("warm_start",)) for entry in entries]
 
     def _create_in(
         self, conn: Connection, spec: StudySpec, spec_text: str, enqueued: list[dict[str, Any]], made: list[int]

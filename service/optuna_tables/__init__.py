@@ -32,9 +32,11 @@ from service.optuna_tables.schema import schema_version
 from service.optuna_tables.studies import (
     FAIL_FAST,
     best_trial,
+    best_trials,
     delete_study,
     repeated_failure,
     study_artifact_ids,
+    study_id_by_name,
     trial_count,
 )
 from service.optuna_tables.trials import (
@@ -73,6 +75,7 @@ __all__ = [
     "add_param",
     "add_param_if_updatable",
     "best_trial",
+    "best_trials",
     "claim_counts",
     "create_trial",
     "delete_study",
@@ -94,6 +97,7 @@ __all__ = [
     "state_and_study_distribution",
     "studies_json",
     "study_artifact_ids",
+    "study_id_by_name",
     "study_json",
     "study_status",
     "trial_count",

@@ -43,13 +43,15 @@ def params_json(trial_id: str) -> str:
      FROM trial_params tp WHERE tp.trial_id = {trial_id})"""
 
 
-# The best finished trial by the first objective, in its direction (for several objectives:
-# the best on the front by the first).
-BEST_TRIAL = """SELECT t.trial_id, t.number, v.value FROM trials t
+# The best finished trials by the first objective, in its direction, best first (for several
+# objectives: by the first alone), as {columns} of trials t and trial_values v; BEST_TRIAL is
+# the first of them.
+_BEST_TRIALS = """SELECT {columns} FROM trials t
   JOIN trial_values v ON v.trial_id = t.trial_id AND v.objective = 0 AND v.value_type = 'FINITE'
   JOIN study_directions d ON d.study_id = t.study_id AND d.objective = 0
   WHERE t.study_id = {study_id} AND t.state = 'COMPLETE'
-  ORDER BY CASE WHEN d.direction = 'MAXIMIZE' THEN -v.value ELSE v.value END ASC, t.number ASC LIMIT 1"""
+  ORDER BY CASE WHEN d.direction = 'MAXIMIZE' THEN -v.value ELSE v.value END ASC, t.number ASC LIMIT {limit}"""
+BEST_TRIAL = _BEST_TRIALS.format(columns="t.trial_id, t.number, v.value", study_id="{study_id}", limit=1)
 
 
 # An interrupted trial is not a failed one: paused or a worker gone (FAIL in Optuna, with a
@@ -119,6 +121,21 @@ def best_trial(conn: Connection, study_id: int) -> dict[str, Any] | None:
         {"tid": best.trial_id, "key": PACK_REPLAY},
     ).scalar()
     return {"trial": best.number, "value": best.value, "params": values, "pack": json.loads(pack) if pack else None}
+
+
+def study_id_by_name(conn: Connection, name: str) -> int | None:
+    """The Optuna study id of a study of any origin (gat-tune's or plain Optuna's), or None."""
+    row = conn.execute(sa.text("SELECT study_id FROM studies WHERE study_name = :n"), {"n": name}).first()
+    return None if row is None else int(row.study_id)
+
+
+def best_trials(conn: Connection, study_id: int, limit: int) -> list[dict[str, Any]]:
+    """Up to ``limit`` best finished trials, best first, as {trial, value, params}, params in
+    Optuna's external representation, in one statement."""
+    columns = f"t.number, v.value, {params_json('t.trial_id')} AS params"
+    statement = sa.text(_BEST_TRIALS.format(columns=columns, study_id=":sid", limit=":limit"))
+    rows = conn.execute(statement, {"sid": study_id, "limit": limit})
+    return [{"trial": r.number, "value": r.value, "params": r.params} for r in rows]
 
 
 def study_artifact_ids(conn: Connection, study_id: int) -> list[str]:

@@ -1,14 +1,19 @@
-"""GAN priors: the settings GAN papers train with, enqueued first when a spec asks."""
+"""What a study tries first: the settings GAN papers train with (priors) and the best of
+earlier studies (warm_start), enqueued first when a spec asks."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import optuna
 from fastapi.testclient import TestClient
-from optuna.trial import TrialState
+from optuna.distributions import CategoricalDistribution, FloatDistribution
+from optuna.trial import TrialState, create_trial
 
 from service.demo import DIGITS_DEMO
-from service.priors import gan_priors, r1_gamma_rule
+from service.priors import gan_priors, into_space, r1_gamma_rule
 from service.spec import EXAMPLE_SPEC, StudySpec
+from trainer.config import TrainConfig
 
 
 def test_the_priors_are_moved_into_the_space() -> None:
@@ -35,3 +40,67 @@ def test_a_study_with_priors_tries_them_first(client: TestClient, database_url: 
     expected = [*gan_priors(StudySpec.model_validate(spec)), *DIGITS_DEMO["enqueue"]]
     assert [t.system_attrs["fixed_params"] for t in sorted(waiting, key=lambda t: t.number)] == expected
     assert len(expected) == 5
+
+
+def _source_study(database_url: str, name: str, direction: str, rows: list[tuple[float, dict[str, Any]]]) -> None:
+    """A study as plain Optuna writes one: completed trials with these values and params,
+    its own ranges and a conditional name as gat-tune writes it, and one pruned trial."""
+    study = optuna.create_study(study_name=name, storage=database_url, direction=direction)
+    dists = {
+        "lambda[aux_loss=r1]": FloatDistribution(1e-3, 1e3, log=True),
+        "lr_d": FloatDistribution(1e-5, 1e-2, log=True),
+        "d_width": CategoricalDistribution([32, 64, 512]),
+    }
+    for value, params in rows:
+        study.add_trial(create_trial(value=value, params=params, distributions={k: dists[k] for k in params}))
+    study.add_trial(create_trial(state=TrialState.PRUNED, params={"lr_d": 1e-3}, distributions={"lr_d": dists["lr_d"]}))
+
+
+def test_a_warm_start_tries_the_best_of_earlier_studies_first(client: TestClient, database_url: str) -> None:
+    _source_study(
+        database_url,
+        "fmnist",
+        "minimize",
+        [
+            (60.0, {"lambda[aux_loss=r1]": 500.0, "lr_d": 3e-3, "d_width": 512}),  # the best: moved into range
+            (90.0, {"lambda[aux_loss=r1]": 1.0, "lr_d": 1e-3, "d_width": 32}),
+            (70.0, {"lambda[aux_loss=r1]": 20.0, "lr_d": 1e-3}),
+        ],
+    )
+    _source_study(database_url, "recall", "maximize", [(0.2, {"lr_d": 1e-4}), (0.9, {"lr_d": 5e-4})])
+    spec = {**DIGITS_DEMO, "name": "warm", "warm_start": {"studies": ["fmnist", "recall"], "top": 4}}
+    assert client.post("/studies", json=spec).status_code == 201, client.get("/studies").text
+    waiting = optuna.load_study(study_name="warm", storage=database_url).get_trials(states=(TrialState.WAITING,))
+    assert [t.system_attrs["fixed_params"] for t in sorted(waiting, key=lambda t: t.number)] == [
+        {"lambda": 100.0, "lr_d": 2e-3, "d_width": 256},  # fmnist's best, clipped to the space, widest choice
+        {"lr_d": 5e-4},  # recall's best: it maximises
+        {"lambda": 20.0, "lr_d": 1e-3},  # fmnist's second
+        {"lr_d": 1e-4},  # recall's second; fmnist's third (FID 90) is past top
+        *DIGITS_DEMO["enqueue"],
+    ]
+
+
+def test_a_warm_start_from_nothing_usable_is_a_clear_422(client: TestClient, database_url: str) -> None:
+    optuna.create_study(study_name="empty", storage=database_url)
+    _source_study(database_url, "elsewhere", "minimize", [])
+    study = optuna.load_study(study_name="elsewhere", storage=database_url)
+    study.add_trial(create_trial(value=1.0, params={"lr": 0.1}, distributions={"lr": FloatDistribution(0.01, 1)}))
+    cases = [
+        (["nope"], ["body", "warm_start", "studies", 0], "warm_start: no study named 'nope' in this database"),
+        (["empty"], ["body", "warm_start", "studies", 0], "study 'empty' has no completed trial to start from yet"),
+        (["elsewhere"], ["body", "warm_start"], "set none of this space's keys (lambda, lr_g, lr_d, g_width, d_width)"),
+        ([], ["body", "warm_start", "studies"], "at least 1 item"),
+    ]
+    for studies, loc, message in cases:
+        r = client.post("/studies", json={**DIGITS_DEMO, "name": "warm", "warm_start": {"studies": studies}})
+        assert r.status_code == 422, r.text
+        assert any(d["loc"] == loc and message in d["msg"] for d in r.json()["detail"]), r.json()
+    assert client.get("/studies").json()["total"] == 0
+
+
+def test_into_space_leaves_out_a_config_of_another_regulariser() -> None:
+    spec = StudySpec.model_validate(DIGITS_DEMO)
+    base = TrainConfig.from_dict(spec.base)
+    assert into_space(spec, {"aux_loss": "wgan-gp", "lambda": 10.0}, base) == {}  # its λ means something else
+    assert into_space(spec, {"aux_loss": "r1", "lambda": 10.0, "beta1": 0.5}, base) == {"lambda": 10.0}
+    assert into_space(spec, {"g_width": 100, "lr_g": 1e-9}, base) == {"g_width": 128, "lr_g": 5e-5}
