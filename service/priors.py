@@ -94,21 +94,23 @@ def gan_priors(spec: StudySpec) -> list[dict[str, Any]]:
     return out
 
 
-def warm_start_entries(spec: StudySpec, sources: list[list[dict[str, Any]]]) -> list[dict[str, Any]]:
-    """The spec's warm start as enqueue entries: each source's trials' params (Optuna's
-    names, best first) moved into this space, taken rank by rank across the sources (their
-    values, on other data sets, do not compare), without repeats, at most ``top``.
+def warm_start_entries(spec: StudySpec, sources: dict[str, list[dict[str, Any]]]) -> list[tuple[dict[str, Any], str]]:
+    """The spec's warm start as enqueue entries, each with where it came from ("STUDY trial
+    N (VALUE)"): each source's best trials (optuna_tables.best_trials: best first) moved
+    into this space, taken rank by rank across the sources (their values, on other data
+    sets, do not compare), without repeats, at most ``top``.
 
     Args:
-        sources: per study named in ``warm_start.studies``, its best trials' params.
+        sources: the best trials of each study ``warm_start.studies`` names, by name.
     """
     assert spec.warm_start is not None
     base = TrainConfig.from_dict(spec.base)
-    out: list[dict[str, Any]] = []
-    for rank in range(max((len(s) for s in sources), default=0)):
-        for source in sources:
-            if rank < len(source):
-                entry = into_space(spec, {param_key(k): v for k, v in source[rank].items()}, base)
-                if entry and entry not in out:
-                    out.append(entry)
+    out: list[tuple[dict[str, Any], str]] = []
+    for rank in range(max((len(s) for s in sources.values()), default=0)):
+        for name, trials in sources.items():
+            if rank < len(trials):
+                trial = trials[rank]
+                entry = into_space(spec, {param_key(k): v for k, v in trial["params"].items()}, base)
+                if entry and all(entry != kept for kept, _ in out):
+                    out.append((entry, f"{name} trial {trial['trial']} ({trial['value']:.6g})"))
     return out[: spec.warm_start.top]

@@ -40,7 +40,9 @@ from service.storage import OptunaStorage
 from service.tables import gt_idempotency_keys, gt_studies, gt_trial_leases
 from trainer.config import ConfigError
 
-__all__ = ["FAIL_FAST", "StudyService", "load_spec"]
+__all__ = ["FAIL_FAST", "WARM_START_ATTR", "StudyService", "load_spec"]
+
+WARM_START_ATTR = "warm_start_from"  # a warm-started trial's user attribute: "STUDY trial N (VALUE)"
 
 METRIC_NAMES = {"fid": "FID"}  # the dashboard's names for the objectives, where not their own
 
@@ -133,7 +135,10 @@ class StudyService:
             for a different request.
         """
         checked = check_spec(spec, max_trials=self.max_trials, data_roots=self.data_roots)
-        enqueued = _unrepeated([*self._warm_start(spec), *checked])
+        warm = self._warm_start(spec)
+        # The warm start's entries come first and repeat none of each other, so all are kept.
+        enqueued = _unrepeated([*(params for params, _ in warm), *checked])
+        attrs = [attr for _, attr in warm]
         spec_text = spec.model_dump_json()
         body_hash = hashlib.sha256(spec_text.encode()).hexdigest()
         made: list[int] = []  # the Optuna study's id, once made
@@ -148,7 +153,7 @@ class StudyService:
                     existing = self._by_idempotency_key(conn, idempotency_key, body_hash)
                     if existing is not None:
                         return self.get(existing), False
-                self._create_in(conn, spec, spec_text, enqueued, made)
+                self._create_in(conn, spec, spec_text, enqueued, attrs, made)
                 if idempotency_key is not None:
                     conn.execute(
                         gt_idempotency_keys.insert().values(
@@ -166,8 +171,9 @@ class StudyService:
             raise
         return self.get(spec.name), True
 
-    def _warm_start(self, spec: StudySpec) -> list[dict[str, Any]]:
-        """The spec's warm start as Optuna parameters to enqueue first (service/priors.py).
+    def _warm_start(self, spec: StudySpec) -> list[tuple[dict[str, Any], dict[str, Any]]]:
+        """The spec's warm start (service/priors.py) as Optuna parameters to enqueue first,
+        each with the user attribute that says where it came from.
 
         Raises:
             SpecIssue: a named study missing or without a completed trial, or none of their
@@ -175,27 +181,34 @@ class StudyService:
         """
         if spec.warm_start is None:
             return []
-        sources = []
+        sources: dict[str, list[dict[str, Any]]] = {}
         with self._reader() as conn:
             for i, name in enumerate(spec.warm_start.studies):
                 loc = ("warm_start", "studies", i)
                 study_id = optuna_tables.study_id_by_name(conn, name)
                 if study_id is None:
                     raise SpecIssue(loc, f"warm_start: no study named '{name}' in this database")
-                best = optuna_tables.best_trials(conn, study_id, spec.warm_start.top)
-                if not best:
+                sources[name] = optuna_tables.best_trials(conn, study_id, spec.warm_start.top)
+                if not sources[name]:
                     raise SpecIssue(loc, f"warm_start: study '{name}' has no completed trial to start from yet")
-                sources.append([trial["params"] for trial in best])
         entries = warm_start_entries(spec, sources)
         if not entries:
             keys = ", ".join(spec.search_space) or "none"
             raise SpecIssue(
                 ("warm_start",), f"warm_start: the best trials of those studies set none of this space's keys ({keys})"
             )
-        return [enqueue_params(spec, entry, loc=("warm_start",)) for entry in entries]
+        return [
+            (enqueue_params(spec, entry, loc=("warm_start",)), {WARM_START_ATTR: origin}) for entry, origin in entries
+        ]
 
     def _create_in(
-        self, conn: Connection, spec: StudySpec, spec_text: str, enqueued: list[dict[str, Any]], made: list[int]
+        self,
+        conn: Connection,
+        spec: StudySpec,
+        spec_text: str,
+        enqueued: list[dict[str, Any]],
+        attrs: list[dict[str, Any]],
+        made: list[int],
     ) -> None:
         # Serialise creations of one name across processes, so the check below holds.
         conn.execute(sa.text("SELECT pg_advisory_xact_lock(2, hashtext(:n))"), {"n": "study:" + spec.name})
@@ -216,7 +229,7 @@ class StudyService:
         study.set_user_attr("gat_tune_spec", spec_json)
         study.set_metric_names([METRIC_NAMES.get(o, o) for o in spec.objectives])  # the dashboard's labels
         # In our transaction: the queued trials exist exactly when our row does.
-        optuna_tables.enqueue_trials(conn, study_id, enqueued)
+        optuna_tables.enqueue_trials(conn, study_id, enqueued, attrs)
         conn.execute(
             gt_studies.insert().values(
                 name=spec.name,

@@ -162,11 +162,14 @@ def create_trial(conn: Connection, study_id: int) -> tuple[int, int, datetime]:
     return trial_id, number, now
 
 
-def enqueue_trials(conn: Connection, study_id: int, params: Sequence[dict[str, Any]]) -> list[int]:
-    """WAITING trials, one per params dict: the rows that ``Study.enqueue_trial(params)``
-    writes for each (a trial with no start or end, and the system attribute
-    ``fixed_params``), in two statements whatever their count. The numbers, in the order
-    given. KeyError: no such study."""
+def enqueue_trials(
+    conn: Connection, study_id: int, params: Sequence[dict[str, Any]], user_attrs: Sequence[dict[str, Any]] = ()
+) -> list[int]:
+    """WAITING trials, one per params dict: the rows that ``Study.enqueue_trial(params,
+    user_attrs)`` writes for each (a trial with no start or end, the system attribute
+    ``fixed_params``, the user attributes), in two or three statements whatever their
+    count; ``user_attrs`` go to the first trials, in order. The numbers, in the order given.
+    KeyError: no such study."""
     if not params:
         return []
     lock_study(conn, study_id)
@@ -188,6 +191,18 @@ def enqueue_trials(conn: Connection, study_id: int, params: Sequence[dict[str, A
         ),
         {"ids": [r.trial_id for r in ordered], "values": [json.dumps(p) for p in params]},
     )
+    attr_rows = [
+        (r.trial_id, k, json.dumps(v)) for r, attrs in zip(ordered, user_attrs, strict=False) for k, v in attrs.items()
+    ]
+    if attr_rows:
+        ids, keys, values = zip(*attr_rows, strict=True)
+        conn.execute(
+            sa.text(
+                "INSERT INTO trial_user_attributes (trial_id, key, value_json) "
+                "SELECT unnest(CAST(:ids AS int[])), unnest(CAST(:keys AS text[])), unnest(CAST(:values AS text[]))"
+            ),
+            {"ids": list(ids), "keys": list(keys), "values": list(values)},
+        )
     return [r.number for r in ordered]
 
 

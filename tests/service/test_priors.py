@@ -13,6 +13,7 @@ from optuna.trial import TrialState, create_trial
 from service.demo import DIGITS_DEMO
 from service.priors import gan_priors, into_space, r1_gamma_rule
 from service.spec import EXAMPLE_SPEC, StudySpec
+from service.studies import WARM_START_ATTR
 from trainer.config import TrainConfig
 
 
@@ -71,12 +72,22 @@ def test_a_warm_start_tries_the_best_of_earlier_studies_first(client: TestClient
     spec = {**DIGITS_DEMO, "name": "warm", "warm_start": {"studies": ["fmnist", "recall"], "top": 4}}
     assert client.post("/studies", json=spec).status_code == 201, client.get("/studies").text
     waiting = optuna.load_study(study_name="warm", storage=database_url).get_trials(states=(TrialState.WAITING,))
-    assert [t.system_attrs["fixed_params"] for t in sorted(waiting, key=lambda t: t.number)] == [
+    waiting.sort(key=lambda t: t.number)
+    assert [t.system_attrs["fixed_params"] for t in waiting] == [
         {"lambda": 100.0, "lr_d": 2e-3, "d_width": 256},  # fmnist's best, clipped to the space, widest choice
         {"lr_d": 5e-4},  # recall's best: it maximises
         {"lambda": 20.0, "lr_d": 1e-3},  # fmnist's second
         {"lr_d": 1e-4},  # recall's second; fmnist's third (FID 90) is past top
         *DIGITS_DEMO["enqueue"],
+    ]
+    # where each came from, on its page in the dashboard; the spec's own entries say nothing
+    assert [t.user_attrs.get(WARM_START_ATTR) for t in waiting] == [
+        "fmnist trial 0 (60)",
+        "recall trial 1 (0.9)",
+        "fmnist trial 2 (70)",
+        "recall trial 0 (0.2)",
+        None,
+        None,
     ]
 
 
