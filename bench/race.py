@@ -2,7 +2,8 @@
 
     .venv/bin/python -m bench.race [--budget 240] [--seeds 3] [--arms a b c] [--procs 2]
                                    [--steps 3000] [--eval-every 500] [--gat-spec-extra JSON]
-                                   [--arm NAME=JSON ...] [--out bench/race.json] [--png PATH]
+                                   [--arm NAME=JSON ...] [--history DATABASE_URL]
+                                   [--out bench/race.json] [--png PATH]
 
 Arms, each on the same cores, the same search space and base config (the demo's:
 service.demo.DIGITS_DEMO, digits, MLP, R1, 3,000 steps, FID every 500 on 1,000 samples), the
@@ -27,7 +28,8 @@ same trainer and the same wall budget:
   ``--arm NAME=JSON`` adds a gat-tune arm with that JSON merged on top (``--arm
   'pack4={"pack": 4}'``). An arm whose JSON has a ``warm_start`` starts from studies in
   ``--history`` (a database URL): they are copied into each of its runs' fresh databases
-  before the spec is submitted, outside the clock, as if the service had run them before.
+  before the spec is submitted, outside the clock (in its start-up), as if the service
+  had run them before.
 
 Each arm's clock starts at its first trial's start; the seconds before it (processes,
 imports, database migrations, the API coming up) are reported apart as start-up. A trial
@@ -390,7 +392,7 @@ def _start_gat(
     """Wait for the API, call ``before_submit``, submit the spec, wait for its first trial
     to run."""
     api_up: float | None = None
-    submitted = False
+    submitted = copied = False
     while time.monotonic() - launched < STARTUP_LIMIT:
         for proc, what in zip(procs, ("API server", "worker pool"), strict=True):
             if proc.poll() is not None:
@@ -400,7 +402,9 @@ def _start_gat(
                 client.health()
                 api_up = time.monotonic() - launched
             if not submitted:
-                before_submit()
+                if not copied:  # once: a retried submit must not copy the studies again
+                    before_submit()
+                    copied = True
                 client.submit(spec, idempotency_key=spec["name"])
                 submitted = True
             counts = client.study(spec["name"])["trial_counts"]
@@ -738,9 +742,16 @@ def main() -> None:
             parser.error(f"arm {name}: gat-tune would refuse the spec: {exc}")
         wanted = set((extra.get("warm_start") or {}).get("studies", []))
         if wanted:
-            import optuna
+            # Read with SQL: opening an Optuna storage on it could create or migrate its tables.
+            found: set[str] = set()
+            if args.history:
+                import sqlalchemy as sa
 
-            found = set(optuna.get_all_study_names(args.history)) if args.history else set()
+                try:
+                    with sa.create_engine(args.history).connect() as conn:
+                        found = set(conn.execute(sa.text("SELECT study_name FROM studies")).scalars())
+                except sa.exc.SQLAlchemyError as exc:
+                    parser.error(f"--history: its studies cannot be read: {str(exc).splitlines()[0]}")
             if wanted - found:
                 parser.error(f"arm {name}: warm_start names {sorted(wanted - found)}, not in --history")
     arms = [a for a in args.arms if a in PLAIN_ARMS or a == "c"] + [name for name, _ in args.arm]

@@ -71,7 +71,10 @@ DEMO_SPECS: dict[str, dict[str, Any]] = {"digits": DIGITS_DEMO, "fashion-mnist":
 
 
 def _port(preferred: int) -> int:
+    """The preferred port when the API can listen on it, else a free one. SO_REUSEADDR as
+    uvicorn binds: without it a port in TIME_WAIT (an API that just stopped) looks taken."""
     with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind(("127.0.0.1", preferred))
             return preferred
@@ -116,6 +119,8 @@ def run_demo(*, out: Path, keep_serving: bool = False, dataset: str = "digits") 
     _say(started, "starting the database and creating its tables...")
     db.upgrade(settings)
     port = _port(settings.port)
+    if port != settings.port:
+        _say(started, f"port {settings.port} is taken; the API listens on {port}")
     token = os.environ.get("GAT_TUNE_TOKEN") or secrets.token_urlsafe(24)
     env = {**os.environ, "GAT_TUNE_TOKEN": token, "GAT_TUNE_PORT": str(port), "GAT_TUNE_HOST": "127.0.0.1"}
     cli = [sys.executable, "-m", "service.cli"]

@@ -13,12 +13,14 @@ rest, as it does for any enqueued config.
 
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass
 from typing import Any
 
-from service.spec import CategoricalParam, ConditionalParam, FloatParam, IntParam, StudySpec, param_key
-from trainer.config import TrainConfig
+from service.spec import CategoricalParam, ConditionalParam, FloatParam, IntParam, StudySpec, split_param_name
+from trainer.config import ConfigError, TrainConfig
 
-__all__ = ["gan_priors", "into_space", "r1_gamma_rule", "warm_start_entries"]
+__all__ = ["WarmSource", "gan_priors", "into_space", "r1_gamma_rule", "warm_start_entries"]
 
 # Native resolution of the bundled and known data sets (a folder's is its image_size, or 32).
 _RESOLUTION = {"digits": 8, "mnist": 28, "fashion-mnist": 28, "cifar10": 32}
@@ -46,24 +48,35 @@ def _priors(base: TrainConfig) -> list[dict[str, Any]]:
     ]  # fmt: skip
 
 
+def _on_grid(value: float, low: float, high: float, step: float | None) -> float:
+    """The value clipped to [low, high], on the grid low + k·step when there is one."""
+    value = min(max(value, low), high)
+    if step:
+        value = low + min(round((value - low) / step), math.floor((high - low) / step + 1e-9)) * step
+    return value
+
+
 def _into(param: Any, value: Any) -> Any:
-    """The value moved into the key's distribution, or None when it has none there."""
+    """The value moved into the key's distribution, or None when it has none there (a
+    choice the space lacks, a value of another kind)."""
+    number = isinstance(value, (int, float)) and not isinstance(value, bool) and not math.isnan(value)
     if isinstance(param, FloatParam):
-        return min(max(float(value), param.low), param.high)
+        return _on_grid(float(value), param.low, param.high, param.step) if number else None
     if isinstance(param, IntParam):
-        return int(min(max(value, param.low), param.high))
+        return int(_on_grid(float(value), param.low, param.high, param.step)) if number else None
     if isinstance(param, CategoricalParam):
         if value in param.choices:
             return value
         numbers = [c for c in param.choices if isinstance(c, (int, float)) and not isinstance(c, bool)]
-        if isinstance(value, (int, float)) and numbers:
+        if number and numbers:
             return max(numbers) if value == float("inf") else min(numbers, key=lambda c: abs(c - value))
     return None  # a choice the space lacks
 
 
 def into_space(spec: StudySpec, values: dict[str, Any], base: TrainConfig) -> dict[str, Any]:
     """The values of the keys the spec searches, moved into its space ({} when they train
-    another regulariser than the study can: their λ would mean something else)."""
+    another regulariser than the study can: their λ would mean something else). A
+    conditional key whose values trained under another case than the entry's is left out."""
     searched_loss = spec.search_space.get("aux_loss")
     loss = values.get("aux_loss", base.aux_loss)
     if searched_loss is None and loss != base.aux_loss:
@@ -73,7 +86,10 @@ def into_space(spec: StudySpec, values: dict[str, Any], base: TrainConfig) -> di
     for key in sorted(values, key=lambda k: isinstance(spec.search_space.get(k), ConditionalParam)):
         param = spec.search_space.get(key)
         if isinstance(param, ConditionalParam):
-            param = param.cases.get(str(entry.get(param.on, getattr(base, param.on, None))))
+            case = entry.get(param.on, getattr(base, param.on, None))
+            if param.on in values and str(values[param.on]) != str(case):
+                continue  # e.g. a DCGAN's rate, where this entry trains an MLP
+            param = param.cases.get(str(case))
         moved = None if param is None else _into(param, values[key])
         if moved is not None:
             entry[key] = moved
@@ -94,23 +110,50 @@ def gan_priors(spec: StudySpec) -> list[dict[str, Any]]:
     return out
 
 
-def warm_start_entries(spec: StudySpec, sources: dict[str, list[dict[str, Any]]]) -> list[tuple[dict[str, Any], str]]:
+@dataclass
+class WarmSource:
+    """A study a warm start reads: its best trials (optuna_tables.best_trials: best first)
+    and, for a gat-tune study, the base its trials trained with (None: plain Optuna's,
+    whose trials are taken to train what this study's base does besides their params)."""
+
+    base: dict[str, Any] | None
+    trials: list[dict[str, Any]]
+
+
+def _trained(source: WarmSource, params: dict[str, Any]) -> dict[str, Any]:
+    """What a source's trial trained with, as far as it is known: a gat-tune trial's whole
+    config, else its params (a conditional name also says its case)."""
+    values: dict[str, Any] = {}
+    for name, value in params.items():
+        key, on, case = split_param_name(name)
+        values[key] = value
+        if on is not None:
+            values.setdefault(on, case)
+    if source.base is None:
+        return values
+    try:  # the trainer's defaults too: a trial of an unset aux_loss trained the default's
+        return TrainConfig.from_dict({**source.base, **values}).to_dict()
+    except (ConfigError, TypeError, ValueError):  # stored by another version
+        return {**source.base, **values}
+
+
+def warm_start_entries(spec: StudySpec, sources: dict[str, WarmSource]) -> list[tuple[dict[str, Any], str]]:
     """The spec's warm start as enqueue entries, each with where it came from ("STUDY trial
-    N (VALUE)"): each source's best trials (optuna_tables.best_trials: best first) moved
-    into this space, taken rank by rank across the sources (their values, on other data
-    sets, do not compare), without repeats, at most ``top``.
+    N (VALUE)"): each source's best trials moved into this space, taken rank by rank across
+    the sources (their values, on other data sets, do not compare), without repeats, at
+    most ``top``.
 
     Args:
-        sources: the best trials of each study ``warm_start.studies`` names, by name.
+        sources: the studies ``warm_start.studies`` names, by name.
     """
     assert spec.warm_start is not None
     base = TrainConfig.from_dict(spec.base)
     out: list[tuple[dict[str, Any], str]] = []
-    for rank in range(max((len(s) for s in sources.values()), default=0)):
-        for name, trials in sources.items():
-            if rank < len(trials):
-                trial = trials[rank]
-                entry = into_space(spec, {param_key(k): v for k, v in trial["params"].items()}, base)
+    for rank in range(max((len(s.trials) for s in sources.values()), default=0)):
+        for name, source in sources.items():
+            if rank < len(source.trials):
+                trial = source.trials[rank]
+                entry = into_space(spec, _trained(source, trial["params"]), base)
                 if entry and all(entry != kept for kept, _ in out):
                     out.append((entry, f"{name} trial {trial['trial']} ({trial['value']:.6g})"))
     return out[: spec.warm_start.top]

@@ -48,7 +48,7 @@ __all__ = [
     "load_stored_spec",
     "make_pruner",
     "make_sampler",
-    "param_key",
+    "split_param_name",
     "suggest_config",
 ]
 
@@ -179,6 +179,14 @@ class StudySpec(_Strict):
         description="try first the settings GAN papers train with (R1 γ=10 with Adam 2e-4, TTUR, StyleGAN2-ADA's "
         "γ rule, WGAN-GP λ=10; service/priors.py), moved into the search space, before enqueue's",
     )
+
+    @field_validator("warm_start", mode="before")
+    @classmethod
+    def _warm_start(cls, value: Any) -> Any:
+        # Before pydantic's own "a valid dictionary or instance of WarmStart": a class name.
+        if value is not None and not isinstance(value, (dict, WarmStart)):
+            raise PydanticCustomError("warm_start", "warm_start: a mapping, {studies: [NAME, ...], top: N}")
+        return value
 
     @field_validator("objective", mode="before")
     @classmethod
@@ -338,10 +346,11 @@ def _param_name(key: str, on: str | None = None, case: str | None = None) -> str
 _CONDITIONAL_NAME = re.compile(r"^(?P<key>[a-z_0-9]+)\[(?P<on>[a-z_0-9]+)=(?P<case>.*)\]$")
 
 
-def param_key(param_name: str) -> str:
-    """The search_space key of an Optuna parameter name (a conditional one names its case)."""
+def split_param_name(param_name: str) -> tuple[str, str | None, str | None]:
+    """(search_space key, the key it is conditional on, the case) of an Optuna parameter
+    name; (name, None, None) for a plain one."""
     m = _CONDITIONAL_NAME.match(param_name)
-    return m.group("key") if m else param_name
+    return (m.group("key"), m.group("on"), m.group("case")) if m else (param_name, None, None)
 
 
 def _config_error(loc: tuple[str | int, ...], data: dict[str, Any]) -> None:
@@ -549,7 +558,7 @@ def config_from_params(spec: StudySpec, params: dict[str, Any]) -> dict[str, Any
     """The complete trainer config of a finished trial: base + its parameters."""
     config = TrainConfig.from_dict(spec.base).to_dict()
     for name, value in params.items():
-        config[param_key(name)] = value
+        config[split_param_name(name)[0]] = value
     return TrainConfig.from_dict(config).to_dict()
 
 

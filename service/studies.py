@@ -7,6 +7,7 @@ trial lists and counts go straight to Optuna's tables with a few indexed queries
 from __future__ import annotations
 
 import contextlib
+import difflib
 import hashlib
 import json
 import math
@@ -24,7 +25,7 @@ from service import optuna_tables
 from service.config import DataRoots
 from service.errors import Conflict, IncompatibleSpec, Invalid, NotFound
 from service.optuna_tables import FAIL_FAST, TRIAL_FILTERS
-from service.priors import warm_start_entries
+from service.priors import WarmSource, warm_start_entries
 from service.readcache import SnapshotCache
 from service.spec import (
     SpecIssue,
@@ -75,22 +76,22 @@ def _repeats(new: dict[str, Any], old: dict[str, Any]) -> bool:
     return True
 
 
-def _unrepeated(entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The entries that ``enqueue_trial(params, skip_if_exists=True)`` one after the other
-    would queue on a new study: each one that repeats no entry kept before it. Optuna
+def _unrepeated(entries: list[dict[str, Any]]) -> list[int]:
+    """The indices of the entries that ``enqueue_trial(params, skip_if_exists=True)`` one
+    after the other would queue on a new study: each one that repeats no entry kept before it. Optuna
     compares each with every trial (quadratic); here entries are grouped by what must be
     equal (keys, value types, strings) and the numbers of a group compared at once."""
     # isinstance(new, type(old)) is symmetric for exact str/int/float values (the trainer
     # takes no others); any other value sends the lot down Optuna's one-by-one path.
     if not all(type(v) in (str, int, float) for entry in entries for v in entry.values()):
-        kept: list[dict[str, Any]] = []
-        for entry in entries:
-            if not any(_repeats(entry, old) for old in kept):
-                kept.append(entry)
+        kept: list[int] = []
+        for i, entry in enumerate(entries):
+            if not any(_repeats(entry, entries[old]) for old in kept):
+                kept.append(i)
         return kept
     kept = []
     groups: dict[tuple[Any, ...], tuple[np.ndarray, list[int]]] = {}
-    for entry in entries:
+    for i, entry in enumerate(entries):
         items = sorted(entry.items())
         exact = tuple((k, type(v).__name__, v if type(v) is str else None) for k, v in items)
         row = np.array([float(v) for _, v in items if type(v) is not str], dtype=float)
@@ -100,8 +101,16 @@ def _unrepeated(entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
             continue
         rows[count[0]] = row
         count[0] += 1
-        kept.append(entry)
+        kept.append(i)
     return kept
+
+
+def _like(conn: Connection, name: str) -> str:
+    """A hint at the studies a mistyped or shortened name may mean (the demo's names end in
+    a timestamp), or ""."""
+    names = optuna_tables.study_names(conn)
+    like = [n for n in names if n.startswith(name)][:3] or difflib.get_close_matches(name, names, n=3)
+    return f" (did you mean {', '.join(repr(n) for n in like)}?)" if like else ""
 
 
 class StudyService:
@@ -135,10 +144,6 @@ class StudyService:
             for a different request.
         """
         checked = check_spec(spec, max_trials=self.max_trials, data_roots=self.data_roots)
-        warm = self._warm_start(spec)
-        # The warm start's entries come first and repeat none of each other, so all are kept.
-        enqueued = _unrepeated([*(params for params, _ in warm), *checked])
-        attrs = [attr for _, attr in warm]
         spec_text = spec.model_dump_json()
         body_hash = hashlib.sha256(spec_text.encode()).hexdigest()
         made: list[int] = []  # the Optuna study's id, once made
@@ -153,7 +158,7 @@ class StudyService:
                     existing = self._by_idempotency_key(conn, idempotency_key, body_hash)
                     if existing is not None:
                         return self.get(existing), False
-                self._create_in(conn, spec, spec_text, enqueued, attrs, made)
+                self._create_in(conn, spec, spec_text, checked, made)
                 if idempotency_key is not None:
                     conn.execute(
                         gt_idempotency_keys.insert().values(
@@ -171,49 +176,67 @@ class StudyService:
             raise
         return self.get(spec.name), True
 
-    def _warm_start(self, spec: StudySpec) -> list[tuple[dict[str, Any], dict[str, Any]]]:
+    def _warm_start(self, conn: Connection, spec: StudySpec) -> list[tuple[dict[str, Any], dict[str, Any]]]:
         """The spec's warm start (service/priors.py) as Optuna parameters to enqueue first,
         each with the user attribute that says where it came from.
 
         Raises:
-            SpecIssue: a named study missing or without a completed trial, or none of their
-            best trials sets a key this space searches.
+            SpecIssue: a named study missing, without a completed trial, ranked by another
+            objective than this spec's first (a gat-tune study), or none of their best
+            trials fits this space.
         """
         if spec.warm_start is None:
             return []
-        sources: dict[str, list[dict[str, Any]]] = {}
-        with self._reader() as conn:
-            for i, name in enumerate(spec.warm_start.studies):
-                loc = ("warm_start", "studies", i)
-                study_id = optuna_tables.study_id_by_name(conn, name)
-                if study_id is None:
-                    raise SpecIssue(loc, f"warm_start: no study named '{name}' in this database")
-                sources[name] = optuna_tables.best_trials(conn, study_id, spec.warm_start.top)
-                if not sources[name]:
-                    raise SpecIssue(loc, f"warm_start: study '{name}' has no completed trial to start from yet")
+        sources: dict[str, WarmSource] = {}
+        for i, name in enumerate(spec.warm_start.studies):
+            loc = ("warm_start", "studies", i)
+            study_id = optuna_tables.study_id_by_name(conn, name)
+            if study_id is None:
+                raise SpecIssue(loc, f"no study named '{name}' in this database{_like(conn, name)}")
+            # A gat-tune study says what its trials trained besides their params (its base,
+            # the regulariser above all) and what its best is by; a plain Optuna one does not.
+            stored = optuna_tables.study_user_attr(conn, study_id, "gat_tune_spec")
+            base: dict[str, Any] | None = None
+            if isinstance(stored, dict):
+                base = stored["base"] if isinstance(stored.get("base"), dict) else {}
+                objective = stored.get("objective", "fid")
+                first = objective[0] if isinstance(objective, list) and objective else objective
+                if isinstance(first, str) and first != spec.objectives[0]:
+                    raise SpecIssue(
+                        loc,
+                        f"study '{name}' ranks its trials by {first}, this study by {spec.objectives[0]}",
+                    )
+            trials = optuna_tables.best_trials(conn, study_id, spec.warm_start.top)
+            if not trials:
+                raise SpecIssue(loc, f"study '{name}' has no completed trial with a finite value yet")
+            sources[name] = WarmSource(base=base, trials=trials)
         entries = warm_start_entries(spec, sources)
         if not entries:
+            names = ", ".join(f"'{n}'" for n in sources)
             keys = ", ".join(spec.search_space) or "none"
             raise SpecIssue(
-                ("warm_start",), f"warm_start: the best trials of those studies set none of this space's keys ({keys})"
+                ("warm_start", "studies"),
+                f"no best trial of {names} fits this space: they set none of its keys ({keys}), "
+                "or trained another regulariser",
             )
         return [
             (enqueue_params(spec, entry, loc=("warm_start",)), {WARM_START_ATTR: origin}) for entry, origin in entries
         ]
 
     def _create_in(
-        self,
-        conn: Connection,
-        spec: StudySpec,
-        spec_text: str,
-        enqueued: list[dict[str, Any]],
-        attrs: list[dict[str, Any]],
-        made: list[int],
+        self, conn: Connection, spec: StudySpec, spec_text: str, checked: list[dict[str, Any]], made: list[int]
     ) -> None:
         # Serialise creations of one name across processes, so the check below holds.
         conn.execute(sa.text("SELECT pg_advisory_xact_lock(2, hashtext(:n))"), {"n": "study:" + spec.name})
         if conn.execute(sa.select(gt_studies.c.name).where(gt_studies.c.name == spec.name)).first() is not None:
             raise Conflict(f"a study named '{spec.name}' exists; choose another name")
+        # After the name and Idempotency-Key checks: a repeated request gets its study even
+        # when a source has gone since.
+        warm = self._warm_start(conn, spec)
+        entries = [*(params for params, _ in warm), *checked]
+        attrs = [*(attr for _, attr in warm), *({} for _ in checked)]
+        kept = _unrepeated(entries)
+        enqueued, enqueued_attrs = [entries[i] for i in kept], [attrs[i] for i in kept]
         try:
             study = optuna.create_study(
                 storage=self.storage, study_name=spec.name, directions=spec.directions, sampler=make_sampler(spec)
@@ -229,7 +252,7 @@ class StudyService:
         study.set_user_attr("gat_tune_spec", spec_json)
         study.set_metric_names([METRIC_NAMES.get(o, o) for o in spec.objectives])  # the dashboard's labels
         # In our transaction: the queued trials exist exactly when our row does.
-        optuna_tables.enqueue_trials(conn, study_id, enqueued, attrs)
+        optuna_tables.enqueue_trials(conn, study_id, enqueued, enqueued_attrs)
         conn.execute(
             gt_studies.insert().values(
                 name=spec.name,

@@ -37,6 +37,8 @@ from service.optuna_tables.studies import (
     repeated_failure,
     study_artifact_ids,
     study_id_by_name,
+    study_names,
+    study_user_attr,
     trial_count,
 )
 from service.optuna_tables.trials import (
@@ -99,7 +101,9 @@ __all__ = [
     "study_artifact_ids",
     "study_id_by_name",
     "study_json",
+    "study_names",
     "study_status",
+    "study_user_attr",
     "trial_count",
     "trials_json",
 ]

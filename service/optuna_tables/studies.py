@@ -104,23 +104,15 @@ def best_trial(conn: Connection, study_id: int) -> dict[str, Any] | None:
     """The best finished trial (BEST_TRIAL) as {trial, value, params, pack}, params in
     Optuna's external representation, pack its replay record when it trained packed (else
     None); None before one has completed."""
-    best = conn.execute(sa.text(BEST_TRIAL.format(study_id=":sid")), {"sid": study_id}).first()
-    if best is None:
+    best = best_trials(conn, study_id, 1)
+    if not best:
         return None
-    params = conn.execute(
-        sa.text(
-            "SELECT param_name, param_value, distribution_json FROM trial_params "
-            "WHERE trial_id = :tid ORDER BY param_id"
-        ),
-        {"tid": best.trial_id},
-    )
-    to_dist = optuna.distributions.json_to_distribution
-    values = {p.param_name: to_dist(p.distribution_json).to_external_repr(p.param_value) for p in params}
+    (trial,) = best
     pack = conn.execute(
         sa.text("SELECT value_json FROM trial_system_attributes WHERE trial_id = :tid AND key = :key"),
-        {"tid": best.trial_id, "key": PACK_REPLAY},
+        {"tid": trial.pop("trial_id"), "key": PACK_REPLAY},
     ).scalar()
-    return {"trial": best.number, "value": best.value, "params": values, "pack": json.loads(pack) if pack else None}
+    return {**trial, "pack": json.loads(pack) if pack else None}
 
 
 def study_id_by_name(conn: Connection, name: str) -> int | None:
@@ -129,13 +121,45 @@ def study_id_by_name(conn: Connection, name: str) -> int | None:
     return None if row is None else int(row.study_id)
 
 
+def study_names(conn: Connection) -> list[str]:
+    """Every study's name, newest first."""
+    return list(conn.execute(sa.text("SELECT study_name FROM studies ORDER BY study_id DESC")).scalars())
+
+
+def study_user_attr(conn: Connection, study_id: int, key: str) -> Any:
+    """A study's user attribute, decoded; None when it has none of that key."""
+    value = conn.execute(
+        sa.text("SELECT value_json FROM study_user_attributes WHERE study_id = :sid AND key = :key"),
+        {"sid": study_id, "key": key},
+    ).scalar()
+    return None if value is None else json.loads(value)
+
+
 def best_trials(conn: Connection, study_id: int, limit: int) -> list[dict[str, Any]]:
-    """Up to ``limit`` best finished trials, best first, as {trial, value, params}, params in
-    Optuna's external representation, in one statement."""
-    columns = f"t.number, v.value, {params_json('t.trial_id')} AS params"
-    statement = sa.text(_BEST_TRIALS.format(columns=columns, study_id=":sid", limit=":limit"))
-    rows = conn.execute(statement, {"sid": study_id, "limit": limit})
-    return [{"trial": r.number, "value": r.value, "params": r.params} for r in rows]
+    """Up to ``limit`` best finished trials with a finite value, best first, as {trial_id,
+    trial, value, params}, params in Optuna's external representation. Decoded here, not in
+    SQL: a distribution's JSON may hold what jsonb refuses (a choice of NaN or Infinity); a
+    param whose distribution this Optuna cannot read is left out."""
+    best = conn.execute(
+        sa.text(_BEST_TRIALS.format(columns="t.trial_id, t.number, v.value", study_id=":sid", limit=":limit")),
+        {"sid": study_id, "limit": limit},
+    ).all()
+    params: dict[int, dict[str, Any]] = {b.trial_id: {} for b in best}
+    if best:
+        rows = conn.execute(
+            sa.text(
+                "SELECT trial_id, param_name, param_value, distribution_json FROM trial_params "
+                "WHERE trial_id = ANY(:ids) ORDER BY param_id"
+            ),
+            {"ids": list(params)},
+        )
+        for r in rows:
+            try:
+                dist = optuna.distributions.json_to_distribution(r.distribution_json)
+                params[r.trial_id][r.param_name] = dist.to_external_repr(r.param_value)
+            except (ValueError, TypeError, KeyError, IndexError):
+                continue
+    return [{"trial_id": b.trial_id, "trial": b.number, "value": b.value, "params": params[b.trial_id]} for b in best]
 
 
 def study_artifact_ids(conn: Connection, study_id: int) -> list[str]:

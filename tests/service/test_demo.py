@@ -4,6 +4,7 @@ for a server that has stopped."""
 from __future__ import annotations
 
 import argparse
+import socket
 from pathlib import Path
 
 import pytest
@@ -54,3 +55,16 @@ def test_demo_data_sets_are_a_registry_and_others_are_one_line(capsys: pytest.Ca
     assert cmd_demo(argparse.Namespace(dataset="imagenet", out=Path("best.yaml"), keep_serving=False)) == 1
     error = "gat-tune: error: demo: --dataset 'imagenet' is not one of digits, fashion-mnist"
     assert capsys.readouterr().err.strip() == error
+
+
+def test_the_demo_keeps_its_port_when_the_last_api_on_it_just_stopped() -> None:
+    """A port in TIME_WAIT after the previous demo is one uvicorn can listen on; the demo
+    moved to another one and said nothing."""
+    port = free_port()
+    with socket.create_server(("127.0.0.1", port)) as server, socket.create_connection(("127.0.0.1", port)) as c:
+        accepted, _ = server.accept()
+        accepted.close()  # the server's side closes first: its address waits in TIME_WAIT
+        c.recv(1)
+    assert demo._port(port) == port
+    with socket.create_server(("127.0.0.1", port)):  # listened on: taken
+        assert demo._port(port) != port

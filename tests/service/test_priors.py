@@ -3,16 +3,16 @@ earlier studies (warm_start), enqueued first when a spec asks."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 import optuna
 from fastapi.testclient import TestClient
-from optuna.distributions import CategoricalDistribution, FloatDistribution
+from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution
 from optuna.trial import TrialState, create_trial
 
 from service.demo import DIGITS_DEMO
-from service.priors import gan_priors, into_space, r1_gamma_rule
-from service.spec import EXAMPLE_SPEC, StudySpec
+from service.priors import WarmSource, gan_priors, into_space, r1_gamma_rule, warm_start_entries
+from service.spec import EXAMPLE_SPEC, StudySpec, WarmStart
 from service.studies import WARM_START_ATTR
 from trainer.config import TrainConfig
 
@@ -43,7 +43,9 @@ def test_a_study_with_priors_tries_them_first(client: TestClient, database_url: 
     assert len(expected) == 5
 
 
-def _source_study(database_url: str, name: str, direction: str, rows: list[tuple[float, dict[str, Any]]]) -> None:
+def _source_study(
+    database_url: str, name: str, direction: Literal["minimize", "maximize"], rows: list[tuple[float, dict[str, Any]]]
+) -> None:
     """A study as plain Optuna writes one: completed trials with these values and params,
     its own ranges and a conditional name as gat-tune writes it, and one pruned trial."""
     study = optuna.create_study(study_name=name, storage=database_url, direction=direction)
@@ -91,27 +93,169 @@ def test_a_warm_start_tries_the_best_of_earlier_studies_first(client: TestClient
     ]
 
 
+def _waiting(database_url: str, name: str) -> list[tuple[dict[str, Any], str | None]]:
+    trials = optuna.load_study(study_name=name, storage=database_url).get_trials(states=(TrialState.WAITING,))
+    return [
+        (t.system_attrs["fixed_params"], t.user_attrs.get(WARM_START_ATTR))
+        for t in sorted(trials, key=lambda t: t.number)
+    ]
+
+
 def test_a_warm_start_from_nothing_usable_is_a_clear_422(client: TestClient, database_url: str) -> None:
     optuna.create_study(study_name="empty", storage=database_url)
     _source_study(database_url, "elsewhere", "minimize", [])
     study = optuna.load_study(study_name="elsewhere", storage=database_url)
     study.add_trial(create_trial(value=1.0, params={"lr": 0.1}, distributions={"lr": FloatDistribution(0.01, 1)}))
+    infinite = optuna.create_study(study_name="infinite", storage=database_url)
+    infinite.add_trial(create_trial(value=float("inf"), params={"lr_d": 1e-3}, distributions=_LR_D))
+    # a gat-tune study that trains WGAN-GP: its λ would mean something else under R1
+    wgan = {
+        "name": "wgan",
+        "base": {"aux_loss": "wgan-gp"},
+        "search_space": {"lambda": DIGITS_DEMO["search_space"]["lambda"]},
+    }
+    assert client.post("/studies", json=wgan).status_code == 201
+    optuna.load_study(study_name="wgan", storage=database_url).add_trial(
+        create_trial(
+            value=5.0, params={"lambda": 10.0}, distributions={"lambda": FloatDistribution(0.01, 100, log=True)}
+        )
+    )
+    fast = {**wgan, "name": "fast", "objective": "train_seconds"}
+    assert client.post("/studies", json=fast).status_code == 201
+    studies_loc = ["body", "warm_start", "studies"]
     cases = [
-        (["nope"], ["body", "warm_start", "studies", 0], "warm_start: no study named 'nope' in this database"),
-        (["empty"], ["body", "warm_start", "studies", 0], "study 'empty' has no completed trial to start from yet"),
-        (["elsewhere"], ["body", "warm_start"], "set none of this space's keys (lambda, lr_g, lr_d, g_width, d_width)"),
-        ([], ["body", "warm_start", "studies"], "at least 1 item"),
+        (["nope"], [*studies_loc, 0], "no study named 'nope' in this database"),
+        (["emp"], [*studies_loc, 0], "no study named 'emp' in this database (did you mean 'empty'?)"),
+        (["empty"], [*studies_loc, 0], "study 'empty' has no completed trial with a finite value yet"),
+        (["infinite"], [*studies_loc, 0], "study 'infinite' has no completed trial with a finite value yet"),
+        (["fast"], [*studies_loc, 0], "study 'fast' ranks its trials by train_seconds, this study by fid"),
+        (["elsewhere"], studies_loc, "no best trial of 'elsewhere' fits this space: they set none of its keys"),
+        (["wgan"], studies_loc, "no best trial of 'wgan' fits this space"),
+        ([], studies_loc, "at least 1 item"),
     ]
+    r = client.post("/studies", json={**DIGITS_DEMO, "name": "warm", "warm_start": "empty"})
+    assert (
+        r.status_code == 422 and r.json()["detail"][0]["msg"] == "warm_start: a mapping, {studies: [NAME, ...], top: N}"
+    )
     for studies, loc, message in cases:
         r = client.post("/studies", json={**DIGITS_DEMO, "name": "warm", "warm_start": {"studies": studies}})
         assert r.status_code == 422, r.text
         assert any(d["loc"] == loc and message in d["msg"] for d in r.json()["detail"]), r.json()
-    assert client.get("/studies").json()["total"] == 0
+    assert client.get("/studies").json()["total"] == 2  # the two sources: nothing more stored
 
 
-def test_into_space_leaves_out_a_config_of_another_regulariser() -> None:
+def test_a_gat_tune_source_gives_what_its_trials_trained_with(client: TestClient, database_url: str) -> None:
+    """Its base and the trainer's defaults, not only its params: the config that trained."""
+    source = {"name": "src", "base": {"g_width": 64}, "search_space": {"lambda": DIGITS_DEMO["search_space"]["lambda"]}}
+    assert client.post("/studies", json=source).status_code == 201
+    optuna.load_study(study_name="src", storage=database_url).add_trial(
+        create_trial(
+            value=5.0, params={"lambda": 3.0}, distributions={"lambda": FloatDistribution(0.01, 100, log=True)}
+        )
+    )
+    assert (
+        client.post("/studies", json={**DIGITS_DEMO, "name": "warm", "warm_start": {"studies": ["src"]}}).status_code
+        == 201
+    )
+    assert _waiting(database_url, "warm")[0] == (
+        {"lambda": 3.0, "lr_g": 2e-4, "lr_d": 2e-4, "g_width": 64, "d_width": 256},  # base's width, the defaults
+        "src trial 0 (5)",
+    )
+
+
+def test_labels_stay_with_their_trials_when_entries_repeat(client: TestClient, database_url: str) -> None:
+    """Optuna's repeat rule (numbers within 1e-5) drops a near-copy; each label stays on its own trial."""
+    _source_study(
+        database_url, "src", "minimize", [(1.0, {"lr_d": 1e-3}), (2.0, {"lr_d": 1.000001e-3}), (3.0, {"lr_d": 5e-4})]
+    )
+    spec = {
+        **DIGITS_DEMO,
+        "name": "warm",
+        "warm_start": {"studies": ["src"], "top": 3},
+        "enqueue": [{"lr_d": 5e-4}, {"lambda": 10.0}],
+    }
+    assert client.post("/studies", json=spec).status_code == 201
+    assert _waiting(database_url, "warm") == [
+        ({"lr_d": 1e-3}, "src trial 0 (1)"),
+        ({"lr_d": 5e-4}, "src trial 2 (3)"),  # the spec's own {lr_d: 5e-4} repeats it: dropped
+        ({"lambda": 10.0}, None),
+    ]
+
+
+def test_a_repeated_request_gets_its_study_though_the_source_has_gone(client: TestClient, database_url: str) -> None:
+    _source_study(database_url, "src", "minimize", [(1.0, {"lr_d": 1e-3})])
+    spec = {**DIGITS_DEMO, "name": "warm", "warm_start": {"studies": ["src"]}}
+    key = {"Idempotency-Key": "k1"}
+    assert client.post("/studies", json=spec, headers=key).status_code == 201
+    optuna.delete_study(study_name="src", storage=database_url)
+    assert client.post("/studies", json=spec, headers=key).status_code == 200
+    assert client.post("/studies", json=spec).status_code == 409  # the name is taken: that, not the source
+
+
+def test_a_source_choice_jsonb_cannot_hold_is_read(client: TestClient, database_url: str) -> None:
+    """A categorical choice of Infinity is valid in Optuna's JSON and invalid in jsonb."""
+    study = optuna.create_study(study_name="src", storage=database_url)
+    widths = CategoricalDistribution([float("inf"), 128.0])
+    study.add_trial(
+        create_trial(
+            value=1.0, params={"d_width": float("inf"), "lr_d": 1e-3}, distributions={"d_width": widths, **_LR_D}
+        )
+    )
+    assert (
+        client.post("/studies", json={**DIGITS_DEMO, "name": "warm", "warm_start": {"studies": ["src"]}}).status_code
+        == 201
+    )
+    assert _waiting(database_url, "warm")[0] == ({"d_width": 256, "lr_d": 1e-3}, "src trial 0 (1)")
+
+
+_LR_D: dict[str, BaseDistribution] = {"lr_d": FloatDistribution(1e-5, 1e-2, log=True)}
+
+
+def test_into_space_leaves_out_what_does_not_fit() -> None:
     spec = StudySpec.model_validate(DIGITS_DEMO)
     base = TrainConfig.from_dict(spec.base)
     assert into_space(spec, {"aux_loss": "wgan-gp", "lambda": 10.0}, base) == {}  # its λ means something else
     assert into_space(spec, {"aux_loss": "r1", "lambda": 10.0, "beta1": 0.5}, base) == {"lambda": 10.0}
     assert into_space(spec, {"g_width": 100, "lr_g": 1e-9}, base) == {"g_width": 128, "lr_g": 5e-5}
+    # values of another kind are left out, never an error
+    assert into_space(spec, {"lr_d": "auto", "lambda": None, "g_width": "64", "lr_g": float("nan")}, base) == {}
+    # an int lands on the space's grid
+    stepped = StudySpec.model_validate(
+        {"name": "s", "search_space": {"batch_size": {"type": "int", "low": 32, "high": 256, "step": 32}}}
+    )
+    assert into_space(stepped, {"batch_size": 100}, base) == {"batch_size": 96}
+    assert into_space(stepped, {"batch_size": 1000}, base) == {"batch_size": 256}
+
+
+def test_a_conditional_value_keeps_its_case() -> None:
+    spec = StudySpec.model_validate(EXAMPLE_SPEC)  # lambda conditional on a searched aux_loss
+    source = WarmSource(
+        base=None,
+        trials=[
+            {"trial": 0, "value": 1.0, "params": {"aux_loss": "wgan-gp", "lambda[aux_loss=wgan-gp]": 15.0}},
+            {"trial": 1, "value": 2.0, "params": {"lambda[aux_loss=r1]": 5.0}},  # the name says its case
+            {"trial": 2, "value": 3.0, "params": {"aux_loss": "hinge", "lambda[aux_loss=hinge]": 1.0}},  # not offered
+        ],
+    )
+    spec.warm_start = WarmStart(studies=["src"], top=4)
+    entries = [entry for entry, _ in warm_start_entries(spec, {"src": source})]
+    assert entries == [{"aux_loss": "wgan-gp", "lambda": 15.0}, {"aux_loss": "r1", "lambda": 5.0}]
+    # a value trained under another case than the entry's is left out, not moved into its case
+    rates = {
+        "type": "conditional",
+        "on": "model",
+        "cases": {
+            "mlp": {"type": "float", "low": 1e-4, "high": 1e-2},
+            "dcgan": {"type": "float", "low": 1e-5, "high": 1e-3},
+        },
+    }
+    by_model = StudySpec.model_validate(
+        {"name": "m", "search_space": {"lr_d": rates, "lambda": {"type": "float", "low": 1, "high": 100}}}
+    )
+    mlp = TrainConfig.from_dict({})
+    assert into_space(by_model, {"model": "dcgan", "lr_d": 5e-3, "lambda": 7.0}, mlp) == {"lambda": 7.0}
+    by_model.warm_start = WarmStart(studies=["src"])
+    named = WarmSource(
+        base=None, trials=[{"trial": 0, "value": 1.0, "params": {"lr_d[model=dcgan]": 5e-4, "lambda": 7.0}}]
+    )
+    assert warm_start_entries(by_model, {"src": named}) == [({"lambda": 7.0}, "src trial 0 (1)")]
