@@ -49,10 +49,13 @@ def _priors(base: TrainConfig) -> list[dict[str, Any]]:
 
 
 def _on_grid(value: float, low: float, high: float, step: float | None) -> float:
-    """The value clipped to [low, high], on the grid low + k·step when there is one."""
+    """The value clipped to [low, high], on the grid low + k·step when there is one (a
+    value on it already is kept as it is: low + k·step in floats can step past it)."""
     value = min(max(value, low), high)
     if step:
-        value = low + min(round((value - low) / step), math.floor((high - low) / step + 1e-9)) * step
+        k = (value - low) / step
+        if abs(k - round(k)) > 1e-9:
+            value = min(max(low + round(k) * step, low), high)
     return value
 
 
@@ -120,9 +123,11 @@ class WarmSource:
     trials: list[dict[str, Any]]
 
 
-def _trained(source: WarmSource, params: dict[str, Any]) -> dict[str, Any]:
-    """What a source's trial trained with, as far as it is known: a gat-tune trial's whole
-    config, else its params (a conditional name also says its case)."""
+def _trained(spec: StudySpec, source: WarmSource, params: dict[str, Any]) -> dict[str, Any]:
+    """What a source's trial trained with, as far as it says: its params (a conditional
+    name also says its case) over a gat-tune source's base. The trainer's defaults fill in
+    only what decides what a value means (the regulariser, the keys this spec's conditional
+    keys depend on); the rest stays the sampler's."""
     values: dict[str, Any] = {}
     for name, value in params.items():
         key, on, case = split_param_name(name)
@@ -131,10 +136,13 @@ def _trained(source: WarmSource, params: dict[str, Any]) -> dict[str, Any]:
             values.setdefault(on, case)
     if source.base is None:
         return values
-    try:  # the trainer's defaults too: a trial of an unset aux_loss trained the default's
-        return TrainConfig.from_dict({**source.base, **values}).to_dict()
+    trained = {**source.base, **values}
+    try:  # a trial of an unset aux_loss trained the default's
+        full = TrainConfig.from_dict(trained).to_dict()
     except (ConfigError, TypeError, ValueError):  # stored by another version
-        return {**source.base, **values}
+        return trained
+    deciding = {"aux_loss"} | {p.on for p in spec.search_space.values() if isinstance(p, ConditionalParam)}
+    return {**{k: full[k] for k in deciding if k in full}, **trained}
 
 
 def warm_start_entries(spec: StudySpec, sources: dict[str, WarmSource]) -> list[tuple[dict[str, Any], str]]:
@@ -153,7 +161,7 @@ def warm_start_entries(spec: StudySpec, sources: dict[str, WarmSource]) -> list[
         for name, source in sources.items():
             if rank < len(source.trials):
                 trial = source.trials[rank]
-                entry = into_space(spec, _trained(source, trial["params"]), base)
+                entry = into_space(spec, _trained(spec, source, trial["params"]), base)
                 if entry and all(entry != kept for kept, _ in out):
                     out.append((entry, f"{name} trial {trial['trial']} ({trial['value']:.6g})"))
     return out[: spec.warm_start.top]

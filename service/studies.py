@@ -108,8 +108,9 @@ def _unrepeated(entries: list[dict[str, Any]]) -> list[int]:
 def _like(conn: Connection, name: str) -> str:
     """A hint at the studies a mistyped or shortened name may mean (the demo's names end in
     a timestamp), or ""."""
-    names = optuna_tables.study_names(conn)
-    like = [n for n in names if n.startswith(name)][:3] or difflib.get_close_matches(name, names, n=3)
+    like = optuna_tables.study_names(conn, starting=name, limit=3) or difflib.get_close_matches(
+        name, optuna_tables.study_names(conn, limit=1000), n=3
+    )
     return f" (did you mean {', '.join(repr(n) for n in like)}?)" if like else ""
 
 

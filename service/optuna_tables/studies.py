@@ -104,7 +104,7 @@ def best_trial(conn: Connection, study_id: int) -> dict[str, Any] | None:
     """The best finished trial (BEST_TRIAL) as {trial, value, params, pack}, params in
     Optuna's external representation, pack its replay record when it trained packed (else
     None); None before one has completed."""
-    best = best_trials(conn, study_id, 1)
+    best = best_trials(conn, study_id, 1, strict=True)
     if not best:
         return None
     (trial,) = best
@@ -121,9 +121,17 @@ def study_id_by_name(conn: Connection, name: str) -> int | None:
     return None if row is None else int(row.study_id)
 
 
-def study_names(conn: Connection) -> list[str]:
-    """Every study's name, newest first."""
-    return list(conn.execute(sa.text("SELECT study_name FROM studies ORDER BY study_id DESC")).scalars())
+def study_names(conn: Connection, *, starting: str | None = None, limit: int) -> list[str]:
+    """Study names, newest first: up to ``limit``, those starting with ``starting`` if given."""
+    return list(
+        conn.execute(
+            sa.text(
+                "SELECT study_name FROM studies WHERE (CAST(:p AS text) IS NULL OR starts_with(study_name, :p)) "
+                "ORDER BY study_id DESC LIMIT :limit"
+            ),
+            {"p": starting, "limit": limit},
+        ).scalars()
+    )
 
 
 def study_user_attr(conn: Connection, study_id: int, key: str) -> Any:
@@ -135,11 +143,12 @@ def study_user_attr(conn: Connection, study_id: int, key: str) -> Any:
     return None if value is None else json.loads(value)
 
 
-def best_trials(conn: Connection, study_id: int, limit: int) -> list[dict[str, Any]]:
+def best_trials(conn: Connection, study_id: int, limit: int, *, strict: bool = False) -> list[dict[str, Any]]:
     """Up to ``limit`` best finished trials with a finite value, best first, as {trial_id,
     trial, value, params}, params in Optuna's external representation. Decoded here, not in
-    SQL: a distribution's JSON may hold what jsonb refuses (a choice of NaN or Infinity); a
-    param whose distribution this Optuna cannot read is left out."""
+    SQL: a distribution's JSON may hold what jsonb refuses (a choice of NaN or Infinity). A
+    param whose distribution this Optuna cannot read is left out, or with ``strict``
+    raises (a study's best config must be whole)."""
     best = conn.execute(
         sa.text(_BEST_TRIALS.format(columns="t.trial_id, t.number, v.value", study_id=":sid", limit=":limit")),
         {"sid": study_id, "limit": limit},
@@ -158,6 +167,8 @@ def best_trials(conn: Connection, study_id: int, limit: int) -> list[dict[str, A
                 dist = optuna.distributions.json_to_distribution(r.distribution_json)
                 params[r.trial_id][r.param_name] = dist.to_external_repr(r.param_value)
             except (ValueError, TypeError, KeyError, IndexError):
+                if strict:
+                    raise
                 continue
     return [{"trial_id": b.trial_id, "trial": b.number, "value": b.value, "params": params[b.trial_id]} for b in best]
 
