@@ -264,6 +264,10 @@ def train(
             opt_d.load_state_dict(state["opt_d"])
             rng.set_state(state["rng"].cpu())
             step, train_seconds, history = state["step"], state["train_seconds"], state["history"]
+        # The checkpoint's history is the record: an eval written just before a crash that
+        # came ahead of its checkpoint is trained and written again, not listed twice.
+        if history or (run_dir / "metrics.jsonl").exists():
+            _rewrite_lines(run_dir / "metrics.jsonl", [json.dumps(m) for m in history])
         (run_dir / "config.json").write_text(config.to_json())
 
     n, batch = len(data.x), config.batch_size
@@ -387,6 +391,14 @@ def _write_eval(
     save_samples(samples, step_png, data.modes)
     save_samples(samples, run_dir / "samples.png", data.modes)
     save_curve(history, run_dir / "curve.png")
+
+
+def _rewrite_lines(path: Path, lines: list[str]) -> None:
+    """A run's file replaced by these lines: a new file renamed over it, so an uploaded
+    (hard-linked) copy never changes and a crash leaves the old one or the new."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text("".join(line + "\n" for line in lines))
+    os.replace(tmp, path)
 
 
 def _append_line(path: Path, line: str) -> None:

@@ -96,6 +96,19 @@ def test_stop_and_resume_reach_the_same_result(tmp_path: Path) -> None:
     assert [json.loads(line)["step"] for line in lines] == [40, 80, 120]
 
 
+def test_an_eval_written_before_a_crash_beat_its_checkpoint_is_listed_once(tmp_path: Path) -> None:
+    """kill -9 between an eval's line and its checkpoint: the resumed run trains that eval
+    again; metrics.jsonl lists it once, as the checkpoint's history has it."""
+    run = tmp_path / "run"
+    train(quick(steps=80, eval_every=40), out_dir=run)  # checkpointed at 80
+    with open(run / "metrics.jsonl", "a") as f:  # the eval at 120 written, its checkpoint never
+        f.write(json.dumps({"step": 120, "fid": 1.0}) + "\n")
+    resumed = train(quick(steps=160, eval_every=40), out_dir=run)
+    lines = (run / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(line)["step"] for line in lines] == [40, 80, 120, 160]
+    assert json.loads(lines[2]) == resumed.history[2]  # the retrained eval, not the stale one
+
+
 def test_r1_lazy_trains_finite_and_resumes_on_its_schedule(tmp_path: Path) -> None:
     # ring8 with small nets: seconds. The lazy schedule follows the step, so a resumed run
     # regularises on the same D steps as an uninterrupted one.
