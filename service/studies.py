@@ -78,9 +78,9 @@ def _repeats(new: dict[str, Any], old: dict[str, Any]) -> bool:
 
 def _unrepeated(entries: list[dict[str, Any]]) -> list[int]:
     """The indices of the entries that ``enqueue_trial(params, skip_if_exists=True)`` one
-    after the other would queue on a new study: each one that repeats no entry kept before it. Optuna
-    compares each with every trial (quadratic); here entries are grouped by what must be
-    equal (keys, value types, strings) and the numbers of a group compared at once."""
+    after the other would queue on a new study: each one that repeats no entry kept before
+    it. Optuna compares each with every trial (quadratic); here entries are grouped by what
+    must be equal (keys, value types, strings) and the numbers of a group compared at once."""
     # isinstance(new, type(old)) is symmetric for exact str/int/float values (the trainer
     # takes no others); any other value sends the lot down Optuna's one-by-one path.
     if not all(type(v) in (str, int, float) for entry in entries for v in entry.values()):
