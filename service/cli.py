@@ -57,7 +57,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     refused = _public_without_token(settings)
     if refused:
         return _fail(refused, 2)
-    busy = _port_problem(settings.host, settings.port)
+    busy = port_problem(settings.host, settings.port)
     if busy:  # before the database is started or migrated, and before the slow imports
         return _fail(busy, 2)
     import uvicorn
@@ -77,7 +77,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
-def _port_problem(host: str, port: int) -> str | None:
+def port_problem(host: str, port: int) -> str | None:
     """Why ``host:port`` cannot be listened on, or None. uvicorn binds with SO_REUSEADDR too,
     so a port that passes here is one uvicorn can bind (barring a race)."""
     import errno

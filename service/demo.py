@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from service import db
+from service.cli import port_problem
 from service.client import ApiError, Client, describe_best
 from service.config import Settings
 
@@ -71,16 +72,13 @@ DEMO_SPECS: dict[str, dict[str, Any]] = {"digits": DIGITS_DEMO, "fashion-mnist":
 
 
 def _port(preferred: int) -> int:
-    """The preferred port when the API can listen on it, else a free one. SO_REUSEADDR as
-    uvicorn binds: without it a port in TIME_WAIT (an API that just stopped) looks taken."""
+    """The preferred port when the API can listen on it (the check `serve` makes, which
+    binds as uvicorn does: a port in TIME_WAIT is free), else a free one."""
+    if port_problem("127.0.0.1", preferred) is None:
+        return preferred
     with socket.socket() as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            s.bind(("127.0.0.1", preferred))
-            return preferred
-        except OSError:
-            s.bind(("127.0.0.1", 0))
-            return int(s.getsockname()[1])
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
 
 def _wait_healthy(client: Client, proc: subprocess.Popen[bytes], timeout: float = 120) -> None:

@@ -43,6 +43,7 @@ from trainer.config import ConfigError
 
 __all__ = ["FAIL_FAST", "WARM_START_ATTR", "StudyService", "load_spec"]
 
+SPEC_ATTR = "gat_tune_spec"  # a gat-tune study's user attribute: its spec, as submitted
 WARM_START_ATTR = "warm_start_from"  # a warm-started trial's user attribute: "STUDY trial N (VALUE)"
 
 METRIC_NAMES = {"fid": "FID"}  # the dashboard's names for the objectives, where not their own
@@ -196,7 +197,7 @@ class StudyService:
                 raise SpecIssue(loc, f"no study named '{name}' in this database{_like(conn, name)}")
             # A gat-tune study says what its trials trained besides their params (its base,
             # the regulariser above all) and what its best is by; a plain Optuna one does not.
-            stored = optuna_tables.study_user_attr(conn, study_id, "gat_tune_spec")
+            stored = optuna_tables.study_user_attr(conn, study_id, SPEC_ATTR)
             base: dict[str, Any] | None = None
             if isinstance(stored, dict):
                 base = stored["base"] if isinstance(stored.get("base"), dict) else {}
@@ -250,7 +251,7 @@ class StudyService:
         study_id = self.storage.get_study_id_from_name(spec.name)
         made.append(study_id)
         spec_json = json.loads(spec_text)
-        study.set_user_attr("gat_tune_spec", spec_json)
+        study.set_user_attr(SPEC_ATTR, spec_json)
         study.set_metric_names([METRIC_NAMES.get(o, o) for o in spec.objectives])  # the dashboard's labels
         # In our transaction: the queued trials exist exactly when our row does.
         optuna_tables.enqueue_trials(conn, study_id, enqueued, enqueued_attrs)

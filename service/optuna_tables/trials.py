@@ -163,12 +163,15 @@ def create_trial(conn: Connection, study_id: int) -> tuple[int, int, datetime]:
 
 
 def enqueue_trials(
-    conn: Connection, study_id: int, params: Sequence[dict[str, Any]], user_attrs: Sequence[dict[str, Any]] = ()
+    conn: Connection,
+    study_id: int,
+    params: Sequence[dict[str, Any]],
+    user_attrs: Sequence[dict[str, Any]] | None = None,
 ) -> list[int]:
     """WAITING trials, one per params dict: the rows that ``Study.enqueue_trial(params,
     user_attrs)`` writes for each (a trial with no start or end, the system attribute
-    ``fixed_params``, the user attributes), in two or three statements whatever their
-    count; ``user_attrs`` go to the first trials, in order. The numbers, in the order given.
+    ``fixed_params``, the user attributes: one dict per params dict, or None for none), in
+    two or three statements whatever their count. The numbers, in the order given.
     KeyError: no such study."""
     if not params:
         return []
@@ -191,8 +194,9 @@ def enqueue_trials(
         ),
         {"ids": [r.trial_id for r in ordered], "values": [json.dumps(p) for p in params]},
     )
+    attrs_each = user_attrs if user_attrs is not None else [{} for _ in params]
     attr_rows = [
-        (r.trial_id, k, json.dumps(v)) for r, attrs in zip(ordered, user_attrs, strict=False) for k, v in attrs.items()
+        (r.trial_id, k, json.dumps(v)) for r, attrs in zip(ordered, attrs_each, strict=True) for k, v in attrs.items()
     ]
     if attr_rows:
         ids, keys, values = zip(*attr_rows, strict=True)

@@ -182,7 +182,7 @@ def test_a_creation_that_fails_half_way_leaves_the_name_free(
     transaction holds the study's row lock, and a delete waiting on it would never end."""
     real = optuna_tables.enqueue_trials
 
-    def fails_after_writing(conn: sa.Connection, study_id: int, params: Any, user_attrs: Any = ()) -> list[int]:
+    def fails_after_writing(conn: sa.Connection, study_id: int, params: Any, user_attrs: Any = None) -> list[int]:
         real(conn, study_id, params, user_attrs)
         raise RuntimeError("the database went away")
 
